@@ -1,0 +1,38 @@
+"""normonnx: export, fold and validate normalization layers through ONNX.
+
+The public API mirrors the CLI::
+
+    model, report = normonnx.fold("model.onnx")          # fold constant normalizations
+    normonnx.inspect("model.onnx")                       # what is there, what folds, why not
+
+Attributes load lazily, so ``import normonnx`` imports neither torch nor
+onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "fold": ("normonnx.fold", "fold"),
+    "fold_file": ("normonnx.fold", "fold_file"),
+    "FoldOptions": ("normonnx.passes.base", "FoldOptions"),
+    "FoldReport": ("normonnx.foldreport", "FoldReport"),
+    "inspect": ("normonnx.inspection", "inspect_model"),
+    "load_model": ("normonnx.graph.modelio", "load_model"),
+    "save_model": ("normonnx.graph.modelio", "save_model"),
+    "NormonnxError": ("normonnx.errors", "NormonnxError"),
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _API[name]
+    except KeyError:
+        raise AttributeError(f"module 'normonnx' has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), attr)

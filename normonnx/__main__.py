@@ -1,0 +1,3 @@
+from normonnx.cli import run
+
+run()

@@ -1,0 +1,147 @@
+"""Folding a whole model: load, run the fold passes, verify, report.
+
+The caller's model is never modified: graphsurgeon builds a new graph, new
+weights are new initializers, and the result is a new ModelProto with the
+caller's model-level fields (opsets, metadata, input/output ValueInfo).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from normonnx.foldreport import FoldReport, GraphStats, statuses
+from normonnx.graph.convert import to_graph, to_model
+from normonnx.graph.modelio import load_model, tensor_bytes
+from normonnx.graph.shapes import annotate_shapes
+from normonnx.passes.base import FoldOptions, PassContext, run_to_fixpoint
+from normonnx.passes.registry import fold_fixpoint, fold_prelude
+from normonnx.recognize.scan import Found, scan, summarize
+from normonnx.validate.parity import ParityResult
+
+log = logging.getLogger(__name__)
+
+
+def _stats(graph: gs.Graph, found: list[Found], nbytes: int) -> GraphStats:
+    ops = Counter(n.op for n in graph.nodes)
+    return GraphStats(len(graph.nodes), dict(sorted(ops.items())), summarize(found), nbytes)
+
+
+def _graph_bytes(graph: gs.Graph) -> int:
+    total = 0
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant):
+            v = t._values
+            total += int(getattr(v, "nbytes", 0) or getattr(t.values, "nbytes", 0))
+    return total
+
+
+def as_model(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, str]:
+    """A ModelProto and how to name it in messages."""
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "<model>"
+    return load_model(model), str(model)
+
+
+def prepare_graph(model: onnx.ModelProto) -> gs.Graph:
+    """A graphsurgeon graph of ``model`` with inferred dtypes and shapes."""
+    graph = to_graph(model)
+    annotate_shapes(model, graph)
+    return graph
+
+
+def fold(
+    model: onnx.ModelProto | str | os.PathLike,
+    options: FoldOptions | None = None,
+    *,
+    verify: bool = False,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> tuple[onnx.ModelProto, FoldReport]:
+    """Fold every constant normalization of ``model``; return the new model and the report.
+
+    With ``verify``, the result is run against the original on onnxruntime
+    (CPU, optimizations off) over seeded inputs and ``report.parity`` says
+    whether they agree; the caller decides what a failure means.
+    """
+    start = time.perf_counter()
+    proto, source = as_model(model)
+    graph = prepare_graph(proto)
+    found = scan(graph)
+    before = _stats(graph, found, tensor_bytes(proto))
+    ctx = PassContext(graph, options or FoldOptions())
+    rewrites = {}
+    for p in fold_prelude():
+        rewrites[p.name] = p.run(ctx)
+    rewrites.update(run_to_fixpoint(fold_fixpoint(), ctx))
+    # Folds only remove nodes or rewire in place, which keeps a sorted graph
+    # sorted; nodes a pass appended need the sort.
+    out = to_model(graph, proto, sort=ctx.nodes_added > 0)
+    after = _stats(graph, scan(graph), _graph_bytes(graph))
+    report = FoldReport(
+        source=source,
+        before=before,
+        after=after,
+        norms=statuses(found, ctx.decisions),
+        rewrites=rewrites,
+        decisions=ctx.decisions,
+    )
+    if verify:
+        report.parity = verify_parity(proto, out, shapes=shapes)
+    report.seconds = time.perf_counter() - start
+    return out, report
+
+
+def verify_parity(
+    reference: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    *,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    samples: int = 3,
+) -> ParityResult:
+    """Both models on onnxruntime CPU with graph optimizations off, on the same seeded inputs.
+
+    When the gate fails, the reference is also run with onnxruntime's own
+    optimizations to measure its float32 noise floor (see validate.parity).
+    """
+    from normonnx.validate.inputs import seeded_input_sets
+    from normonnx.validate.parity import compare, rejudge_with_noise
+    from normonnx.validate.runner import SessionConfig, run, session
+
+    feeds = seeded_input_sets(reference, samples, shapes)
+    ref_sess = session(reference, SessionConfig(optimize=False))
+    cand_sess = session(candidate, SessionConfig(optimize=False))
+    refs = [run(ref_sess, f) for f in feeds]
+    result = compare(refs, [run(cand_sess, f) for f in feeds])
+    if not result.passed:
+        noisy = session(reference, SessionConfig(optimize=True))
+        result = rejudge_with_noise(result, compare(refs, [run(noisy, f) for f in feeds]))
+    return result
+
+
+def fold_file(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    options: FoldOptions | None = None,
+    *,
+    verify: bool = True,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> FoldReport:
+    """Fold ``src`` into ``dst``; ``dst`` is written (atomically) only if parity holds.
+
+    ``report.output`` is None when parity failed and nothing was written.
+    """
+    from normonnx.graph.modelio import check_output_path, save_model
+
+    check_output_path(Path(dst), [Path(src)])
+    model, report = fold(src, options, verify=verify, shapes=shapes)
+    if report.parity is not None and not report.parity.passed:
+        return report
+    save_model(model, dst, inputs=[src])
+    report.output = str(dst)
+    return report

@@ -1,0 +1,134 @@
+"""Small read-only questions about an onnx-graphsurgeon graph.
+
+Every pass asks the same things: is this tensor a constant (and what is it),
+who produces it, who consumes it, is it a graph output. They live here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+DEFAULT_DOMAINS = (None, "", "ai.onnx")
+
+
+def op_is(node: gs.Node | None, *ops: str) -> bool:
+    """True for a node of the default ONNX domain whose op is one of ``ops``."""
+    return node is not None and node.op in ops and node.domain in DEFAULT_DOMAINS
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    """The node that computes ``tensor``, or None for inputs and initializers."""
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    return list(tensor.outputs)
+
+
+def is_empty(tensor: gs.Tensor) -> bool:
+    """An omitted optional input."""
+    return isinstance(tensor, gs.Variable) and not tensor.name
+
+
+def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of an initializer or of a Constant node's output; None otherwise."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    node = producer(tensor)
+    if not op_is(node, "Constant"):
+        return None
+    attrs = node.attrs
+    if "value" in attrs and isinstance(attrs["value"], gs.Constant):
+        return np.asarray(attrs["value"].values)
+    for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
+        if key in attrs:
+            return np.array(attrs[key], dtype=dtype)
+    for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.array(list(attrs[key]), dtype=dtype)
+    return None
+
+
+def is_constant(tensor: gs.Tensor) -> bool:
+    if isinstance(tensor, gs.Constant):
+        return True
+    node = producer(tensor)
+    return op_is(node, "Constant")
+
+
+def input_or_none(node: gs.Node, index: int) -> gs.Tensor | None:
+    """The node's input at ``index``; None when absent or omitted."""
+    if index >= len(node.inputs) or is_empty(node.inputs[index]):
+        return None
+    return node.inputs[index]
+
+
+def is_training_batchnorm(node: gs.Node, opset: int) -> bool:
+    """Batch statistics: training_mode=1 (opset 14+), or any extra declared output before opset 14."""
+    if node.attrs.get("training_mode", 0) == 1:
+        return True
+    extra = [t for t in node.outputs[1:] if t.name]
+    return bool(extra) and (opset < 14 or any(t.outputs for t in extra))
+
+
+def describe(node: gs.Node) -> str:
+    """How a node is named in messages: its name, or its op and first output."""
+    if node.name:
+        return node.name
+    out = node.outputs[0].name if node.outputs else "?"
+    return f"{node.op}->{out}"
+
+
+class GraphOutputs:
+    """Fast membership test for graph outputs (by identity)."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        self._ids = {id(t) for t in graph.outputs}
+
+    def __contains__(self, tensor: gs.Tensor) -> bool:
+        return id(tensor) in self._ids
+
+
+def sole_consumer(tensor: gs.Tensor, outputs: GraphOutputs) -> gs.Node | str:
+    """The only consumer of an intermediate tensor, or the reason there is none."""
+    if tensor in outputs:
+        return f"'{tensor.name}' is a graph output"
+    users = tensor.outputs
+    if len(users) != 1:
+        return f"'{tensor.name}' has {len(users)} consumers"
+    return users[0]
+
+
+def unique_name_factory(names: Iterable[str]):
+    """Return ``fresh(base)`` that never repeats a name already in the graph."""
+    taken = set(names)
+
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
+    return fresh
+
+
+def all_names(graph: gs.Graph) -> set[str]:
+    """Every tensor and node name in the graph and its subgraphs."""
+    names: set[str] = set()
+    pending = [graph]
+    while pending:
+        g = pending.pop()
+        for node in g.nodes:
+            if node.name:
+                names.add(node.name)
+            names.update(t.name for t in node.inputs if t.name)
+            names.update(t.name for t in node.outputs if t.name)
+            pending.extend(v for v in node.attrs.values() if isinstance(v, gs.Graph))
+        names.update(t.name for t in g.inputs)
+        names.update(t.name for t in g.outputs)
+    return names

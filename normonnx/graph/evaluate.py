@@ -1,0 +1,79 @@
+"""Evaluate a set of constant nodes once, exactly as a runtime would.
+
+The nodes are exported to a small model without inputs and run on
+onnxruntime (CPU, graph optimizations off); what onnxruntime cannot run (for
+example BatchNormalization with training_mode=1 and one output, which timm's
+StdConv2d exports) goes to onnx's reference evaluator instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+from normonnx.errors import first_line
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationError(RuntimeError):
+    """Neither onnxruntime nor the reference evaluator could compute the nodes."""
+
+
+def _build_model(
+    nodes: Sequence[onnx.NodeProto],
+    leaves: Sequence[gs.Constant],
+    outputs: Sequence[gs.Tensor],
+    opset_imports: Sequence[onnx.OperatorSetIdProto],
+    ir_version: int,
+) -> onnx.ModelProto:
+    graph = onnx.GraphProto(name="normonnx_constant_subgraph")
+    graph.node.extend(nodes)
+    for leaf in leaves:
+        proto = OnnxExporter.export_tensor_proto(leaf)
+        graph.initializer.append(proto)
+    for t in outputs:
+        graph.output.append(onnx.ValueInfoProto(name=t.name))
+    model = onnx.helper.make_model(graph, opset_imports=list(opset_imports))
+    model.ir_version = max(ir_version, 7)
+    return model
+
+
+def _run_onnxruntime(model: onnx.ModelProto) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {})
+
+
+def _run_reference(model: onnx.ModelProto) -> list[np.ndarray]:
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model).run(None, {})
+
+
+def evaluate_protos(
+    nodes: Sequence[onnx.NodeProto],
+    leaves: Sequence[gs.Constant],
+    outputs: Sequence[gs.Tensor],
+    opset_imports: Sequence[onnx.OperatorSetIdProto],
+    ir_version: int = 8,
+) -> list[np.ndarray]:
+    """Values of ``outputs``, computed by ``nodes`` (topologically ordered) from the initializers ``leaves``."""
+    model = _build_model(nodes, leaves, outputs, opset_imports, ir_version)
+    errors = []
+    for runner in (_run_onnxruntime, _run_reference):
+        try:
+            return [np.asarray(v) for v in runner(model)]
+        except Exception as e:  # either runtime may reject an op; try the other
+            errors.append(f"{runner.__name__.lstrip('_')}: {first_line(e)}")
+            log.debug("constant evaluation with %s failed: %s", runner.__name__, e)
+    raise EvaluationError("; ".join(errors))

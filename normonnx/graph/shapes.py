@@ -1,0 +1,84 @@
+"""Shape inference that neither copies the weights nor touches the caller's model.
+
+onnx's shape inference returns a full copy of the model; for a model of
+several GB that doubles peak memory. Shapes depend on weight dims, not weight
+values, so inference runs on a skeleton (nodes, inputs, outputs, small
+initializers in full, large ones as dims only) and the inferred types are
+written onto the graphsurgeon tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+log = logging.getLogger(__name__)
+
+_SMALL_TENSOR_BYTES = 4096
+# Ops whose folding or recognition reads shapes or dtypes; a graph without
+# any (a plain Conv/BN chain) skips inference.
+_SHAPE_READERS = {"MatMul", "Shape", "Size", "CastLike", "Tile", "Expand", "ReduceMean", "Reshape"}
+
+
+def needs_shapes(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in _SHAPE_READERS for n in model.graph.node)
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    sk = onnx.ModelProto(ir_version=model.ir_version)
+    sk.opset_import.extend(model.opset_import)
+    sk.functions.extend(model.functions)
+    g, src = sk.graph, model.graph
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    for init in src.initializer:
+        if len(init.raw_data) <= _SMALL_TENSOR_BYTES and init.data_location != onnx.TensorProto.EXTERNAL:
+            g.initializer.append(init)
+        else:
+            t = g.initializer.add()
+            t.name, t.data_type = init.name, init.data_type
+            t.dims.extend(init.dims)
+    return sk
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None] | None:
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+
+
+def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph) -> None:
+    """Give graph tensors the dtypes and shapes onnx can infer (best effort, never raises)."""
+    if not needs_shapes(model):
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=False, data_prop=True)
+    except Exception as e:  # inference is an aid: a model it cannot handle still folds
+        log.debug("shape inference failed: %s", e)
+        return
+    tensors = graph.tensors()
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        t = tensors.get(vi.name)
+        if not isinstance(t, gs.Variable) or not vi.type.HasField("tensor_type"):
+            continue
+        elem = vi.type.tensor_type.elem_type
+        if t.dtype is None and elem:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                t.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        dims = _dims(vi)
+        if dims is not None and (t.shape is None or _less_known(t.shape, dims)):
+            t.shape = dims
+
+
+def _less_known(old: list, new: list) -> bool:
+    if len(old) != len(new):
+        return False
+    known = lambda dims: sum(isinstance(d, (int, np.integer)) for d in dims)
+    return known(new) > known(old)

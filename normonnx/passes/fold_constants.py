@@ -1,0 +1,275 @@
+"""fold-constants: evaluate every weight-only subgraph once and keep the result.
+
+Before::
+
+    W -> ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div -> Conv.W     (weight standardization)
+    Shape(W) -> Expand(CastLike(0, x)) -> Conv.B                  (raw dynamo's zero bias)
+    g, v -> ReduceL2/Div/Mul -> Conv.W                            (weight_norm)
+
+After::
+
+    W' -> Conv.W          B' -> Conv.B
+
+Formula: none to match. The nodes are run once on onnxruntime (the reference
+evaluator where onnxruntime refuses an op), so every variant -- eps in var or
+in std, biased or unbiased, gains, 1/sqrt(fan_in), BatchNormalization with
+training_mode=1 on the reshaped weight -- comes out exactly as the runtime
+would have computed it, with no size limit on weights.
+
+Preconditions: a node is constant when every input is constant (initializer,
+Constant node, or the output of a constant node), it is deterministic, in the
+default domain, without subgraphs; ``Shape``/``Size`` of a tensor with a fully
+static inferred shape, and ``CastLike(const, x)`` with a known dtype of ``x``,
+are constant too. Results that are graph outputs stay computed; results that
+would grow the model (an Expand or ConstantOfShape to a large tensor) are
+left alone and reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from normonnx.graph.access import DEFAULT_DOMAINS, constant_value, describe, is_empty, producer
+from normonnx.graph.evaluate import EvaluationError, evaluate_protos
+from normonnx.passes.base import PassContext
+from normonnx.recognize.scan import weight_family
+
+NAME = "fold-constants"
+
+_NOT_FOLDABLE = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Dropout",
+    "If",
+    "Loop",
+    "Scan",
+    "SequenceMap",
+    "Optional",
+    "OptionalGetElement",
+    "OptionalHasElement",
+    "SequenceConstruct",
+    "SequenceEmpty",
+    "SequenceAt",
+    "SequenceInsert",
+    "SequenceErase",
+    "SequenceLength",
+    "SplitToSequence",
+    "ConcatFromSequence",
+}
+# Ops whose output can be far larger than their inputs: their size is checked before evaluation.
+_EXPANDING = {"Expand": 1, "ConstantOfShape": 0, "Tile": 1}
+_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+def _static_shape(tensor: gs.Tensor) -> list[int] | None:
+    shape = getattr(tensor, "shape", None)
+    if shape is None or any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+        return None
+    return [int(d) for d in shape]
+
+
+def _onnx_dtype(tensor: gs.Tensor) -> int | None:
+    dtype = getattr(tensor, "dtype", None)
+    if dtype is None:
+        return None
+    try:
+        return int(dtype) if isinstance(dtype, int) else onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    except (TypeError, KeyError):
+        return None
+
+
+class _Plan:
+    """Which nodes are constant, and how each is written for evaluation."""
+
+    def __init__(self, ctx: PassContext, excluded: set[int]) -> None:
+        self.protos: dict[int, onnx.NodeProto] = {}
+        self.nodes: list[gs.Node] = []
+        const: set[int] = set()
+        opset = ctx.graph.opset
+        for node in ctx.graph.nodes:
+            if id(node) in excluded or node.domain not in DEFAULT_DOMAINS or node.op in _NOT_FOLDABLE:
+                continue
+            if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+                continue
+            proto = self._proto(ctx, node, const, opset)
+            if proto is None:
+                continue
+            self.protos[id(node)] = proto
+            self.nodes.append(node)
+            const.update(id(t) for t in node.outputs)
+        self.const = const
+
+    @staticmethod
+    def _is_const(t: gs.Tensor, const: set[int]) -> bool:
+        return is_empty(t) or isinstance(t, gs.Constant) or id(t) in const
+
+    def _proto(self, ctx: PassContext, node: gs.Node, const: set[int], opset: int) -> onnx.NodeProto | None:
+        from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+        if node.op == "Constant":
+            return OnnxExporter.export_node(node) if constant_value(node.outputs[0]) is not None else None
+        if node.op in ("Shape", "Size") and ctx.options.fold_static_shapes and node.inputs:
+            src = node.inputs[0]
+            shape = np.asarray(src.values).shape if isinstance(src, gs.Constant) else _static_shape(src)
+            if shape is None:
+                return None
+            if node.op == "Size":
+                value = np.array(int(np.prod(shape)), dtype=np.int64)
+            else:
+                start, end = node.attrs.get("start", 0), node.attrs.get("end", None)
+                value = np.array(list(shape)[slice(start, end)], dtype=np.int64)
+            return onnx.helper.make_node(
+                "Constant", [], [node.outputs[0].name], value=onnx.numpy_helper.from_array(value)
+            )
+        if node.op == "CastLike" and len(node.inputs) == 2 and self._is_const(node.inputs[0], const):
+            to = _onnx_dtype(node.inputs[1])
+            if to is None:
+                return None
+            return onnx.helper.make_node("Cast", [node.inputs[0].name], [node.outputs[0].name], to=to)
+        if not onnx.defs.has(node.op):
+            return None
+        if not node.inputs or not all(self._is_const(t, const) for t in node.inputs):
+            return None
+        return OnnxExporter.export_node(node)
+
+
+def _ancestors(tensor: gs.Tensor, plan: _Plan) -> tuple[list[gs.Node], list[gs.Constant]]:
+    """Constant nodes (topologically ordered) and initializer leaves behind ``tensor``."""
+    seen_nodes: set[int] = set()
+    leaves: dict[int, gs.Constant] = {}
+    stack = [tensor]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, gs.Constant):
+            leaves[id(t)] = t
+            continue
+        node = producer(t)
+        if node is None or id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if plan.protos[id(node)].op_type != node.op:  # substituted (Shape, Size, CastLike)
+            if node.op == "CastLike":
+                stack.append(node.inputs[0])
+            continue
+        stack.extend(t for t in node.inputs if not is_empty(t))
+    ordered = [n for n in plan.nodes if id(n) in seen_nodes]
+    return ordered, list(leaves.values())
+
+
+def _nbytes(t: gs.Constant) -> int:
+    values = t._values  # LazyValues knows its size without loading
+    return int(getattr(values, "nbytes", 0) or np.asarray(t.values).nbytes)
+
+
+class FoldConstants:
+    name = NAME
+
+    def run(self, ctx: PassContext) -> int:
+        graph = ctx.graph
+        excluded = self._oversized_expansions(ctx, _Plan(ctx, set()))
+        plan = _Plan(ctx, excluded)
+        frontier = self._frontier(ctx, plan)
+        if not frontier:
+            return 0
+        leaves: dict[int, gs.Constant] = {}
+        jobs = []
+        for t in frontier:
+            anc_nodes, anc_leaves = _ancestors(t, plan)
+            leaf_bytes = sum(_nbytes(c) for c in anc_leaves)
+            jobs.append((t, anc_nodes, leaf_bytes))
+            leaves.update((id(c), c) for c in anc_leaves)
+        needed = {id(n) for _, anc, _ in jobs for n in anc}
+        nodes = [n for n in plan.nodes if id(n) in needed]
+        try:
+            values = self._evaluate(ctx, plan, nodes, list(leaves.values()), frontier)
+        except EvaluationError as e:
+            for t, anc, _ in jobs:
+                self._record(ctx, t, anc, folded=False, detail=f"constant subgraph could not be evaluated: {e}")
+            return 0
+        rewrites = 0
+        for (t, anc, leaf_bytes), value in zip(jobs, values, strict=False):
+            limit = max(ctx.options.growth_limit_bytes, 2 * leaf_bytes)
+            if value.nbytes > limit:
+                self._record(ctx, t, anc, False, f"result of {value.nbytes} bytes would grow the model")
+                continue
+            if value.dtype == object:
+                continue
+            t.to_constant(value)
+            t.inputs.clear()
+            rewrites += 1
+            self._record(ctx, t, anc, True, "weight evaluated once")
+        graph.cleanup(remove_unused_graph_inputs=False)
+        return rewrites
+
+    @staticmethod
+    def _record(ctx: PassContext, t: gs.Tensor, nodes: list[gs.Node], folded: bool, detail: str) -> None:
+        users = [u for u in t.outputs if _WEIGHT_INPUT.get(u.op) is not None]
+        family = weight_family(nodes, ctx.graph.opset)
+        if family is None or not nodes:
+            return
+        anchor = describe(nodes[-1])
+        targets = ", ".join(describe(u) for u in users) or "its consumers"
+        if folded:
+            ctx.folded(anchor, family, NAME, f"{detail} into the weight of {targets}")
+        else:
+            ctx.refused(anchor, family, NAME, detail)
+
+    @staticmethod
+    def _frontier(ctx: PassContext, plan: _Plan) -> list[gs.Tensor]:
+        """Constant tensors that a non-constant node (or nothing but an initializer) will read."""
+        frontier = []
+        for node in plan.nodes:
+            for t in node.outputs:
+                if not t.outputs or t in ctx.outputs:
+                    continue
+                if any(id(u) not in plan.protos for u in t.outputs):
+                    frontier.append(t)
+        return frontier
+
+    def _oversized_expansions(self, ctx: PassContext, plan: _Plan) -> set[int]:
+        """Expand / ConstantOfShape / Tile nodes whose constant result would be too large."""
+        expanding = [n for n in plan.nodes if n.op in _EXPANDING]
+        if not expanding:
+            return set()
+        shape_tensors = [n.inputs[_EXPANDING[n.op]] for n in expanding]
+        needed: dict[int, gs.Node] = {}
+        leaves: dict[int, gs.Constant] = {}
+        for t in shape_tensors:
+            if isinstance(t, gs.Constant):
+                continue
+            anc, lv = _ancestors(t, plan)
+            needed.update((id(n), n) for n in anc)
+            leaves.update((id(c), c) for c in lv)
+        outs = [t for t in shape_tensors if not isinstance(t, gs.Constant)]
+        try:
+            computed = self._evaluate(
+                ctx, plan, [n for n in plan.nodes if id(n) in needed], list(leaves.values()), outs
+            )
+        except EvaluationError:
+            return {id(n) for n in expanding}
+        by_id = {id(t): v for t, v in zip(outs, computed, strict=False)}
+        excluded = set()
+        for node, t in zip(expanding, shape_tensors, strict=False):
+            sizes = np.asarray(t.values if isinstance(t, gs.Constant) else by_id[id(t)]).astype(np.int64)
+            elements = int(np.prod(np.maximum(sizes, 1)))
+            if node.op == "Tile":
+                src = node.inputs[0]
+                src_shape = np.asarray(src.values).shape if isinstance(src, gs.Constant) else _static_shape(src)
+                elements *= int(np.prod(src_shape)) if src_shape is not None else 1
+            if elements * 8 > ctx.options.growth_limit_bytes:
+                excluded.add(id(node))
+        return excluded
+
+    @staticmethod
+    def _evaluate(
+        ctx: PassContext, plan: _Plan, nodes: list[gs.Node], leaves: list[gs.Constant], outputs: list[gs.Tensor]
+    ) -> list[np.ndarray]:
+        graph = ctx.graph
+        imports = list(graph.import_domains or [onnx.helper.make_opsetid("", graph.opset)])
+        return evaluate_protos([plan.protos[id(n)] for n in nodes], leaves, outputs, imports, ctx.graph.ir_version or 8)

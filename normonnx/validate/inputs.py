@@ -1,0 +1,122 @@
+"""Seeded inputs from a model's input specs, or real ones from an .npz file.
+
+Dynamic dims get a default (the first dim 2, so batch handling is exercised;
+any other 16) unless the user names the shape (``--shape name:d0,d1,...``).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from normonnx.errors import UnusableInputError
+
+DEFAULT_BATCH = 2
+DEFAULT_DIM = 16
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...] | None
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The graph inputs a caller must feed (initializers listed as inputs excluded)."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise UnusableInputError(f"input '{vi.name}' is not a tensor; only tensor inputs can be generated")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        shape = None
+        if tt.HasField("shape"):
+            shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        specs.append(InputSpec(vi.name, np.dtype(dtype), shape))
+    return specs
+
+
+def parse_shape_overrides(items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["x:1,3,224,224"]`` -> ``{"x": (1, 3, 224, 224)}``."""
+    result: dict[str, tuple[int, ...]] = {}
+    for item in items or []:
+        name, sep, dims = item.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            result[name] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise UnusableInputError(f"--shape '{item}': expected NAME:D0,D1,... with integer dims") from None
+    return result
+
+
+def concrete_shape(spec: InputSpec, overrides: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    if spec.name in overrides:
+        shape = overrides[spec.name]
+        if spec.shape is not None and len(spec.shape) != len(shape):
+            raise UnusableInputError(f"--shape {spec.name}: rank {len(shape)}, the model expects {len(spec.shape)}")
+        for want, got in zip(spec.shape or (), shape, strict=False):
+            if isinstance(want, int) and want > 0 and want != got:
+                raise UnusableInputError(f"--shape {spec.name}: dim {got} where the model fixes {want}")
+        return shape
+    if spec.shape is None:
+        raise UnusableInputError(f"input '{spec.name}' has no declared shape; pass --shape {spec.name}:D0,D1,...")
+    return tuple(
+        d if isinstance(d, int) and d > 0 else (DEFAULT_BATCH if i == 0 else DEFAULT_DIM)
+        for i, d in enumerate(spec.shape)
+    )
+
+
+def random_inputs(
+    specs: list[InputSpec], seed: int, overrides: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, np.ndarray]:
+    """One seeded set of feeds: floats ~ N(0, 1), integers in [0, 8), booleans fair."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        shape = concrete_shape(spec, overrides or {})
+        if spec.dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype.kind in "iu":
+            feeds[spec.name] = rng.integers(0, 8, size=shape).astype(spec.dtype)
+        elif spec.dtype.kind == "b":
+            feeds[spec.name] = rng.random(shape) < 0.5
+        else:
+            raise UnusableInputError(f"input '{spec.name}' has dtype {spec.dtype}; pass real inputs with --inputs")
+    return feeds
+
+
+def seeded_input_sets(
+    model: onnx.ModelProto, count: int = 3, overrides: dict[str, tuple[int, ...]] | None = None, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
+    specs = input_specs(model)
+    return [random_inputs(specs, seed + k, overrides) for k in range(count)]
+
+
+def load_npz(path: str | os.PathLike, specs: list[InputSpec]) -> list[dict[str, np.ndarray]]:
+    """Real inputs: arrays named like the inputs; a leading extra axis means several sets."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise UnusableInputError(f"{path}: not a readable .npz of arrays ({e})") from None
+    missing = [s.name for s in specs if s.name not in arrays]
+    if missing:
+        raise UnusableInputError(f"{path}: no array for input(s) {', '.join(missing)}")
+    sets: list[dict[str, np.ndarray]] = []
+    first = specs[0]
+    stacked = first.shape is not None and arrays[first.name].ndim == len(first.shape) + 1
+    count = arrays[first.name].shape[0] if stacked else 1
+    for k in range(count):
+        sets.append({s.name: (arrays[s.name][k] if stacked else arrays[s.name]).astype(s.dtype) for s in specs})
+    return sets

@@ -1,0 +1,80 @@
+"""onnxruntime sessions, created the same way everywhere.
+
+A model already in memory is handed to onnxruntime as bytes only when it has
+no external data (so onnxruntime never resolves a weight path against the
+current directory); otherwise it is given the path of the validated file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from normonnx.errors import RuntimeUnavailableError, UnusableInputError
+from normonnx.graph.modelio import has_external_data
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    provider: str = "cpu"
+    optimize: bool = False  # False: ORT_DISABLE_ALL (the reference); True: ORT_ENABLE_ALL (deployment)
+    threads: int | None = None
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def provider_available(provider: str) -> bool:
+    return PROVIDERS.get(provider, provider) in available_providers()
+
+
+def require_provider(provider: str) -> str:
+    name = PROVIDERS.get(provider)
+    if name is None:
+        raise UnusableInputError(f"unknown provider '{provider}'; choose one of {', '.join(PROVIDERS)}")
+    if name not in available_providers():
+        raise RuntimeUnavailableError(
+            f"{name} is not available in this onnxruntime ({', '.join(available_providers())});"
+            " install onnxruntime-gpu on a machine with a GPU"
+        )
+    return name
+
+
+def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = SessionConfig()):
+    import onnxruntime as ort
+
+    name = require_provider(config.provider)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if config.optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    options.log_severity_level = 3
+    if config.threads:
+        options.intra_op_num_threads = config.threads
+        options.inter_op_num_threads = 1
+    providers = [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
+    if isinstance(model, onnx.ModelProto):
+        if has_external_data(model):
+            raise UnusableInputError("an in-memory model with external data must be run from its validated path")
+        source: bytes | str = model.SerializeToString()
+    else:
+        source = str(Path(model))
+    return ort.InferenceSession(source, options, providers=providers)
+
+
+def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    names = outputs or [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds), strict=False))

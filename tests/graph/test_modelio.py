@@ -1,0 +1,132 @@
+"""Safe loading and atomic saving."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from normonnx.errors import ModelLoadError, OutputError
+from normonnx.graph import modelio
+from tests.conftest import conv_bn_model
+
+
+def _save_external(model: onnx.ModelProto, path, location="weights.bin"):
+    onnx.save(
+        model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
+    )
+
+
+def _set_location(path, location: str, **fields) -> None:
+    m = onnx.load(path, load_external_data=False)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+            if e.key in fields:
+                e.value = str(fields[e.key])
+    onnx.save(m, path)
+
+
+def test_roundtrip_with_external_data(tmp_path):
+    path = tmp_path / "m.onnx"
+    _save_external(conv_bn_model(), path)
+    model = modelio.load_model(path)
+    assert not modelio.has_external_data(model)
+    ref = onnx.load(path)
+    assert [onnx.numpy_helper.to_array(t).sum() for t in model.graph.initializer] == [
+        onnx.numpy_helper.to_array(t).sum() for t in ref.graph.initializer
+    ]
+
+
+@pytest.mark.parametrize(
+    "location,expected",
+    [
+        ("../weights.bin", "leaves the model's folder"),
+        ("/etc/passwd", "not relative"),
+        ("nothere.bin", "does not exist"),
+    ],
+)
+def test_external_locations_are_validated_before_reading(tmp_path, location, expected):
+    path = tmp_path / "m.onnx"
+    _save_external(conv_bn_model(), path)
+    _set_location(path, location)
+    with pytest.raises(ModelLoadError, match=expected) as e:
+        modelio.load_model(path)
+    assert str(path) in str(e.value)
+
+
+def test_symlinked_and_hardlinked_weights_are_refused(tmp_path):
+    path = tmp_path / "m.onnx"
+    _save_external(conv_bn_model(), path)
+    (tmp_path / "link.bin").symlink_to(tmp_path / "weights.bin")
+    _set_location(path, "link.bin")
+    with pytest.raises(ModelLoadError, match="symbolic link"):
+        modelio.load_model(path)
+    os.link(tmp_path / "weights.bin", tmp_path / "hard.bin")
+    _set_location(path, "hard.bin")
+    with pytest.raises(ModelLoadError, match="2 hard links"):
+        modelio.load_model(path)
+
+
+def test_length_past_the_end_is_refused(tmp_path):
+    path = tmp_path / "m.onnx"
+    _save_external(conv_bn_model(), path)
+    _set_location(path, "weights.bin", length=10**9)
+    with pytest.raises(ModelLoadError, match="past the end"):
+        modelio.load_model(path)
+
+
+def test_unsupported_versions_are_refused(tmp_path):
+    m = conv_bn_model()
+    m.ir_version = 99
+    onnx.save(m, tmp_path / "ir.onnx")
+    with pytest.raises(ModelLoadError, match="ir_version 99"):
+        modelio.load_model(tmp_path / "ir.onnx")
+    m = conv_bn_model()
+    m.opset_import[0].version = 99
+    onnx.save(m, tmp_path / "op.onnx")
+    with pytest.raises(ModelLoadError, match="opset 99"):
+        modelio.load_model(tmp_path / "op.onnx")
+
+
+def test_save_is_atomic_and_leaves_no_temporaries(tmp_path):
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous")
+    modelio.save_model(conv_bn_model(), out)
+    onnx.checker.check_model(str(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
+
+
+def test_save_refuses_a_model_the_checker_rejects_and_keeps_the_previous_file(tmp_path):
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous")
+    bad = conv_bn_model()
+    bad.graph.node[0].input[0] = "undefined_tensor"
+    with pytest.raises(OutputError, match=r"fails onnx\.checker"):
+        modelio.save_model(bad, out)
+    assert out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
+
+
+def test_large_models_are_saved_with_external_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 100)
+    model = conv_bn_model()
+    out = modelio.save_model(model, tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").exists()
+    loaded = modelio.load_model(out)
+    assert np.array_equal(
+        onnx.numpy_helper.to_array(loaded.graph.initializer[0]), onnx.numpy_helper.to_array(model.graph.initializer[0])
+    )
+    assert not modelio.has_external_data(model)  # the caller's proto is restored
+
+
+def test_an_unrelated_weight_file_is_never_overwritten(tmp_path, monkeypatch):
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 100)
+    decoy = tmp_path / "big.onnx.data"
+    decoy.write_bytes(b"somebody else's data")
+    with pytest.raises(OutputError, match=r"was not written for big\.onnx"):
+        modelio.save_model(conv_bn_model(), tmp_path / "big.onnx")
+    assert decoy.read_bytes() == b"somebody else's data"

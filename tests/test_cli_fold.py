@@ -1,0 +1,123 @@
+"""``normonnx fold`` and ``normonnx inspect`` as a user runs them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import onnx
+
+from tests.builders import assert_parity, op_types
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_fold_writes_a_folded_model_and_keeps_the_interface(cli, conv_bn_path, tmp_path):
+    before = _digest(conv_bn_path)
+    out = tmp_path / "folded.onnx"
+    report = tmp_path / "report.json"
+    r = cli("fold", conv_bn_path, "-o", out, "--report", report)
+    assert r.code == 0, r.err
+    assert r.out.strip().splitlines()[-1] == "PASSED"
+    assert "folded: 2 (batchnorm 2)" in r.out
+    assert _digest(conv_bn_path) == before
+    src, dst = onnx.load(conv_bn_path), onnx.load(out)
+    onnx.checker.check_model(dst, full_check=True)
+    assert op_types(dst) == ["Conv", "Relu", "Conv"]
+    assert dst.graph.input == src.graph.input and dst.graph.output == src.graph.output
+    assert dst.opset_import == src.opset_import and dst.ir_version == src.ir_version
+    assert dst.metadata_props == src.metadata_props and dst.producer_name == src.producer_name
+    assert_parity(src, dst)
+    data = json.loads(report.read_text())
+    assert data["folded"] == 2 and data["parity"]["passed"] is True
+    assert {n["anchor"] for n in data["normalizations"] if n["folded"]} == {"bn1", "bn2"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_fold_json_output_is_parseable(cli, conv_bn_path, tmp_path):
+    r = cli("fold", conv_bn_path, "-o", tmp_path / "o.onnx", "--json")
+    assert r.code == 0
+    data = json.loads(r.out[: r.out.rindex("}") + 1])
+    assert data["schema"] == 1 and data["before"]["nodes"] == 5 and data["after"]["nodes"] == 3
+
+
+def test_inspect_names_every_normalization_and_why(cli, conv_bn_path):
+    r = cli("inspect", conv_bn_path)
+    assert r.code == 0
+    assert "bn1" in r.out and "foldable: into Conv conv1" in r.out
+    assert "bn2" in r.out and "foldable: into the following Conv conv2" in r.out
+    assert r.out.strip().endswith("2 of 2 foldable (batchnorm 2/2)")
+
+
+def test_inspect_json(cli, conv_bn_path):
+    r = cli("inspect", conv_bn_path, "--json")
+    data = json.loads(r.out)
+    assert data["foldable"] == 2 and len(data["normalizations"]) == 2
+
+
+def test_bad_inputs_get_one_line_errors_and_exit_2(cli, tmp_path, conv_bn_path):
+    (tmp_path / "text.onnx").write_text("hello")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    cases = [
+        (tmp_path / "missing.onnx", "no such file"),
+        (tmp_path / "text.onnx", "not an ONNX model"),
+        (tmp_path / "empty.onnx", "is empty"),
+        (tmp_path, "is a directory"),
+    ]
+    for src, expected in cases:
+        out = tmp_path / "out.onnx"
+        r = cli("fold", src, "-o", out)
+        assert r.code == 2, (src, r)
+        assert len(r.err.strip().splitlines()) == 1 and expected in r.err and str(src) in r.err
+        assert "Traceback" not in r.err and not out.exists()
+
+
+def test_fold_refuses_to_overwrite_its_input(cli, conv_bn_path):
+    before = _digest(conv_bn_path)
+    r = cli("fold", conv_bn_path, "-o", conv_bn_path)
+    assert r.code == 2 and "refusing to write over the input" in r.err
+    assert _digest(conv_bn_path) == before
+
+
+def test_output_in_missing_folder_is_an_error(cli, conv_bn_path, tmp_path):
+    r = cli("fold", conv_bn_path, "-o", tmp_path / "nope" / "o.onnx")
+    assert r.code == 2 and "does not exist" in r.err
+
+
+def test_parity_failure_writes_nothing_and_exits_1(cli, conv_bn_path, tmp_path, monkeypatch):
+    """A fold bug must never reach disk: plant one by corrupting the BN math."""
+    from normonnx import foldmath
+
+    real = foldmath.batchnorm_affine
+
+    def wrong(*args):
+        a = real(*args)
+        return foldmath.ChannelAffine(a.scale * 1.01, a.shift)
+
+    monkeypatch.setattr("normonnx.passes.affine.fm.batchnorm_affine", wrong)
+    out = tmp_path / "o.onnx"
+    r = cli("fold", conv_bn_path, "-o", out)
+    assert r.code == 1
+    assert "FAILED" in r.out and "not written" in r.err
+    assert not out.exists()
+
+
+def test_dynamic_dims_can_be_given_with_shape(cli, conv_bn_path, tmp_path):
+    r = cli("fold", conv_bn_path, "-o", tmp_path / "o.onnx", "--shape", "input:5,3,16,16")
+    assert r.code == 0
+    r = cli("fold", conv_bn_path, "-o", tmp_path / "o.onnx", "--shape", "input:5,3")
+    assert r.code == 2 and "rank 2" in r.err
+    r = cli("fold", conv_bn_path, "-o", tmp_path / "o.onnx", "--shape", "oops")
+    assert r.code == 2 and "NAME:D0,D1" in r.err
+
+
+def test_usage_error_exits_2(cli):
+    assert cli("fold").code == 2
+    assert cli("no-such-command").code == 2
+
+
+def test_no_verify_skips_parity(cli, conv_bn_path, tmp_path):
+    r = cli("fold", conv_bn_path, "-o", tmp_path / "o.onnx", "--no-verify")
+    assert r.code == 0 and "parity not verified" in r.out
