@@ -98,3 +98,9 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(seed)
     model = randomize_statistics(cls(), seed)
     return model, torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
+
+
+def pattern_net() -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """MODULE:FACTORY entry point: ``normonnx export models.patterns:pattern_net``."""
+    model, x = build("patterns")
+    return model, (x,)

@@ -34,9 +34,13 @@ def _write_json(path: str, data: dict) -> None:
 def cmd_fold(args: argparse.Namespace) -> int:
     from normonnx.fold import fold_file
     from normonnx.foldreport import render
+    from normonnx.passes.base import FoldOptions
     from normonnx.validate.inputs import parse_shape_overrides
 
-    report = fold_file(args.input, args.output, verify=not args.no_verify, shapes=parse_shape_overrides(args.shape))
+    options = FoldOptions(fold_norm_affine=args.norm_affine)
+    report = fold_file(
+        args.input, args.output, options, verify=not args.no_verify, shapes=parse_shape_overrides(args.shape)
+    )
     if args.report:
         _write_json(args.report, report.to_dict())
     if args.json:
@@ -44,13 +48,7 @@ def cmd_fold(args: argparse.Namespace) -> int:
     else:
         _out(f"normonnx fold {args.input} -> {args.output}")
         _out(render(report))
-    if report.output is None:
-        print(f"normonnx: {args.output}: not written, the folded model does not match {args.input}", file=sys.stderr)
-        _out("FAILED")
-        return EXIT_VERIFY_FAILED
-    _out(f"wrote {args.output} in {report.seconds:.2f} s")
-    _out("PASSED" if report.parity is not None else "DONE (parity not verified: --no-verify)")
-    return EXIT_OK
+    return _finish(args.output, report, report.output is not None, args.input)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -64,6 +62,109 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _finish(output: str, report, written: bool, what: str) -> int:
+    """The verdict lines shared by the commands that write a model."""
+    if not written:
+        print(f"normonnx: {output}: not written, the model does not match {what}", file=sys.stderr)
+        _out("FAILED")
+        return EXIT_VERIFY_FAILED
+    _out(f"wrote {output} in {report.seconds:.2f} s")
+    _out("PASSED" if report.parity is not None else "DONE (parity not verified: --no-verify)")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from normonnx.emit import render_emit
+    from normonnx.export.torch_export import parse_input_shape
+    from normonnx.exporting import export_file
+
+    report = export_file(
+        args.factory,
+        args.output,
+        checkpoint=args.checkpoint,
+        input_shapes=[parse_input_shape(s) for s in args.input_shape or []],
+        opset=args.opset,
+        style=args.norm_style,
+        verify=not args.no_verify,
+    )
+    if args.report:
+        _write_json(args.report, report.to_dict())
+    if args.json:
+        _out(json.dumps(report.to_dict(), indent=2))
+    else:
+        _out(f"normonnx export {args.factory} -> {args.output} with {report.exporter}")
+        body = render_emit(report.emit)
+        if report.parity is not None:
+            w = report.parity.worst()
+            verdict = "PASSED" if report.parity.passed else "FAILED"
+            body += f"\nparity vs torch eager {verdict}: max|diff| {w.max_abs:.3g} (threshold {w.threshold:.3g})"
+        _out(body)
+    return _finish(args.output, report, report.output is not None, "torch eager")
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    from normonnx.emit import emit, render_emit
+    from normonnx.graph.modelio import check_output_path, save_model
+    from normonnx.validate.inputs import parse_shape_overrides
+
+    check_output_path(args.output, [args.input])
+    model, report = emit(
+        args.input, args.opset, args.norm_style, verify=not args.no_verify, shapes=parse_shape_overrides(args.shape)
+    )
+    written = report.parity is None or report.parity.passed
+    if written:
+        save_model(model, args.output, inputs=[args.input])
+        report.output = args.output
+    if args.report:
+        _write_json(args.report, report.to_dict())
+    if args.json:
+        _out(json.dumps(report.to_dict(), indent=2))
+    else:
+        _out(f"normonnx emit {args.input} -> {args.output}")
+        _out(render_emit(report))
+    return _finish(args.output, report, written, args.input)
+
+
+def _add_style_options(p: argparse.ArgumentParser, default_opset: int | None) -> None:
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=default_opset,
+        help=f"target opset (default: {default_opset or 'the input model' + chr(39) + 's'})",
+    )
+    p.add_argument(
+        "--norm-style",
+        choices=("auto", "op", "decomposed"),
+        default="auto",
+        help="op: standard ops where the opset has them; decomposed: exact subgraphs;"
+        " auto: the form measured fastest on onnxruntime CPU (default)",
+    )
+    p.add_argument("--no-verify", action="store_true", help="skip the parity check")
+    p.add_argument("--report", metavar="REPORT.json", help="also write the report as JSON")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from normonnx.exporting import DEFAULT_OPSET
+
+    p = sub.add_parser("export", help="export a torch model with every normalization in the chosen form")
+    p.add_argument("factory", metavar="MODULE:FACTORY", help="callable returning an nn.Module or (module, inputs)")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument("--checkpoint", help="weights: .safetensors, or a torch state dict (loaded with weights_only=True)")
+    p.add_argument("--input-shape", action="append", metavar="1,3,224,224", help="example input shape, once per input")
+    _add_style_options(p, DEFAULT_OPSET)
+    p.set_defaults(handler=cmd_export)
+
+
+def _add_emit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("emit", help="re-emit every normalization of an ONNX file at an opset and style")
+    p.add_argument("input", help="ONNX file (never modified)")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument("--shape", action="append", metavar="NAME:D0,D1,...", help="shape of a dynamic input")
+    _add_style_options(p, None)
+    p.set_defaults(handler=cmd_emit)
+
+
 def _add_fold(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fold", help="fold every constant normalization of an ONNX file")
     p.add_argument("input", help="ONNX file to fold (never modified)")
@@ -71,6 +172,11 @@ def _add_fold(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", metavar="REPORT.json", help="also write the fold report as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check against the input")
     p.add_argument("--shape", action="append", metavar="NAME:D0,D1,...", help="shape of a dynamic input")
+    p.add_argument(
+        "--norm-affine",
+        action="store_true",
+        help="also fold LayerNorm/RMSNorm/GroupNorm/InstanceNorm affines into the linear op after them",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=cmd_fold)
 
@@ -89,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_fold, _add_inspect):
+    for add in (_add_export, _add_emit, _add_fold, _add_inspect):
         add(sub)
     return parser
 

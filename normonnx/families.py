@@ -87,6 +87,9 @@ class Family:
     fold_note: str  # what folding can do with it, in a user's words
     reference: Callable[..., np.ndarray] | None
     rtol: float = 1e-5
+    # The form ``--norm-style auto`` emits where the op exists: the one measured
+    # fastest on onnxruntime CPU (scripts/bench_emit.py, benchmarks/emit_forms.md).
+    auto_form: str = "op"
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -133,6 +136,7 @@ FAMILIES: tuple[Family, ...] = (
         False,
         "statistics are computed per sample and group at inference",
         ref_groupnorm,
+        auto_form="decomposed",
     ),
     Family(
         "rmsnorm",

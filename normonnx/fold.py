@@ -49,10 +49,10 @@ def as_model(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProt
     return load_model(model), str(model)
 
 
-def prepare_graph(model: onnx.ModelProto) -> gs.Graph:
-    """A graphsurgeon graph of ``model`` with inferred dtypes and shapes."""
+def prepare_graph(model: onnx.ModelProto, *, always_infer: bool = False) -> gs.Graph:
+    """A graphsurgeon graph of ``model`` with inferred dtypes and shapes (see annotate_shapes)."""
     graph = to_graph(model)
-    annotate_shapes(model, graph)
+    annotate_shapes(model, graph, always_infer)
     return graph
 
 
@@ -78,7 +78,7 @@ def fold(
     rewrites = {}
     for p in fold_prelude():
         rewrites[p.name] = p.run(ctx)
-    rewrites.update(run_to_fixpoint(fold_fixpoint(), ctx))
+    rewrites.update(run_to_fixpoint(fold_fixpoint(ctx.options), ctx))
     # Folds only remove nodes or rewire in place, which keeps a sorted graph
     # sorted; nodes a pass appended need the sort.
     out = to_model(graph, proto, sort=ctx.nodes_added > 0)

@@ -54,9 +54,12 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None] | None:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
 
 
-def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph) -> None:
-    """Give graph tensors the dtypes and shapes onnx can infer (best effort, never raises)."""
-    if not needs_shapes(model):
+def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph, always: bool = False) -> None:
+    """Give graph tensors the dtypes and shapes onnx can infer (best effort, never raises).
+
+    Unless ``always``, a graph with no op that reads shapes (see ``needs_shapes``) is skipped.
+    """
+    if not always and not needs_shapes(model):
         return
     try:
         inferred = onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=False, data_prop=True)

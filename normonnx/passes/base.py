@@ -26,6 +26,8 @@ class FoldOptions:
     # Constant subgraphs whose result is larger than this and than twice
     # their inputs are left alone (an Expand to a huge tensor is not a fold).
     growth_limit_bytes: int = 1 << 20
+    # Opt-in: fold LayerNorm/RMSNorm/GroupNorm/InstanceNorm affines into the linear op after them.
+    fold_norm_affine: bool = False
 
 
 @dataclass(frozen=True)

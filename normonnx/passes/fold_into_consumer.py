@@ -38,7 +38,7 @@ from normonnx.passes.linear import LINEAR_OPS, Linear, fold_affine_before, read_
 NAME = "fold-into-consumer"
 
 
-def _pads_reach_data(conv: gs.Node) -> bool:
+def pads_reach_data(conv: gs.Node) -> bool:
     """True when some output of the Conv reads zero padding."""
     pads = list(conv.attrs.get("pads", []))
     if any(p != 0 for p in pads):
@@ -115,7 +115,7 @@ class FoldIntoConsumer:
         if np.any(affine.affine.shift != 0):
             if lin.kind == "ConvTranspose":
                 return f"{describe(user)} is a ConvTranspose: its border outputs see fewer taps of the shift"
-            if lin.kind == "Conv" and _pads_reach_data(user):
+            if lin.kind == "Conv" and pads_reach_data(user):
                 return (
                     f"{describe(user)} zero-pads its input (pads={list(user.attrs.get('pads', []))},"
                     f" auto_pad={user.attrs.get('auto_pad', 'NOTSET')}): the border would see the shift as 0;"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from normonnx.passes.base import Pass
+from normonnx.passes.base import FoldOptions, Pass
 from normonnx.passes.fold_constants import FoldConstants
 from normonnx.passes.fold_into_consumer import FoldIntoConsumer
 from normonnx.passes.fold_into_producer import FoldIntoProducer
+from normonnx.passes.fold_norm_affine import FoldNormAffine
 
 
 def fold_prelude() -> list[Pass]:
@@ -13,6 +14,9 @@ def fold_prelude() -> list[Pass]:
     return [FoldConstants()]
 
 
-def fold_fixpoint() -> list[Pass]:
+def fold_fixpoint(options: FoldOptions) -> list[Pass]:
     """Run until nothing changes: each fold can expose the next (Conv -> BN -> BN)."""
-    return [FoldIntoProducer(), FoldIntoConsumer()]
+    passes: list[Pass] = [FoldIntoProducer(), FoldIntoConsumer()]
+    if options.fold_norm_affine:
+        passes.append(FoldNormAffine())
+    return passes

@@ -4,7 +4,7 @@ Every exporter writes the same core in a few spellings::
 
     d   = x - ReduceMean(x, axes)            (absent for RMSNorm: d = x)
     var = ReduceMean(Pow(d, 2) | Mul(d, d), axes)
-    y   = d / Sqrt(var + eps)                 | d * Reciprocal(Sqrt(var + eps))
+    y   = d / Sqrt(var + eps)                 | d * Reciprocal(Sqrt(var + eps)) | d * (1 / Sqrt(var + eps))
         | d * Pow(var + eps, -0.5)            | d / (Sqrt(var) + eps)   (eps in std)
 
 optionally followed by ``Mul(gamma)`` and ``Add(beta)`` constants, and, for
@@ -112,9 +112,13 @@ def _inv_std(t: gs.Tensor, divides: bool):
     nodes: list[gs.Node] = []
     if not divides:
         rec = _op(t, "Reciprocal")
+        one_over = _op(t, "Div")
         if rec is not None:
             nodes.append(rec)
             t = rec.inputs[0]
+        elif one_over is not None and _scalar(one_over.inputs[0]) == 1.0:  # 1 / den (TorchScript's rsqrt)
+            nodes.append(one_over)
+            t = one_over.inputs[1]
         else:
             pw = _op(t, "Pow")
             if pw is None or _scalar(pw.inputs[1]) != -0.5:

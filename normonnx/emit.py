@@ -1,0 +1,178 @@
+"""Re-emitting every normalization of a model in the form a target wants.
+
+A form is chosen per family from the target opset and the style:
+
+* ``op``: the standard ONNX op wherever the target opset has one;
+* ``decomposed``: always the exact subgraph;
+* ``auto``: the form measured fastest on onnxruntime CPU (``Family.auto_form``,
+  checked against benchmarks/emit_forms.json by the tests).
+
+Changing the opset goes through onnx's version converter, with normonnx's
+own passes around it: ops the target lacks are lowered before a down
+conversion, and GroupNormalization-18 (per-group scale) is lowered before an
+up conversion past 21, because the converter relabels it without converting
+its scale to per channel.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import onnx
+
+from normonnx.errors import UnusableInputError
+from normonnx.families import BY_KEY
+from normonnx.fold import as_model, prepare_graph
+from normonnx.graph.convert import to_model
+from normonnx.graph.opsets import convert_opset, default_opset
+from normonnx.passes.base import Decision, FoldOptions, PassContext
+from normonnx.passes.lower import FAMILY_OF_OP, Lower
+from normonnx.passes.raise_norms import RaiseGroupNormInstanceNorm, RaiseMoments
+from normonnx.recognize.scan import scan, summarize
+from normonnx.validate.parity import ParityResult
+
+STYLES = ("auto", "op", "decomposed")
+MIN_OPSET = 11
+OP_OF_FAMILY = {family: op for op, family in FAMILY_OF_OP.items()}
+EMITTED_FAMILIES = tuple(OP_OF_FAMILY)
+
+
+def newest_opset() -> int:
+    return onnx.defs.onnx_opset_version()
+
+
+def check_opset(opset: int) -> None:
+    if not MIN_OPSET <= opset <= newest_opset():
+        raise UnusableInputError(f"--opset {opset}: normonnx emits opsets {MIN_OPSET} to {newest_opset()}")
+
+
+def check_style(style: str) -> None:
+    if style not in STYLES:
+        raise UnusableInputError(f"--norm-style {style!r}: choose one of {', '.join(STYLES)}")
+
+
+def op_available(family: str, opset: int) -> bool:
+    fam = BY_KEY[family]
+    return fam.onnx_op is not None and fam.first_opset is not None and opset >= fam.first_opset
+
+
+def planned_form(family: str, opset: int, style: str) -> str:
+    """'op' or 'decomposed': the form ``family`` takes at ``opset`` under ``style``."""
+    if not op_available(family, opset):
+        return "decomposed"
+    if style in ("op", "decomposed"):
+        return style
+    return BY_KEY[family].auto_form
+
+
+@dataclass
+class EmitReport:
+    source: str
+    source_opset: int
+    opset: int
+    style: str
+    forms: dict[str, str]
+    norms_before: dict[str, int]
+    norms_after: dict[str, int]
+    decisions: list[Decision] = field(default_factory=list)
+    parity: ParityResult | None = None
+    seconds: float = 0.0
+    output: str | None = None
+
+    @property
+    def refused(self) -> list[Decision]:
+        done = {d.node for d in self.decisions if d.folded}
+        return [d for d in self.decisions if not d.folded and d.node not in done]
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": 1,
+            "source": self.source,
+            "output": self.output,
+            "source_opset": self.source_opset,
+            "opset": self.opset,
+            "style": self.style,
+            "forms": self.forms,
+            "before": self.norms_before,
+            "after": self.norms_after,
+            "refused": [asdict(d) for d in self.refused],
+            "parity": self.parity.to_dict() if self.parity else None,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def _run(model: onnx.ModelProto, passes, decisions: list[Decision]) -> onnx.ModelProto:
+    graph = prepare_graph(model, always_infer=True)
+    ctx = PassContext(graph, FoldOptions())
+    for p in passes:
+        p.run(ctx)
+    decisions.extend(ctx.decisions)
+    return to_model(graph, model, sort=True)
+
+
+def _ops_in(model: onnx.ModelProto) -> set[str]:
+    return {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
+
+
+def emit(
+    model: onnx.ModelProto | str | os.PathLike,
+    opset: int | None = None,
+    style: str = "auto",
+    *,
+    verify: bool = False,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> tuple[onnx.ModelProto, EmitReport]:
+    """Every normalization of ``model`` in the form ``style`` wants at ``opset`` (default: the model's)."""
+    start = time.perf_counter()
+    proto, source = as_model(model)
+    src = default_opset(proto)
+    target = src if opset is None else opset
+    check_opset(target)
+    check_style(style)
+    forms = {f: planned_form(f, target, style) for f in EMITTED_FAMILIES}
+    before = summarize(scan(prepare_graph(proto)))
+    decisions: list[Decision] = []
+    out = proto
+    # At the source opset: lower what the target lacks or the style does not want,
+    # and GroupNormalization-18 before the converter mislabels it as 21.
+    lower_first = [f for f in EMITTED_FAMILIES if forms[f] == "decomposed"]
+    if src < 21 <= target and "GroupNormalization" in _ops_in(out) and "groupnorm" not in lower_first:
+        lower_first.append("groupnorm")
+    if lower_first:
+        out = _run(out, [Lower(OP_OF_FAMILY[f]) for f in lower_first], decisions)
+    if target != src:
+        out = convert_opset(out, target)
+    raise_families = {f for f in EMITTED_FAMILIES if forms[f] == "op"}
+    out = _run(out, [RaiseMoments(raise_families), RaiseGroupNormInstanceNorm(raise_families)], decisions)
+    report = EmitReport(source, src, target, style, forms, before, summarize(scan(prepare_graph(out))), decisions)
+    if verify:
+        from normonnx.fold import verify_parity
+
+        report.parity = verify_parity(proto, out, shapes=shapes)
+    report.seconds = time.perf_counter() - start
+    return out, report
+
+
+def render_emit(report: EmitReport) -> str:
+    lines = [f"opset {report.source_opset} -> {report.opset}, style {report.style}"]
+    wanted = ", ".join(f"{fam} {form}" for fam, form in report.forms.items())
+    lines.append(f"forms: {wanted}")
+    keys = sorted(set(report.norms_before) | set(report.norms_after))
+    w = max([len(k) for k in keys] + [12]) + 2
+    lines.append(f"{'':{w}}{'before':>8}{'after':>8}")
+    for k in keys:
+        lines.append(f"{k:{w}}{report.norms_before.get(k, 0):>8}{report.norms_after.get(k, 0):>8}")
+    for d in report.refused:
+        lines.append(f"  kept {d.family} {d.node} as it was: {d.detail}")
+    if report.parity is not None:
+        worst = report.parity.worst()
+        verdict = "PASSED" if report.parity.passed else "FAILED"
+        if worst is not None:
+            lines.append(
+                f"parity {verdict}: worst output '{worst.name}' max|diff| {worst.max_abs:.3g}"
+                f" (threshold {worst.threshold:.3g}) over {report.parity.samples} seeded inputs"
+                + (f" -- {worst.reason}" if worst.reason else "")
+            )
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""From a torch module to an ONNX model at any opset from 11 to the newest.
+
+torch's dynamo exporter writes opset 18 and later; below 18 only its
+TorchScript exporter can (and it fails on nn.RMSNorm, which is swapped for an
+equivalent module first). Above the newest opset torch knows, the model is
+exported at torch's newest and converted by the emit step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+
+from normonnx.errors import ExportError, first_line
+from normonnx.graph.modelio import load_model
+
+log = logging.getLogger(__name__)
+DYNAMO_MIN_OPSET = 18
+
+
+def load_factory(spec: str):
+    """The callable named by ``MODULE:FACTORY`` (the current directory is importable)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ExportError(f"'{spec}': expected MODULE:FACTORY, for example models.resnet:build")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or any error the module raises at import
+        raise ExportError(f"'{spec}': cannot import {module_name} ({type(e).__name__}: {first_line(e)})") from None
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ExportError(f"'{spec}': module {module_name} has no attribute {attr}")
+    if not callable(factory):
+        raise ExportError(f"'{spec}': {attr} is not callable")
+    return factory
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise ExportError(f"--input-shape '{text}': expected comma-separated integers such as 1,3,224,224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise ExportError(f"--input-shape '{text}': dims must be positive")
+    return dims
+
+
+def build(spec: str, input_shapes: Sequence[tuple[int, ...]] = (), checkpoint: str | None = None, seed: int = 0):
+    """(module in eval mode, example inputs) from a factory, a checkpoint and input shapes."""
+    import torch
+
+    from normonnx.export.checkpoint import apply_checkpoint
+
+    factory = load_factory(spec)
+    try:
+        made = factory()
+    except Exception as e:
+        raise ExportError(f"'{spec}': the factory raised {type(e).__name__}: {first_line(e)}") from None
+    inputs = None
+    if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module):
+        made, inputs = made
+    if not isinstance(made, torch.nn.Module):
+        raise ExportError(f"'{spec}': the factory returned {type(made).__name__}, not an nn.Module")
+    if checkpoint:
+        apply_checkpoint(made, checkpoint)
+    if input_shapes:
+        g = torch.Generator().manual_seed(seed)
+        inputs = tuple(torch.randn(s, generator=g) for s in input_shapes)
+    if inputs is None:
+        raise ExportError(f"'{spec}': the factory gives no example inputs; pass --input-shape (once per input)")
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    return made.eval(), tuple(inputs)
+
+
+def dynamo_max_opset() -> int:
+    """The newest opset torch's dynamo exporter writes."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):  # a torch that moved it: the opset it surely writes
+        return DYNAMO_MIN_OPSET
+
+
+class _RMSNormForTorchScript:
+    """nn.RMSNorm as plain tensor ops, which the TorchScript exporter can write."""
+
+    @staticmethod
+    def swap(module):
+        import torch
+
+        class DecomposedRMSNorm(torch.nn.Module):
+            def __init__(self, norm: torch.nn.RMSNorm) -> None:
+                super().__init__()
+                self.dims = tuple(range(-len(norm.normalized_shape), 0))
+                self.eps = norm.eps
+                self.weight = norm.weight
+
+            def forward(self, x):
+                eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+                y = x * torch.rsqrt(x.pow(2).mean(dim=self.dims, keepdim=True) + eps)
+                return y * self.weight if self.weight is not None else y
+
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.RMSNorm):
+                setattr(module, name, DecomposedRMSNorm(child))
+            else:
+                _RMSNormForTorchScript.swap(child)
+        return module
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch's exporters print progress and warnings; a CLI keeps its own output clean."""
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
+def export_torch(module, inputs: tuple, opset: int) -> tuple[onnx.ModelProto, str]:
+    """The module as ONNX (at ``opset``, or torch's newest if lower) and the exporter used."""
+    import copy
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        try:
+            with _quiet(), torch.no_grad():
+                if opset >= DYNAMO_MIN_OPSET:
+                    at = min(opset, dynamo_max_opset())
+                    torch.onnx.export(
+                        module, inputs, str(path), dynamo=True, opset_version=at, optimize=True, verbose=False
+                    )
+                    exporter = f"torch.onnx dynamo (opset {at})"
+                else:
+                    swapped = _RMSNormForTorchScript.swap(copy.deepcopy(module))
+                    torch.onnx.export(
+                        swapped, inputs, str(path), dynamo=False, opset_version=opset, do_constant_folding=True
+                    )
+                    exporter = f"torch.onnx TorchScript (opset {opset})"
+        except Exception as e:  # torch raises many types; the first line says what failed
+            raise ExportError(
+                f"torch could not export at opset {opset}: {type(e).__name__}: {first_line(e)[:300]}"
+            ) from None
+        return load_model(path), exporter

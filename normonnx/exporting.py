@@ -1,0 +1,114 @@
+"""``normonnx export``: a torch model to ONNX with every normalization in the chosen form.
+
+torch export (dynamo at opset 18+, TorchScript below) -> constant folding of
+weight-only subgraphs (weight standardization, weight_norm, the exporters'
+shape arithmetic) -> emit at the target opset and style -> parity against
+torch eager on seeded inputs -> atomic save.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from normonnx.emit import EmitReport, check_opset, check_style, emit
+from normonnx.fold import prepare_graph
+from normonnx.graph.convert import to_model
+from normonnx.passes.base import FoldOptions, PassContext
+from normonnx.passes.fold_constants import FoldConstants
+from normonnx.validate.parity import ParityResult
+
+DEFAULT_OPSET = 18
+
+
+@dataclass
+class ExportReport:
+    factory: str
+    exporter: str
+    emit: EmitReport
+    parity: ParityResult | None = None
+    output: str | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": 1,
+            "factory": self.factory,
+            "exporter": self.exporter,
+            "output": self.output,
+            "emit": self.emit.to_dict(),
+            "parity": self.parity.to_dict() if self.parity else None,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def fold_weight_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Only the constant folding of fold: emission keeps every normalization, folding is ``fold``'s job."""
+    graph = prepare_graph(model)
+    FoldConstants().run(PassContext(graph, FoldOptions()))
+    return to_model(graph, model, sort=False)
+
+
+def torch_parity(module, model: onnx.ModelProto, example: Sequence, samples: int = 3, seed: int = 0) -> ParityResult:
+    """The ONNX model on onnxruntime (optimizations off) against torch eager on seeded inputs."""
+    import torch
+
+    from normonnx.validate.parity import compare
+    from normonnx.validate.runner import SessionConfig, run, session
+
+    sess = session(model, SessionConfig(optimize=False))
+    names = [i.name for i in sess.get_inputs()]
+    refs, cands = [], []
+    for k in range(samples):
+        g = torch.Generator().manual_seed(seed + k)
+        xs = [torch.randn(x.shape, generator=g, dtype=x.dtype) if x.is_floating_point() else x for x in example]
+        with torch.no_grad():
+            out = module(*xs)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        got = run(sess, {n: x.numpy() for n, x in zip(names, xs, strict=True)})
+        refs.append({f"output_{i}": o.detach().numpy() for i, o in enumerate(outs)})
+        cands.append({f"output_{i}": np.asarray(v) for i, v in enumerate(got.values())})
+    return compare(refs, cands)
+
+
+def export_model(
+    spec: str,
+    *,
+    checkpoint: str | None = None,
+    input_shapes: Sequence[tuple[int, ...]] = (),
+    opset: int = DEFAULT_OPSET,
+    style: str = "auto",
+    verify: bool = True,
+) -> tuple[onnx.ModelProto, ExportReport]:
+    from normonnx.export.torch_export import build, export_torch
+
+    start = time.perf_counter()
+    check_opset(opset)
+    check_style(style)
+    module, example = build(spec, input_shapes, checkpoint)
+    raw, exporter = export_torch(module, example, opset)
+    model, emitted = emit(fold_weight_subgraphs(raw), opset, style)
+    emitted.source = spec
+    report = ExportReport(spec, exporter, emitted)
+    if verify:
+        report.parity = torch_parity(module, model, example)
+    report.seconds = time.perf_counter() - start
+    return model, report
+
+
+def export_file(spec: str, output: str | os.PathLike, **kwargs) -> ExportReport:
+    """Export and write ``output`` atomically, only if parity with torch holds (when verified)."""
+    from normonnx.graph.modelio import check_output_path, save_model
+
+    check_output_path(output, [])
+    model, report = export_model(spec, **kwargs)
+    if report.parity is None or report.parity.passed:
+        save_model(model, output)
+        report.output = str(output)
+    return report

@@ -1,0 +1,172 @@
+"""Changing a model's default opset, up or down.
+
+Up: onnx's version converter, which has adapters for most ops. Down: onnx's
+converter has few down adapters (not even Pow 15 -> 13), so normonnx relabels
+each op after checking, from the op schemas themselves, that the node means
+the same at the target version: same inputs and attributes used, no attribute
+the target lacks. The ops whose signature changed in ways exporters use get an
+adapter (axes moved between attribute and input; BatchNormalization's
+training_mode); the ops whose meaning changed with an unchanged signature
+(Softmax's axis coercion before 13, Resize) are converted only when provably
+the same, or refused by name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import defs, numpy_helper
+
+from normonnx.errors import UnusableInputError, first_line
+
+_REDUCE_AXES_INPUT_SINCE = {
+    "ReduceSum": 13,
+    **{
+        op: 18
+        for op in (
+            "ReduceMean",
+            "ReduceMax",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceLogSum",
+            "ReduceLogSumExp",
+            "ReduceSumSquare",
+        )
+    },
+    "Squeeze": 13,
+    "Unsqueeze": 13,
+}
+_SOFTMAX = ("Softmax", "LogSoftmax", "Hardmax")
+
+
+class OpsetError(UnusableInputError):
+    pass
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _signature_ok(node: onnx.NodeProto, dst: defs.OpSchema) -> str | None:
+    """Why ``node`` does not fit ``dst``'s signature (None if it does)."""
+    used = len(node.input)
+    while used and not node.input[used - 1]:
+        used -= 1
+    variadic = any(p.option == defs.OpSchema.FormalParameterOption.Variadic for p in dst.inputs)
+    if used > len(dst.inputs) and not variadic:
+        return f"uses {used} inputs, the target version takes {len(dst.inputs)}"
+    extra = [a.name for a in node.attribute if a.name not in dst.attributes]
+    if extra:
+        return f"attribute {extra[0]} does not exist at the target version"
+    return None
+
+
+class _Down:
+    """Rewrites one graph from opset ``src`` to ``dst`` in place."""
+
+    def __init__(self, model: onnx.ModelProto, src: int, dst: int) -> None:
+        self.model, self.src, self.dst = model, src, dst
+        self.consts = {t.name: t for t in model.graph.initializer}
+        for n in model.graph.node:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                self.consts[n.output[0]] = n.attribute[0].t
+
+    def constant(self, name: str) -> np.ndarray | None:
+        t = self.consts.get(name)
+        return None if t is None else numpy_helper.to_array(t)
+
+    def node(self, node: onnx.NodeProto) -> None:
+        if node.domain not in ("", "ai.onnx"):
+            return
+        try:
+            src = defs.get_schema(node.op_type, self.src)
+            dst = defs.get_schema(node.op_type, self.dst)
+        except defs.SchemaError:
+            raise OpsetError(
+                f"{node.op_type} ({node.name or node.output[0]}) does not exist at opset {self.dst}"
+            ) from None
+        if src.since_version == dst.since_version:
+            return
+        where = f"{node.op_type} ({node.name or node.output[0]})"
+        since = _REDUCE_AXES_INPUT_SINCE.get(node.op_type)
+        if since is not None and self.dst < since <= self.src:
+            self._axes_to_attribute(node, where)
+        elif node.op_type in _SOFTMAX and self.dst < 13 <= self.src:
+            self._softmax(node, where)
+        elif node.op_type == "BatchNormalization" and self.dst < 14 <= self.src:
+            self._batchnorm(node, where)
+        elif node.op_type in ("Resize", "Upsample"):
+            raise OpsetError(
+                f"{where}: its semantics changed between opsets {dst.since_version} and {src.since_version}"
+            )
+        problem = _signature_ok(node, dst)
+        if problem:
+            raise OpsetError(f"{where} {problem} (opset {self.dst})")
+
+    def _axes_to_attribute(self, node: onnx.NodeProto, where: str) -> None:
+        if len(node.input) < 2 or not node.input[1]:
+            if any(a.name == "noop_with_empty_axes" and a.i == 1 for a in node.attribute):
+                raise OpsetError(f"{where}: noop_with_empty_axes=1 has no equivalent at opset {self.dst}")
+            return
+        axes = self.constant(node.input[1])
+        if axes is None:
+            raise OpsetError(f"{where}: its axes are computed at run time; opset {self.dst} needs them constant")
+        del node.input[1:]
+        kept = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.attribute.append(onnx.helper.make_attribute("axes", [int(a) for a in axes.reshape(-1)]))
+
+    def _softmax(self, node: onnx.NodeProto, where: str) -> None:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        if axis != -1:
+            raise OpsetError(f"{where}: axis {axis} means a different thing before opset 13 (inputs coerced to 2-D)")
+
+    def _batchnorm(self, node: onnx.NodeProto, where: str) -> None:
+        if any(a.name == "training_mode" and a.i == 1 for a in node.attribute) or len(node.output) > 1:
+            raise OpsetError(f"{where}: training mode cannot be written below opset 14")
+        kept = [a for a in node.attribute if a.name != "training_mode"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+
+
+def _down(model: onnx.ModelProto, dst: int) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    src = default_opset(out)
+    if out.functions or any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in out.graph.node for a in n.attribute
+    ):
+        raise OpsetError(f"models with functions or subgraphs are not converted down to opset {dst}")
+    rewriter = _Down(out, src, dst)
+    for node in out.graph.node:
+        rewriter.node(node)
+    for op in out.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            op.version = dst
+    # Old runtimes reject IR versions newer than their own: use the oldest the opset allows.
+    out.ir_version = min(out.ir_version, max(7, onnx.helper.find_min_ir_version_for(list(out.opset_import), True)))
+    return out
+
+
+def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    """The model at default opset ``target`` (validated by onnx's checker)."""
+    src = default_opset(model)
+    if target == src:
+        return model
+    if target > src:
+        from onnx import version_converter
+
+        try:
+            out = version_converter.convert_version(model, target)
+        except Exception as e:  # the converter raises bare RuntimeErrors naming the op
+            raise OpsetError(f"onnx cannot convert this model from opset {src} to {target}: {first_line(e)}") from None
+    else:
+        out = _down(model, target)
+    try:
+        onnx.checker.check_model(out, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise OpsetError(f"the model converted to opset {target} is not valid: {first_line(e)}") from None
+    return out

@@ -1,0 +1,234 @@
+"""lower-<op>: a standard normalization op -> the exact subgraph of older opsets.
+
+Before / After (``axes`` = the normalized axes; fp16 with stash_type=1 runs
+the statistics inside a Cast-to-float32 island, as the ops themselves do)::
+
+    LayerNormalization(x, g, b, axis)   -> ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div -> Mul(g) -> Add(b)
+    RMSNormalization(x, g, axis)        -> Pow/ReduceMean/Add/Sqrt/Div(x, .) -> Mul(g)
+    InstanceNormalization(x, g, b)      -> the LayerNorm core over axes [2..] -> Mul(g[C,1..]) -> Add(b[C,1..])
+    GroupNormalization(x, g, b, G)      -> Reshape(x, [0, G, -1]) -> InstanceNormalization -> Reshape(Shape(x))
+                                           -> Mul(g[C,1..]) -> Add(b[C,1..])        (opset 21: per channel)
+                                           (opset 18: g, b per group go into the InstanceNormalization)
+    BatchNormalization (inference)      -> Mul(s[C,1..]) -> Add(t[C,1..]),  s = g / sqrt(var + eps), t = b - s * mean
+
+Formula: the ops' own definitions (their ONNX function bodies), written
+with Div instead of Reciprocal+Mul as exporters do.
+
+Preconditions: the op's optional statistics outputs (Mean, InvStdDev) are
+unused; the rank of x is known where the parameters must be reshaped per
+channel or axis is non-negative; BatchNormalization is in inference mode
+with constant, finite parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from normonnx import foldmath as fm
+from normonnx.graph.access import constant_value, describe, input_or_none, op_is, producer
+from normonnx.passes.affine import batchnorm_problem
+from normonnx.passes.base import PassContext
+from normonnx.passes.build import FLOAT32, Writer, channel_shape, needs_fp32_island, onnx_dtype
+
+FAMILY_OF_OP = {
+    "LayerNormalization": "layernorm",
+    "RMSNormalization": "rmsnorm",
+    "InstanceNormalization": "instancenorm",
+    "GroupNormalization": "groupnorm",
+    "BatchNormalization": "batchnorm",
+}
+
+
+def _rank(t: gs.Tensor) -> int | None:
+    shape = getattr(t, "shape", None)
+    return None if shape is None else len(shape)
+
+
+def _dtype(t: gs.Tensor):
+    return getattr(t, "dtype", None)
+
+
+def _core(w: Writer, x: gs.Tensor, axes: list[int], eps: float, centered: bool, dtype) -> gs.Tensor:
+    """(x - mean) / sqrt(var + eps) over ``axes`` (RMS without the mean)."""
+    d = w.op("Sub", [x, w.reduce_mean(x, axes, dtype)], dtype=dtype) if centered else x
+    sq = w.op("Pow", [d, w.scalar("two", 2.0, dtype)], dtype=dtype)
+    var = w.reduce_mean(sq, axes, dtype)
+    std = w.op("Sqrt", [w.op("Add", [var, w.scalar("eps", eps, dtype)], dtype=dtype)], dtype=dtype)
+    return w.op("Div", [d, std], dtype=dtype)
+
+
+def _normalize(w: Writer, x: gs.Tensor, axes: list[int], eps: float, centered: bool, stash: int) -> gs.Tensor:
+    """The core, inside an fp32 island when the data is fp16 and statistics are stashed in fp32."""
+    dtype = _dtype(x)
+    if needs_fp32_island(dtype, stash):
+        y = _core(w, w.cast(x, FLOAT32, np.float32), axes, eps, centered, np.float32)
+        return w.cast(y, onnx_dtype(dtype), dtype)
+    return _core(w, x, axes, eps, centered, dtype)
+
+
+def _affine(w: Writer, y: gs.Tensor, scale: gs.Tensor | None, bias: gs.Tensor | None, out: gs.Tensor) -> None:
+    dtype = _dtype(out) or _dtype(y)
+    if scale is not None:
+        y = w.op("Mul", [y, scale], out=out if bias is None else None, dtype=dtype)
+    if bias is not None:
+        y = w.op("Add", [y, bias], out=out, dtype=dtype)
+    if scale is None and bias is None:
+        w.op("Identity", [y], out=out)
+
+
+def _per_channel(w: Writer, name: str, t: gs.Tensor | None, rank: int) -> gs.Tensor | None:
+    """A [C] parameter as [C, 1, ...]: a constant reshaped now, a tensor through Reshape."""
+    if t is None:
+        return None
+    value = constant_value(t)
+    if value is not None:
+        return w.const(name, value.reshape(channel_shape(rank)))
+    return w.op("Reshape", [t, w.const(f"{name}_shape", np.array(channel_shape(rank), np.int64))], dtype=_dtype(t))
+
+
+def _unused_stat_outputs(node: gs.Node, ctx: PassContext) -> str | None:
+    if any(t.outputs or t in ctx.outputs for t in node.outputs[1:]):
+        return f"{describe(node)}: its statistics outputs are used"
+    return None
+
+
+Write = Callable[[Writer, gs.Tensor], None]
+
+
+def inside_groupnorm(node: gs.Node) -> bool:
+    """An InstanceNormalization between Reshapes: the core of a decomposed GroupNorm."""
+    pre, users = producer(node.inputs[0]), node.outputs[0].outputs
+    return op_is(pre, "Reshape") and len(users) == 1 and op_is(users[0], "Reshape")
+
+
+def _axes(node: gs.Node) -> list[int] | str:
+    axis = int(node.attrs.get("axis", -1))
+    rank = _rank(node.inputs[0])
+    if axis >= 0 and rank is None:
+        return f"{describe(node)}: axis {axis} with an unknown input rank"
+    return list(range(axis, 0)) if axis < 0 else list(range(axis, rank))
+
+
+def lower_layernorm(node: gs.Node, ctx: PassContext) -> Write | str:
+    x, scale, bias = node.inputs[0], input_or_none(node, 1), input_or_none(node, 2)
+    axes = _axes(node)
+    if isinstance(axes, str):
+        return axes
+    eps, stash = float(node.attrs.get("epsilon", 1e-5)), int(node.attrs.get("stash_type", 1))
+    return lambda w, out: _affine(w, _normalize(w, x, axes, eps, True, stash), scale, bias, out)
+
+
+def lower_rmsnorm(node: gs.Node, ctx: PassContext) -> Write | str:
+    x, scale = node.inputs[0], input_or_none(node, 1)
+    axes = _axes(node)
+    if isinstance(axes, str):
+        return axes
+    eps, stash = float(node.attrs.get("epsilon", 1e-5)), int(node.attrs.get("stash_type", 1))
+    return lambda w, out: _affine(w, _normalize(w, x, axes, eps, False, stash), scale, None, out)
+
+
+def lower_instancenorm(node: gs.Node, ctx: PassContext) -> Write | str:
+    x, scale, bias = node.inputs[0], node.inputs[1], node.inputs[2]
+    rank = _rank(x)
+    if rank is None:
+        return f"{describe(node)}: the input rank is unknown"
+    eps = float(node.attrs.get("epsilon", 1e-5))
+
+    def write(w: Writer, out: gs.Tensor) -> None:
+        y = _normalize(w, x, list(range(2, rank)), eps, True, 1)
+        _affine(w, y, _per_channel(w, "scale", scale, rank), _per_channel(w, "bias", bias, rank), out)
+
+    return write
+
+
+def lower_groupnorm(node: gs.Node, ctx: PassContext) -> Write | str:
+    x, scale, bias = node.inputs[0], node.inputs[1], node.inputs[2]
+    rank = _rank(x)
+    if rank is None:
+        return f"{describe(node)}: the input rank is unknown"
+    groups = int(node.attrs["num_groups"])
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    per_channel = ctx.graph.opset >= 21
+    dtype = _dtype(x)
+    island = needs_fp32_island(dtype, int(node.attrs.get("stash_type", 1)))
+    work = np.float32 if island else dtype
+
+    def write(w: Writer, out: gs.Tensor) -> None:
+        src = w.cast(x, FLOAT32, np.float32) if island else x
+        grouped = w.op("Reshape", [src, w.const("groups", np.array([0, groups, -1], np.int64))], dtype=work)
+        if per_channel:
+            ones = np.ones(groups, dtype=work or np.float32)
+            g_scale, g_bias = w.const("ones", ones), w.const("zeros", np.zeros_like(ones))
+        elif island:  # opset 18: scale and bias are per group
+            g_scale, g_bias = w.cast(scale, FLOAT32, np.float32), w.cast(bias, FLOAT32, np.float32)
+        else:
+            g_scale, g_bias = scale, bias
+        normed = w.op("InstanceNormalization", [grouped, g_scale, g_bias], {"epsilon": eps}, dtype=work)
+        last = not per_channel and not island  # the reshape back is the result
+        back = w.op("Reshape", [normed, w.op("Shape", [x], dtype=np.int64)], out=out if last else None, dtype=work)
+        if island:
+            back = w.cast(back, onnx_dtype(dtype), dtype, out=None if per_channel else out)
+        if per_channel:
+            _affine(w, back, _per_channel(w, "scale", scale, rank), _per_channel(w, "bias", bias, rank), out)
+
+    return write
+
+
+def lower_batchnorm(node: gs.Node, ctx: PassContext) -> Write | str:
+    problem = batchnorm_problem(node, ctx.graph.opset)
+    if problem:
+        return problem
+    x = node.inputs[0]
+    rank = _rank(x)
+    if rank is None:
+        return f"{describe(node)}: the input rank is unknown"
+    gamma, beta, mean, var = (constant_value(t) for t in node.inputs[1:5])
+    try:
+        affine = fm.batchnorm_affine(gamma, beta, mean, var, float(node.attrs.get("epsilon", 1e-5)))
+        dtype = _dtype(x) or gamma.dtype
+        s = fm.cast_exact(affine.scale, dtype, "scale").reshape(channel_shape(rank))
+        t = fm.cast_exact(affine.shift, dtype, "shift").reshape(channel_shape(rank))
+    except fm.FoldMathError as e:
+        return f"{describe(node)}: {e}"
+    return lambda w, out: _affine(w, x, w.const("scale", s), w.const("shift", t), out)
+
+
+LOWERINGS: dict[str, Callable[[gs.Node, PassContext], Write | str]] = {
+    "LayerNormalization": lower_layernorm,
+    "RMSNormalization": lower_rmsnorm,
+    "InstanceNormalization": lower_instancenorm,
+    "GroupNormalization": lower_groupnorm,
+    "BatchNormalization": lower_batchnorm,
+}
+
+
+class Lower:
+    """Replace every ``op`` node by its exact subgraph, written in the graph's opset."""
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+        self.name = f"lower-{FAMILY_OF_OP[op]}"
+
+    def run(self, ctx: PassContext) -> int:
+        rewrites = 0
+        family = FAMILY_OF_OP[self.op]
+        for node in list(ctx.graph.nodes):
+            if not node.outputs or not op_is(node, self.op):
+                continue
+            if self.op == "InstanceNormalization" and inside_groupnorm(node):
+                continue  # the core of a decomposed GroupNorm, not an InstanceNorm of its own
+            name = describe(node)
+            write = _unused_stat_outputs(node, ctx) or LOWERINGS[self.op](node, ctx)
+            if isinstance(write, str):
+                ctx.refused(name, family, self.name, write)
+                continue
+            out = node.outputs[0]
+            node.outputs.clear()
+            write(Writer(ctx, name), out)
+            node.inputs.clear()
+            ctx.folded(name, family, self.name, "lowered to its exact subgraph")
+            rewrites += 1
+        return rewrites

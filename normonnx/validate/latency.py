@@ -1,0 +1,107 @@
+"""Latency of deployed models, measured as ratios side by side.
+
+Every model gets the same session options; after warm-up the models run in
+turns (A, B, A, B, ...) so that drift in machine load hits all of them alike.
+A speed-up is reported with its spread: the ratio of each round's pair,
+summarized by median and 10th/90th percentiles.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+
+from normonnx.validate.runner import SessionConfig, session
+
+
+@dataclass
+class LatencyStats:
+    name: str
+    runs: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    throughput: float  # samples (batch items) per second at the median
+    times_ms: list[float]
+
+    def to_dict(self, with_times: bool = False) -> dict:
+        d = asdict(self)
+        if not with_times:
+            d.pop("times_ms")
+        return d
+
+
+@dataclass
+class Speedup:
+    baseline: str
+    candidate: str
+    median: float  # baseline time / candidate time, per round, median
+    p10: float
+    p90: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _stats(name: str, times: list[float], batch: int) -> LatencyStats:
+    t = np.asarray(times) * 1e3
+    median = float(np.median(t))
+    return LatencyStats(
+        name,
+        len(t),
+        median,
+        float(np.percentile(t, 10)),
+        float(np.percentile(t, 90)),
+        float(t.mean()),
+        batch / (median / 1e3) if median else 0.0,
+        [float(x) for x in t],
+    )
+
+
+def measure(
+    models: dict[str, onnx.ModelProto | str | os.PathLike],
+    feeds: dict[str, np.ndarray] | Sequence[dict[str, np.ndarray]],
+    config: SessionConfig | None = None,
+    *,
+    warmup: int = 5,
+    runs: int = 50,
+    max_seconds: float = 60.0,
+) -> dict[str, LatencyStats]:
+    """Interleaved latency of each model on the same feeds (one dict, or one per model in order).
+
+    The default configuration is the deployed one: CPU, ORT_ENABLE_ALL.
+    """
+    names = list(models)
+    config = config or SessionConfig(optimize=True)
+    sessions = {n: session(models[n], config) for n in names}
+    per_model = list(feeds) if isinstance(feeds, (list, tuple)) else [feeds] * len(names)
+    inputs = dict(zip(names, per_model, strict=True))
+    for _ in range(warmup):
+        for n in names:
+            sessions[n].run(None, inputs[n])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    deadline = time.perf_counter() + max_seconds
+    for _ in range(runs):
+        for n in names:
+            start = time.perf_counter()
+            sessions[n].run(None, inputs[n])
+            times[n].append(time.perf_counter() - start)
+        if time.perf_counter() > deadline and len(times[names[0]]) >= 5:
+            break
+    batch = max((int(np.shape(v)[0]) if np.ndim(v) else 1 for v in per_model[0].values()), default=1)
+    return {n: _stats(n, times[n], batch) for n in names}
+
+
+def speedup(stats: dict[str, LatencyStats], baseline: str, candidate: str) -> Speedup:
+    """Per-round ratio baseline/candidate (rounds are interleaved, so each pair shares machine conditions)."""
+    a, b = np.asarray(stats[baseline].times_ms), np.asarray(stats[candidate].times_ms)
+    ratio = a / b
+    return Speedup(
+        baseline, candidate, float(np.median(ratio)), float(np.percentile(ratio, 10)), float(np.percentile(ratio, 90))
+    )

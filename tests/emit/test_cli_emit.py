@@ -1,0 +1,91 @@
+"""``normonnx emit`` and ``normonnx export`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.builders import GraphBuilder, assert_parity, decomposed_norm, op_types
+
+
+@pytest.fixture
+def decomposed_ln(tmp_path):
+    b = GraphBuilder(opset=13)
+    x = b.input("x", ["batch", 5, 8])
+    rng = np.random.default_rng(0)
+    y = decomposed_norm(b, x, [-1])
+    y = b.node("Add", [b.node("Mul", [y, b.weight(rng.uniform(0.5, 2, 8))]), b.weight(rng.standard_normal(8))])
+    b.output(y, shape=["batch", 5, 8])
+    path = tmp_path / "ln13.onnx"
+    onnx.save(b.model(), path)
+    return path
+
+
+def test_emit_raises_to_the_op_at_a_newer_opset(cli, decomposed_ln, tmp_path):
+    out = tmp_path / "ln17.onnx"
+    r = cli("emit", decomposed_ln, "-o", out, "--opset", 17, "--norm-style", "op", "--report", tmp_path / "r.json")
+    assert r.code == 0, r.err
+    assert r.out.strip().endswith("PASSED")
+    model = onnx.load(out)
+    assert op_types(model) == ["LayerNormalization"]
+    assert model.opset_import[0].version == 17
+    assert_parity(onnx.load(decomposed_ln), model)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["opset"] == 17 and report["after"] == {"layernorm:op": 1}
+
+
+def test_emit_lowers_back_to_an_old_opset(cli, decomposed_ln, tmp_path):
+    up = tmp_path / "ln18.onnx"
+    assert cli("emit", decomposed_ln, "-o", up, "--opset", 18, "--norm-style", "op").code == 0
+    down = tmp_path / "ln11.onnx"
+    r = cli("emit", up, "-o", down, "--opset", 11)
+    assert r.code == 0, r.err
+    model = onnx.load(down)
+    assert model.opset_import[0].version == 11 and "LayerNormalization" not in op_types(model)
+    assert_parity(onnx.load(decomposed_ln), model)
+
+
+@pytest.mark.parametrize(
+    "args,expected", [(["--opset", "9"], "opsets 11 to"), (["--norm-style", "fancy"], "invalid choice")]
+)
+def test_emit_bad_arguments(cli, decomposed_ln, tmp_path, args, expected):
+    r = cli("emit", decomposed_ln, "-o", tmp_path / "o.onnx", *args)
+    assert r.code == 2 and expected in r.err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_emit_down_conversion_refuses_what_it_cannot_convert(cli, tmp_path):
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 3, 4])
+    b.output(b.node("Softmax", [x], axis=1))
+    path = tmp_path / "softmax.onnx"
+    onnx.save(b.model(), path)
+    r = cli("emit", path, "-o", tmp_path / "o.onnx", "--opset", 11)
+    assert r.code == 2 and "Softmax" in r.err and "axis 1" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_export_cli_end_to_end(cli, tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "gn.onnx"
+    r = cli("export", "tests.emit.family_nets:groupnorm", "-o", out, "--opset", 21, "--norm-style", "op")
+    assert r.code == 0, r.err
+    assert "parity vs torch eager PASSED" in r.out
+    assert op_types(onnx.load(out)).count("GroupNormalization") == 1
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("nomodule", "expected MODULE:FACTORY"),
+        ("no_such_module_xyz:f", "cannot import"),
+        ("tests.emit.family_nets:nothing", "has no attribute"),
+    ],
+)
+def test_export_bad_factory_is_one_line(cli, tmp_path, spec, expected):
+    r = cli("export", spec, "-o", tmp_path / "o.onnx")
+    assert r.code == 2 and expected in r.err and len(r.err.strip().splitlines()) == 1
