@@ -104,3 +104,16 @@ def pattern_net() -> tuple[nn.Module, tuple[torch.Tensor]]:
     """MODULE:FACTORY entry point: ``normonnx export models.patterns:pattern_net``."""
     model, x = build("patterns")
     return model, (x,)
+
+
+def conv1d_net() -> tuple[nn.Module, tuple[torch.Tensor]]:
+    model, x = build("conv1d")
+    return model, (x,)
+
+
+def conv3d_net() -> tuple[nn.Module, tuple[torch.Tensor]]:
+    model, x = build("conv3d")
+    return model, (x,)
+
+
+patterns_net = pattern_net

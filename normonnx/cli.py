@@ -15,7 +15,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from normonnx.errors import EXIT_OK, EXIT_UNUSABLE_INPUT, EXIT_VERIFY_FAILED, NormonnxError, first_line
+from normonnx.errors import (
+    EXIT_OK,
+    EXIT_UNUSABLE_INPUT,
+    EXIT_VERIFY_FAILED,
+    NormonnxError,
+    UnusableInputError,
+    first_line,
+)
 
 EXIT_INTERNAL = 3
 Handler = Callable[[argparse.Namespace], int]
@@ -125,6 +132,170 @@ def cmd_emit(args: argparse.Namespace) -> int:
     return _finish(args.output, report, written, args.input)
 
 
+def _parse_tolerances(items: list[str] | None):
+    from normonnx.validate.parity import Gate
+
+    gates = {}
+    for item in items or []:
+        name, sep, values = item.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            parts = [float(v) for v in values.split(",")]
+            gates[name] = Gate(parts[0], parts[1] if len(parts) > 1 else parts[0])
+        except (ValueError, IndexError):
+            raise UnusableInputError(f"--tol '{item}': expected OUTPUT=ATOL[,RTOL]") from None
+    return gates
+
+
+def _render_check(report) -> str:
+    lines = [
+        f"normonnx check {report.candidate} against {report.reference_kind} {report.reference}"
+        f" on {report.provider}, {report.parity.samples} input sets ({report.inputs})"
+    ]
+    w = max([len(o.name) for o in report.parity.outputs] + [6]) + 2
+    lines.append(f"{'output':{w}}{'max abs':>11}{'max rel':>11}{'cosine':>14}{'p99 abs':>11}{'threshold':>11}  result")
+    for o in report.parity.outputs:
+        verdict = "pass" if o.passed else "FAIL"
+        if o.judged_by != "gate":
+            verdict += f" ({o.judged_by})"
+        lines.append(
+            f"{o.name:{w}}{o.max_abs:>11.3g}{o.max_rel:>11.3g}{o.cosine:>14.9f}{o.p99_abs:>11.3g}"
+            f"{o.threshold:>11.3g}  {verdict}{': ' + o.reason if o.reason else ''}"
+        )
+    if report.fp16_baseline is not None:
+        base = ", ".join(f"{o.name} {o.max_abs:.3g}" for o in report.fp16_baseline.outputs)
+        lines.append(f"unmodified fp16 model's error: {base} (the candidate may be at most 2x)")
+    loc = report.localization
+    if loc is not None:
+        if loc.first:
+            d = loc.first
+            lines.append(
+                f"first divergence: node {d.node} ({d.op}) output {d.tensor}: max|diff| {d.max_abs:.3g}"
+                f" > {d.threshold:.3g} ({loc.compared} shared tensors compared)"
+            )
+        else:
+            lines.append(
+                f"localization: {loc.note or 'no shared intermediate tensor diverges'} ({loc.compared} compared)"
+            )
+    lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from normonnx.validate.check import check, read_renames
+    from normonnx.validate.inputs import parse_shape_overrides
+    from normonnx.validate.parity import Gate
+
+    default = Gate(args.atol, args.rtol) if args.atol is not None or args.rtol is not None else None
+    if default is not None:
+        default = Gate(args.atol if args.atol is not None else 1e-5, args.rtol if args.rtol is not None else 1e-5)
+    report = check(
+        args.model,
+        against=args.against,
+        torch_spec=args.torch,
+        checkpoint=args.checkpoint,
+        inputs_npz=args.inputs,
+        shapes=parse_shape_overrides(args.shape),
+        samples=args.samples,
+        gates=_parse_tolerances(args.tol),
+        default_gate=default,
+        provider=args.provider,
+        optimize=args.optimize,
+        localize=True if args.localize else None,
+        fp16_baseline=args.fp16_baseline,
+        renames=read_renames(args.map),
+    )
+    if args.report:
+        from normonnx.report import write_report
+
+        write_report(args.report, check=report)
+    if args.json:
+        _out(json.dumps(report.to_dict(), indent=2))
+    else:
+        _out(_render_check(report))
+    _out("PASSED" if report.passed else "FAILED")
+    return EXIT_OK if report.passed else EXIT_VERIFY_FAILED
+
+
+def _render_bench(report) -> str:
+    lines = [
+        f"normonnx bench on {report.provider}"
+        + (f", {report.threads} threads" if report.threads else "")
+        + f", inputs {report.input_shapes}"
+    ]
+    w = max(len(n) for n in report.stats) + 2
+    lines.append(f"{'model':{w}}{'runs':>6}{'median ms':>12}{'p10 ms':>10}{'p90 ms':>10}{'per second':>12}")
+    for name, st in report.stats.items():
+        lines.append(
+            f"{name:{w}}{st.runs:>6}{st.median_ms:>12.3f}{st.p10_ms:>10.3f}{st.p90_ms:>10.3f}{st.throughput:>12.1f}"
+        )
+    if report.speedup:
+        sp = report.speedup
+        lines.append(
+            f"speed-up of {sp.candidate} over {sp.baseline}: {sp.median:.3f}x (p10 {sp.p10:.3f}, p90 {sp.p90:.3f})"
+        )
+    return "\n".join(lines)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from normonnx.validate.benchmark import bench
+    from normonnx.validate.inputs import parse_shape_overrides
+
+    report = bench(
+        args.model,
+        args.vs,
+        provider=args.provider,
+        threads=args.threads,
+        runs=args.runs,
+        warmup=args.warmup,
+        shapes=parse_shape_overrides(args.shape),
+    )
+    if args.report:
+        from normonnx.report import write_report
+
+        write_report(args.report, bench=report)
+    _out(json.dumps(report.to_dict(), indent=2) if args.json else _render_bench(report))
+    return EXIT_OK
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="numerical parity of a model against an ONNX or torch reference")
+    p.add_argument("model", help="candidate ONNX file")
+    ref = p.add_mutually_exclusive_group(required=True)
+    ref.add_argument("--against", metavar="REF.onnx", help="reference ONNX (run with graph optimizations off)")
+    ref.add_argument("--torch", metavar="MODULE:FACTORY", help="torch eager reference")
+    p.add_argument("--checkpoint", help="weights for --torch")
+    p.add_argument("--inputs", metavar="DATA.npz", help="real inputs: arrays named like the inputs")
+    p.add_argument("--shape", action="append", metavar="NAME:D0,D1,...", help="shape of a dynamic input")
+    p.add_argument("--samples", type=int, default=3, help="seeded input sets (default 3)")
+    p.add_argument("--rtol", type=float, help="gate: max|diff| <= max(atol, rtol * max|ref|) (default 1e-5)")
+    p.add_argument("--atol", type=float, help="see --rtol (default 1e-5; fp16 outputs: 5e-3 both)")
+    p.add_argument("--tol", action="append", metavar="OUTPUT=ATOL[,RTOL]", help="gate for one output")
+    p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
+    p.add_argument("--optimize", action="store_true", help="run the candidate with ORT_ENABLE_ALL (as deployed)")
+    p.add_argument("--localize", action="store_true", help="name the first diverging node even when parity holds")
+    p.add_argument("--fp16-baseline", metavar="BASE.onnx", help="the unmodified fp16 model (default: derived)")
+    p.add_argument("--map", metavar="RENAMES.json", help="candidate->reference tensor renames for localization")
+    p.add_argument("--report", metavar="DIR", help="write report.md, report.json and plots")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_check)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="latency of a model, and its speed-up over another")
+    p.add_argument("model", help="ONNX file")
+    p.add_argument("--vs", metavar="OTHER.onnx", help="the model to compare against (speed-up = its time / model's)")
+    p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
+    p.add_argument("--runs", type=int, default=100, help="timed runs per model (default 100)")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up runs per model (default 10)")
+    p.add_argument("--shape", action="append", metavar="NAME:D0,D1,...", help="shape of a dynamic input")
+    p.add_argument("--report", metavar="DIR", help="write report.md, report.json and a latency plot")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_bench)
+
+
 def _add_style_options(p: argparse.ArgumentParser, default_opset: int | None) -> None:
     p.add_argument(
         "--opset",
@@ -195,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_export, _add_emit, _add_fold, _add_inspect):
+    for add in (_add_export, _add_emit, _add_fold, _add_inspect, _add_check, _add_bench):
         add(sub)
     return parser
 

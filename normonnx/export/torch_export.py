@@ -59,8 +59,8 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def build(spec: str, input_shapes: Sequence[tuple[int, ...]] = (), checkpoint: str | None = None, seed: int = 0):
-    """(module in eval mode, example inputs) from a factory, a checkpoint and input shapes."""
+def build_module(spec: str, checkpoint: str | None = None):
+    """(module in eval mode with the checkpoint loaded, the factory's example inputs or None)."""
     import torch
 
     from normonnx.export.checkpoint import apply_checkpoint
@@ -77,14 +77,22 @@ def build(spec: str, input_shapes: Sequence[tuple[int, ...]] = (), checkpoint: s
         raise ExportError(f"'{spec}': the factory returned {type(made).__name__}, not an nn.Module")
     if checkpoint:
         apply_checkpoint(made, checkpoint)
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    return made.eval(), (tuple(inputs) if inputs is not None else None)
+
+
+def build(spec: str, input_shapes: Sequence[tuple[int, ...]] = (), checkpoint: str | None = None, seed: int = 0):
+    """(module in eval mode, example inputs) from a factory, a checkpoint and input shapes."""
+    import torch
+
+    module, inputs = build_module(spec, checkpoint)
     if input_shapes:
         g = torch.Generator().manual_seed(seed)
         inputs = tuple(torch.randn(s, generator=g) for s in input_shapes)
     if inputs is None:
         raise ExportError(f"'{spec}': the factory gives no example inputs; pass --input-shape (once per input)")
-    if isinstance(inputs, torch.Tensor):
-        inputs = (inputs,)
-    return made.eval(), tuple(inputs)
+    return module, inputs
 
 
 def dynamo_max_opset() -> int:

@@ -75,10 +75,11 @@ def measure(
 ) -> dict[str, LatencyStats]:
     """Interleaved latency of each model on the same feeds (one dict, or one per model in order).
 
-    The default configuration is the deployed one: CPU, ORT_ENABLE_ALL.
+    The default configuration is the deployed one (CPU, ORT_ENABLE_ALL) without spin-waiting
+    threads, which would steal cores from the other model's turn.
     """
     names = list(models)
-    config = config or SessionConfig(optimize=True)
+    config = config or SessionConfig(optimize=True, spin=False)
     sessions = {n: session(models[n], config) for n in names}
     per_model = list(feeds) if isinstance(feeds, (list, tuple)) else [feeds] * len(names)
     inputs = dict(zip(names, per_model, strict=True))

@@ -166,11 +166,18 @@ def compare(
 NOISE_FACTOR = 2.0
 
 
-def rejudge_with_noise(result: ParityResult, noise: ParityResult, factor: float = NOISE_FACTOR) -> ParityResult:
-    """Let failing outputs pass when within ``factor`` x the reference's own optimizer noise."""
+def rejudge_with_noise(
+    result: ParityResult, noise: ParityResult, factor: float = NOISE_FACTOR, strict: frozenset[str] = frozenset()
+) -> ParityResult:
+    """Let failing outputs pass when within ``factor`` x the reference's own optimizer noise.
+
+    Outputs named in ``strict`` (a gate the user set) are never re-judged.
+    """
     floors = {o.name: o.max_abs for o in noise.outputs}
     for o in result.outputs:
         floor = floors.get(o.name)
+        if o.name in strict:
+            continue
         o.noise_floor = floor
         if o.passed or floor is None or o.nonfinite_mismatch or not np.isfinite(o.max_abs):
             continue

@@ -29,6 +29,9 @@ class SessionConfig:
     provider: str = "cpu"
     optimize: bool = False  # False: ORT_DISABLE_ALL (the reference); True: ORT_ENABLE_ALL (deployment)
     threads: int | None = None
+    # onnxruntime's idle pool threads spin-wait for a while; with two sessions timed in
+    # turns, one session's spinning threads steal cores from the other's run.
+    spin: bool = True
 
 
 def available_providers() -> list[str]:
@@ -65,6 +68,9 @@ def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = 
     if config.threads:
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
+    if not config.spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
     if isinstance(model, onnx.ModelProto):
         if has_external_data(model):

@@ -1,0 +1,97 @@
+"""``normonnx bench``: latency of a deployed model, optionally against another, as ratios.
+
+Both models get identical session options (the deployment setting:
+ORT_ENABLE_ALL on the chosen provider), the same seeded inputs, warm-up, and
+then run in turns inside one isolated process (see validate/latency.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from normonnx.validate.inputs import input_specs, random_inputs
+from normonnx.validate.isolation import call_isolated
+from normonnx.validate.latency import LatencyStats, Speedup, measure, speedup
+from normonnx.validate.runner import SessionConfig, require_provider
+
+
+@dataclass
+class BenchReport:
+    models: dict[str, str]  # label -> path
+    provider: str
+    threads: int | None
+    stats: dict[str, LatencyStats]
+    speedup: Speedup | None = None
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self, with_times: bool = False) -> dict:
+        return {
+            "schema": 1,
+            "models": self.models,
+            "provider": self.provider,
+            "threads": self.threads,
+            "input_shapes": self.input_shapes,
+            "latency": {k: v.to_dict(with_times) for k, v in self.stats.items()},
+            "speedup": self.speedup.to_dict() if self.speedup else None,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _labels(model: str, vs: str | None) -> tuple[str, str | None]:
+    a = Path(model).name
+    if vs is None:
+        return a, None
+    b = Path(vs).name
+    return (a, b) if a != b else (f"{a} ({Path(model).parent.name or '.'})", f"{b} ({Path(vs).parent.name or '.'})")
+
+
+def bench(
+    model: str | os.PathLike,
+    vs: str | os.PathLike | None = None,
+    *,
+    provider: str = "cpu",
+    threads: int | None = None,
+    runs: int = 100,
+    warmup: int = 10,
+    max_seconds: float = 120,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    seed: int = 0,
+    timeout: float = 900,
+) -> BenchReport:
+    """Latency of ``model`` (and of ``vs``); the speed-up is vs's time over model's (> 1: model is faster)."""
+    from normonnx.graph.modelio import load_model
+
+    start = time.perf_counter()
+    require_provider(provider)
+    paths = {str(model): load_model(model, load_weights=False)}
+    if vs is not None:
+        paths[str(vs)] = load_model(vs, load_weights=False)
+    label_a, label_b = _labels(str(model), None if vs is None else str(vs))
+    labels = {label_a: str(model)} | ({label_b: str(vs)} if label_b else {})
+    feeds = [random_inputs(input_specs(proto), seed, shapes) for proto in paths.values()]
+    # The same values for both models, cast to each model's input dtypes.
+    base = feeds[0]
+    feeds = [{k: np.asarray(base[k]).astype(f[k].dtype) for k in f if k in base} for f in feeds]
+    config = SessionConfig(provider=provider, optimize=True, threads=threads, spin=False)
+    stats = call_isolated(
+        measure,
+        labels,
+        feeds,
+        config,
+        warmup=warmup,
+        runs=runs,
+        max_seconds=max_seconds,
+        label=f"bench {', '.join(labels)}",
+        timeout=timeout,
+    )
+    report = BenchReport(labels, provider, threads, stats, input_shapes={k: list(np.shape(v)) for k, v in base.items()})
+    if label_b:
+        report.speedup = speedup(stats, label_b, label_a)
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,273 @@
+"""``normonnx check``: does the candidate compute what the reference does?
+
+References: another ONNX file (run on onnxruntime CPU with graph
+optimizations off, so onnxruntime's own fusions hide nothing) or torch eager
+(``MODULE:FACTORY``). Inputs: several seeded sets built from the input specs,
+or real ones from an .npz. Every onnxruntime run happens in an isolated
+process. Gates per output: fp32 ``max|diff| <= 1e-5 * max(1, max|ref|)``;
+fp16 ``<= 5e-3 * max(1, max|ref|)`` against the fp32 reference *and* no more
+than twice the error of the unmodified fp16 model; overridable per output.
+On failure (or when asked) the first diverging node is named.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from normonnx.errors import UnusableInputError
+from normonnx.graph.modelio import has_external_data, load_model
+from normonnx.validate import execute
+from normonnx.validate.inputs import input_specs, load_npz, random_inputs
+from normonnx.validate.isolation import call_isolated
+from normonnx.validate.localize import Localization, common_tensors, first_divergence
+from normonnx.validate.parity import FP16_GATE, Gate, ParityResult, compare, rejudge_with_noise
+from normonnx.validate.runner import SessionConfig, require_provider
+
+FP16_BASELINE_FACTOR = 2.0
+
+
+@dataclass
+class CheckReport:
+    candidate: str
+    reference: str
+    reference_kind: str  # "onnx" or "torch"
+    provider: str
+    inputs: str  # "seeded" or the .npz path
+    parity: ParityResult
+    localization: Localization | None = None
+    fp16_baseline: ParityResult | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.parity.passed
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": 1,
+            "candidate": self.candidate,
+            "reference": self.reference,
+            "reference_kind": self.reference_kind,
+            "provider": self.provider,
+            "inputs": self.inputs,
+            "passed": self.passed,
+            "parity": self.parity.to_dict(),
+            "localization": self.localization.to_dict() if self.localization else None,
+            "fp16_baseline": self.fp16_baseline.to_dict() if self.fp16_baseline else None,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _source(model: onnx.ModelProto | str | os.PathLike) -> tuple[execute.ModelSource, onnx.ModelProto, str]:
+    """(what the child loads, the validated proto, a display name)."""
+    if isinstance(model, onnx.ModelProto):
+        if has_external_data(model):
+            raise UnusableInputError("an in-memory model with external data: pass its path instead")
+        return model.SerializeToString(), model, model.graph.name or "<model>"
+    proto = load_model(model)
+    # The child reloads from the path only when the weights are external (validated above).
+    source = (
+        str(model) if has_external_data(onnx.load(str(model), load_external_data=False)) else proto.SerializeToString()
+    )
+    return source, proto, str(model)
+
+
+def _cast_feeds(feeds: list[dict], dtypes: dict[str, np.dtype]) -> list[dict]:
+    return [{k: (v.astype(dtypes[k]) if k in dtypes else v) for k, v in f.items()} for f in feeds]
+
+
+def _match_outputs(refs: list[dict], cands: list[dict], notes: list[str]) -> list[dict]:
+    """Candidate outputs keyed like the reference's (by name, else by position)."""
+    ref_names, cand_names = list(refs[0]), list(cands[0])
+    if set(ref_names) <= set(cand_names):
+        return [{k: c[k] for k in ref_names} for c in cands]
+    if len(ref_names) == len(cand_names):
+        notes.append("output names differ; matched by position")
+        return [dict(zip(ref_names, c.values(), strict=True)) for c in cands]
+    raise UnusableInputError(f"the models' outputs differ: {cand_names} vs the reference's {ref_names}")
+
+
+def _torch_reference(spec: str, checkpoint: str | None, feeds: list[dict], names: list[str]) -> list[dict]:
+    import torch
+
+    module = _factory_module(spec, checkpoint)
+    refs = []
+    for f in feeds:
+        xs = [torch.from_numpy(np.ascontiguousarray(f[n])) for n in names]
+        with torch.no_grad():
+            out = module(*xs)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        refs.append(
+            {
+                f"output_{i}": o.detach().float().numpy() if o.dtype == torch.bfloat16 else o.detach().numpy()
+                for i, o in enumerate(outs)
+            }
+        )
+    return refs
+
+
+def _factory_module(spec: str, checkpoint: str | None):
+    """The torch module of a factory; the check's feeds replace its example inputs."""
+    from normonnx.export.torch_export import build_module
+
+    return build_module(spec, checkpoint)[0]
+
+
+def check(
+    candidate: onnx.ModelProto | str | os.PathLike,
+    *,
+    against: onnx.ModelProto | str | os.PathLike | None = None,
+    torch_spec: str | None = None,
+    checkpoint: str | None = None,
+    inputs_npz: str | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    samples: int = 3,
+    seed: int = 0,
+    gates: dict[str, Gate] | None = None,
+    default_gate: Gate | None = None,
+    provider: str = "cpu",
+    optimize: bool = False,
+    localize: bool | None = None,
+    fp16_baseline: onnx.ModelProto | str | os.PathLike | None = None,
+    renames: dict[str, str] | None = None,
+    timeout: float = 900,
+) -> CheckReport:
+    """Parity of ``candidate`` against an ONNX reference or a torch factory (exactly one)."""
+    start = time.perf_counter()
+    if (against is None) == (torch_spec is None):
+        raise UnusableInputError("give exactly one reference: --against REF.onnx or --torch MODULE:FACTORY")
+    require_provider(provider)
+    cand_src, cand_proto, cand_name = _source(candidate)
+    notes: list[str] = []
+    if against is not None:
+        ref_src, ref_proto, ref_name = _source(against)
+        spec_model = ref_proto
+    else:
+        ref_src, ref_proto, ref_name = None, None, torch_spec
+        spec_model = cand_proto
+    specs = input_specs(spec_model)
+    if inputs_npz:
+        feeds = load_npz(inputs_npz, specs)
+    else:
+        float_specs = [s if s.dtype.kind != "f" else type(s)(s.name, np.dtype(np.float32), s.shape) for s in specs]
+        feeds = [random_inputs(float_specs, seed + k, shapes) for k in range(samples)]
+    ref_cfg = SessionConfig(provider="cpu", optimize=False)
+    cand_cfg = SessionConfig(provider=provider, optimize=optimize)
+    if ref_src is not None:
+        ref_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in specs})
+        refs = call_isolated(
+            execute.run_outputs, ref_src, ref_feeds, ref_cfg, label=f"{ref_name} (reference)", timeout=timeout
+        )
+    else:
+        refs = _torch_reference(torch_spec, checkpoint, feeds, [s.name for s in specs])
+    cand_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in input_specs(cand_proto)})
+    cands = call_isolated(execute.run_outputs, cand_src, cand_feeds, cand_cfg, label=cand_name, timeout=timeout)
+    cands = _match_outputs(refs, cands, notes)
+    result = compare(refs, cands, gates, default_gate)
+    report = CheckReport(
+        cand_name,
+        ref_name,
+        "onnx" if ref_src is not None else "torch",
+        provider,
+        inputs_npz or "seeded",
+        result,
+        notes=notes,
+    )
+    if _has_fp16_outputs(cands) and not _has_fp16_outputs(refs):
+        report.fp16_baseline = _fp16_baseline(report, ref_proto, fp16_baseline, feeds, refs, timeout)
+    elif not result.passed and ref_src is not None and not optimize and default_gate is None:
+        noisy = call_isolated(
+            execute.run_outputs,
+            ref_src,
+            ref_feeds,
+            SessionConfig(optimize=True),
+            label=f"{ref_name} (noise floor)",
+            timeout=timeout,
+        )
+        rejudge_with_noise(result, compare(refs, noisy), strict=frozenset(gates or ()))
+    if ref_src is not None and (localize or (localize is None and not result.passed)):
+        report.localization = _localize(
+            cand_src, cand_proto, ref_src, ref_proto, cand_feeds[0], ref_feeds[0], cand_cfg, renames or {}, timeout
+        )
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _has_fp16_outputs(outputs: list[dict]) -> bool:
+    return any(np.asarray(v).dtype == np.float16 for v in outputs[0].values())
+
+
+def _fp16_baseline(report: CheckReport, ref_proto, given, feeds, refs, timeout) -> ParityResult | None:
+    """The unmodified fp16 model's error; the candidate may be at most twice as far off."""
+    from normonnx.graph.precision import to_float16
+
+    if given is not None:
+        src, proto, name = _source(given)
+        report.notes.append(f"fp16 baseline: {name}")
+    elif ref_proto is not None:
+        try:
+            proto = to_float16(ref_proto)
+            onnx.checker.check_model(proto)
+        except Exception as e:  # a model the plain converter cannot handle: gate only
+            report.notes.append(f"no fp16 baseline (conversion failed: {type(e).__name__}); 5e-3 gate only")
+            return None
+        src = proto.SerializeToString()
+        report.notes.append("fp16 baseline: the reference converted to float16 by normonnx")
+    else:
+        report.notes.append("no fp16 baseline for a torch reference; 5e-3 gate only")
+        return None
+    base_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in input_specs(proto)})
+    base = call_isolated(execute.run_outputs, src, base_feeds, SessionConfig(), label="fp16 baseline", timeout=timeout)
+    base_result = compare(refs, _match_outputs(refs, base, report.notes), default=FP16_GATE)
+    limits = {o.name: o.max_abs for o in base_result.outputs}
+    for o in report.parity.outputs:
+        limit = FP16_BASELINE_FACTOR * limits.get(o.name, np.inf)
+        if o.passed and o.max_abs > limit:
+            o.passed = False
+            base = limits[o.name]
+            o.reason = f"max|diff| {o.max_abs:.3g} > {FP16_BASELINE_FACTOR:g}x the unmodified fp16 model's {base:.3g}"
+    return base_result
+
+
+def _localize(cand_src, cand_proto, ref_src, ref_proto, cand_feed, ref_feed, cfg, renames, timeout) -> Localization:
+    names = common_tensors(cand_proto, ref_proto, renames)
+    if not names:
+        return Localization(0, None, [], "the models share no intermediate tensor names")
+    cand_values = call_isolated(
+        execute.run_intermediates, cand_src, cand_feed, names, cfg, label="localize (candidate)", timeout=timeout
+    )
+    ref_names = [renames.get(n, n) for n in names]
+    ref_values = call_isolated(
+        execute.run_intermediates,
+        ref_src,
+        ref_feed,
+        ref_names,
+        SessionConfig(),
+        label="localize (reference)",
+        timeout=timeout,
+    )
+    return first_divergence(cand_proto, cand_values, ref_values, renames)
+
+
+def read_renames(path: str | os.PathLike | None) -> dict[str, str]:
+    """Tensor renames from a JSON object {candidate_name: reference_name} (or a fold report's 'renames')."""
+    if not path:
+        return {}
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UnusableInputError(f"{path}: not a readable JSON file ({e})") from None
+    mapping = data.get("renames", data) if isinstance(data, dict) else None
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise UnusableInputError(f"{path}: expected a JSON object of tensor renames")
+    return mapping

@@ -1,0 +1,64 @@
+"""What the isolated child process runs: sessions, feeds, outputs, timings.
+
+Models travel to the child as validated paths, or as serialized bytes that
+hold no external-data reference; results come back as numpy arrays.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+
+from normonnx.validate.runner import SessionConfig, run, session
+
+ModelSource = str | os.PathLike | bytes
+
+
+def _model(source: ModelSource) -> onnx.ModelProto | str:
+    if isinstance(source, bytes):
+        return onnx.ModelProto.FromString(source)
+    return str(source)
+
+
+def input_dtypes(source: ModelSource) -> dict[str, np.dtype]:
+    """Input name -> numpy dtype, as onnxruntime sees them."""
+    from normonnx.validate.inputs import input_specs
+
+    model = (
+        onnx.ModelProto.FromString(source)
+        if isinstance(source, bytes)
+        else onnx.load(str(source), load_external_data=False)
+    )
+    return {s.name: s.dtype for s in input_specs(model)}
+
+
+def run_outputs(
+    source: ModelSource, feeds: Sequence[dict[str, np.ndarray]], config: SessionConfig
+) -> list[dict[str, np.ndarray]]:
+    """The model's outputs for every feed."""
+    sess = session(_model(source), config)
+    wanted = {i.name: i.type for i in sess.get_inputs()}
+    return [run(sess, {k: v for k, v in f.items() if k in wanted}) for f in feeds]
+
+
+def run_intermediates(
+    source: ModelSource, feeds: dict[str, np.ndarray], names: Sequence[str], config: SessionConfig, chunk: int = 400
+) -> dict[str, np.ndarray]:
+    """Values of the named intermediate tensors (floats only), in chunks to bound memory."""
+    from normonnx.graph.modelio import load_model
+
+    base = onnx.ModelProto.FromString(source) if isinstance(source, bytes) else load_model(source)
+    declared = {o.name for o in base.graph.output}
+    values: dict[str, np.ndarray] = {}
+    for start in range(0, len(names), chunk):
+        part = [n for n in names[start : start + chunk] if n not in declared]
+        model = onnx.ModelProto()
+        model.CopyFrom(base)
+        model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in part)
+        sess = session(model, config)
+        out = run(sess, feeds, [*part, *[o.name for o in base.graph.output]])
+        values.update({k: v for k, v in out.items() if np.asarray(v).dtype.kind == "f"})
+    return values

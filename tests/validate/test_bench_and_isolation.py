@@ -1,0 +1,66 @@
+"""normonnx bench, and the process guard around onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import onnx
+import pytest
+
+from normonnx.fold import fold
+from normonnx.validate.isolation import IsolatedRunError, call_isolated
+from tests.conftest import conv_bn_model
+
+
+def test_bench_reports_a_ratio_with_its_spread(cli, tmp_path):
+    ref = conv_bn_model()
+    folded, _ = fold(ref)
+    onnx.save(ref, tmp_path / "ref.onnx")
+    onnx.save(folded, tmp_path / "folded.onnx")
+    r = cli(
+        "bench",
+        tmp_path / "folded.onnx",
+        "--vs",
+        tmp_path / "ref.onnx",
+        "--runs",
+        "20",
+        "--warmup",
+        "2",
+        "--json",
+        "--report",
+        tmp_path / "rep",
+    )
+    assert r.code == 0, r.err
+    data = json.loads(r.out)
+    sp = data["speedup"]
+    assert sp["baseline"] == "ref.onnx" and sp["candidate"] == "folded.onnx"
+    assert 0 < sp["p10"] <= sp["median"] <= sp["p90"]
+    assert data["latency"]["folded.onnx"]["runs"] == 20 and data["latency"]["folded.onnx"]["median_ms"] > 0
+    assert (tmp_path / "rep" / "latency.png").exists()
+    times = json.loads((tmp_path / "rep" / "report.json").read_text())["bench"]["latency"]["ref.onnx"]["times_ms"]
+    assert len(times) == 20
+
+
+def test_bench_single_model_text(cli, tmp_path):
+    onnx.save(conv_bn_model(), tmp_path / "m.onnx")
+    r = cli("bench", tmp_path / "m.onnx", "--runs", "5", "--warmup", "1")
+    assert r.code == 0 and "median ms" in r.out and "speed-up" not in r.out
+
+
+def test_a_crash_in_the_child_is_reported_not_inherited():
+    with pytest.raises(IsolatedRunError, match="died \\(SIGABRT\\)"):
+        call_isolated(os.abort, label="crashing model")
+
+
+def test_a_hang_is_stopped_by_the_timeout():
+    start = time.perf_counter()
+    with pytest.raises(IsolatedRunError, match="no answer within 1 s"):
+        call_isolated(time.sleep, 30, label="hanging model", timeout=1)
+    assert time.perf_counter() - start < 10
+
+
+def test_an_exception_in_the_child_keeps_its_message():
+    with pytest.raises(IsolatedRunError, match="ValueError: invalid literal"):
+        call_isolated(int, "x", label="bad call")
