@@ -296,6 +296,75 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_bench)
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from normonnx.convert import convert, convert_markdown, load_data
+    from normonnx.export.torch_export import parse_input_shape
+
+    report = convert(
+        args.factory,
+        args.output,
+        checkpoint=args.checkpoint,
+        input_shapes=[parse_input_shape(s) for s in args.input_shape or []],
+        opset=args.opset,
+        style=args.norm_style,
+        data=load_data(args.data) if args.data else None,
+        floor=not args.no_floor,
+        bench_runs=args.runs,
+        progress=(lambda step: print(f"normonnx: {step}", file=sys.stderr)) if args.verbose else None,
+    )
+    _out(json.dumps(report.to_dict(), indent=2) if args.json else convert_markdown(report).rstrip())
+    _out(f"report: {args.output}/report.md")
+    _out("PASSED" if report.passed else "FAILED")
+    return EXIT_OK if report.passed else EXIT_VERIFY_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from normonnx.demo import run_demo, summary_table
+
+    reports, failures = run_demo(
+        args.output,
+        opset=args.opset,
+        style=args.norm_style,
+        only=args.only.split(",") if args.only else None,
+        bench_runs=args.runs,
+    )
+    from models.zoo import ZOO
+
+    _out(summary_table(reports, {n: e.families for n, e in ZOO.items()}))
+    for f in failures:
+        _out(f"FAILED {f}")
+    _out(f"report: {args.output}/report.md")
+    _out("PASSED" if not failures else "FAILED")
+    return EXIT_OK if not failures else EXIT_VERIFY_FAILED
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from normonnx.exporting import DEFAULT_OPSET
+
+    p = sub.add_parser("convert", help="checkpoint -> export -> fold -> check -> bench -> one report folder")
+    p.add_argument("factory", metavar="MODULE:FACTORY", help="callable returning an nn.Module or (module, inputs)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder (model.onnx, report.md, ...)")
+    p.add_argument("--checkpoint", help="weights: .safetensors, or a torch state dict (loaded with weights_only=True)")
+    p.add_argument("--input-shape", action="append", metavar="1,3,224,224", help="example input shape, once per input")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"target opset (default {DEFAULT_OPSET})")
+    p.add_argument("--norm-style", choices=("auto", "op", "decomposed"), default="auto")
+    p.add_argument("--data", metavar="HELDOUT.npz", help="held-out inputs for top-1 agreement with torch")
+    p.add_argument("--no-floor", action="store_true", help="skip the no-normalization latency floor")
+    p.add_argument("--runs", type=int, default=100, help="timed runs per model (default 100)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=cmd_convert)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="convert every bundled reference model (run from the repository root)")
+    p.add_argument("-o", "--output", default="out/demo", metavar="DIR", help="report folder (default out/demo)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--norm-style", choices=("auto", "op", "decomposed"), default="auto")
+    p.add_argument("--only", metavar="NAME,NAME", help="a subset of the zoo")
+    p.add_argument("--runs", type=int, default=200, help="timed runs per model (default 200)")
+    p.set_defaults(handler=cmd_demo)
+
+
 def _add_style_options(p: argparse.ArgumentParser, default_opset: int | None) -> None:
     p.add_argument(
         "--opset",
@@ -366,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_export, _add_emit, _add_fold, _add_inspect, _add_check, _add_bench):
+    for add in (_add_export, _add_emit, _add_fold, _add_inspect, _add_check, _add_bench, _add_convert, _add_demo):
         add(sub)
     return parser
 

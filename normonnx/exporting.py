@@ -77,6 +77,31 @@ def torch_parity(module, model: onnx.ModelProto, example: Sequence, samples: int
     return compare(refs, cands)
 
 
+def export_module(
+    module,
+    example: Sequence,
+    *,
+    opset: int = DEFAULT_OPSET,
+    style: str = "auto",
+    verify: bool = True,
+    name: str = "<module>",
+) -> tuple[onnx.ModelProto, ExportReport]:
+    """A built torch module (eval mode) to ONNX; ``name`` labels it in the report."""
+    from normonnx.export.torch_export import export_torch
+
+    start = time.perf_counter()
+    check_opset(opset)
+    check_style(style)
+    raw, exporter = export_torch(module, tuple(example), opset)
+    model, emitted = emit(fold_weight_subgraphs(raw), opset, style)
+    emitted.source = name
+    report = ExportReport(name, exporter, emitted)
+    if verify:
+        report.parity = torch_parity(module, model, example)
+    report.seconds = time.perf_counter() - start
+    return model, report
+
+
 def export_model(
     spec: str,
     *,
@@ -86,20 +111,11 @@ def export_model(
     style: str = "auto",
     verify: bool = True,
 ) -> tuple[onnx.ModelProto, ExportReport]:
-    from normonnx.export.torch_export import build, export_torch
+    """``MODULE:FACTORY`` (and a checkpoint) to ONNX; see export_module."""
+    from normonnx.export.torch_export import build
 
-    start = time.perf_counter()
-    check_opset(opset)
-    check_style(style)
     module, example = build(spec, input_shapes, checkpoint)
-    raw, exporter = export_torch(module, example, opset)
-    model, emitted = emit(fold_weight_subgraphs(raw), opset, style)
-    emitted.source = spec
-    report = ExportReport(spec, exporter, emitted)
-    if verify:
-        report.parity = torch_parity(module, model, example)
-    report.seconds = time.perf_counter() - start
-    return model, report
+    return export_module(module, example, opset=opset, style=style, verify=verify, name=spec)
 
 
 def export_file(spec: str, output: str | os.PathLike, **kwargs) -> ExportReport:

@@ -107,7 +107,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "layernorm",
         "LayerNorm",
-        ("torch.nn.LayerNorm",),
+        ("torch.nn.LayerNorm", "normonnx.export.modules.LayerNorm2d"),
         "LayerNormalization",
         17,
         "ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add",
@@ -152,7 +152,12 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "weightstd",
         "Weight Standardization",
-        ("normonnx.export.modules.WSConv2d",),
+        (
+            "normonnx.export.modules.WSConv1d",
+            "normonnx.export.modules.WSConv2d",
+            "normonnx.export.modules.WSConv3d",
+            "normonnx.export.modules.WSConvTranspose2d",
+        ),
         None,
         None,
         "ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div on the weight, or BatchNormalization(training_mode=1)",

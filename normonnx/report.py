@@ -13,6 +13,7 @@ from pathlib import Path
 from normonnx.fileio import write_json_atomic, write_text_atomic
 from normonnx.validate.benchmark import BenchReport
 from normonnx.validate.check import CheckReport
+from normonnx.validate.latency import LatencyStats
 
 
 def _pyplot():
@@ -57,23 +58,28 @@ def plot_output_errors(report: CheckReport, path: Path) -> bool:
     return True
 
 
-def plot_latency(report: BenchReport, path: Path) -> bool:
+def plot_stats(stats: dict[str, LatencyStats], path: Path, title: str) -> bool:
+    """Latency distributions, one box per model."""
     plt = _pyplot()
-    if plt is None:
+    if plt is None or not stats:
         return False
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    names = list(report.stats)
-    ax.boxplot([report.stats[n].times_ms for n in names], orientation="horizontal", showfliers=True)
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.6 * len(stats)))
+    names = list(stats)
+    ax.boxplot([stats[n].times_ms for n in names], orientation="horizontal", showfliers=True)
     ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
     ax.set_xlabel("latency per run (ms)")
-    title = f"{report.provider.upper()}"
-    if report.speedup:
-        title += f": speed-up {report.speedup.median:.2f}x [{report.speedup.p10:.2f}, {report.speedup.p90:.2f}]"
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
     return True
+
+
+def plot_latency(report: BenchReport, path: Path) -> bool:
+    title = f"{report.provider.upper()}"
+    if report.speedup:
+        title += f": speed-up {report.speedup.median:.2f}x [{report.speedup.p10:.2f}, {report.speedup.p90:.2f}]"
+    return plot_stats(report.stats, path, title)
 
 
 def check_markdown(report: CheckReport) -> str:

@@ -22,16 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def reference_models() -> dict[str, str]:
-    """name -> MODULE:FACTORY of every reference network (the trained zoo when present)."""
-    try:
-        from models.zoo import ZOO
+def reference_models() -> dict[str, tuple[str, str]]:
+    """name -> (MODULE:FACTORY, checkpoint) of every trained reference network."""
+    from models.zoo import ZOO
 
-        return {name: f"models.zoo:{name}" for name in ZOO}
-    except ImportError:
-        from models.patterns import NETS
-
-        return {name: f"models.patterns:{name}_net" for name in NETS}
+    return {name: (f"models.zoo:{name}", str(entry.checkpoint)) for name, entry in ZOO.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.models != "all":
         models = {k: v for k, v in models.items() if k in args.models.split(",")}
     rows, start = [], time.perf_counter()
-    for name, spec in models.items():
+    for name, (spec, checkpoint) in models.items():
         row = {"model": name}
         try:
             plain, folded = work / f"{name}.onnx", work / f"{name}.folded.onnx"
-            export_file(spec, plain, opset=args.opset, style="auto")
+            export_file(spec, plain, checkpoint=checkpoint, opset=args.opset, style="auto")
             fold_file(plain, folded)
             result = check(folded, against=plain, provider=args.provider)
             worst = result.parity.worst()

@@ -1,0 +1,271 @@
+"""``normonnx convert``: a trained checkpoint to a validated, benchmarked deployment.
+
+MODULE:FACTORY + checkpoint -> export at the chosen opset and style (the
+unfolded baseline) -> fold -> parity against torch eager -> top-1 agreement
+with torch on held-out data -> latency of the folded model against the
+unfolded export and against the same network with its normalization layers
+removed (the floor folding can reach), interleaved in one run -> a report
+folder: model.onnx, model.unfolded.onnx, model.floor.onnx, report.md,
+report.json and plots.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from normonnx.errors import UnusableInputError
+from normonnx.exporting import DEFAULT_OPSET, export_module, torch_parity
+from normonnx.fileio import write_json_atomic, write_text_atomic
+from normonnx.foldreport import NormStatus
+from normonnx.validate.latency import LatencyStats
+from normonnx.validate.parity import ParityResult
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ConvertReport:
+    name: str
+    spec: str
+    checkpoint: str | None
+    opset: int
+    style: str
+    exporter: str = ""
+    layers: dict[str, int] = field(default_factory=dict)  # normalization layers of the torch model
+    norms: list[NormStatus] = field(default_factory=list)  # what the fold found in the export, and did
+    forms_after: dict[str, int] = field(default_factory=dict)  # normalizations left in the deployed model
+    parity: ParityResult | None = None
+    top1: float | None = None
+    top1_samples: int = 0
+    latency: dict[str, LatencyStats] = field(default_factory=dict)
+    speedup: float | None = None  # unfolded time / folded time, median of per-round ratios
+    speedup_spread: tuple[float, float] | None = None
+    floor_ratio: float | None = None  # folded time / no-normalization time (1.0 = at the floor)
+    floor_spread: tuple[float, float] | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def folded(self) -> int:
+        """Normalizations normonnx folded (the exporter may have folded others before)."""
+        return sum(n.folded for n in self.norms)
+
+    @property
+    def layer_count(self) -> int:
+        return sum(self.layers.values())
+
+    @property
+    def left(self) -> int:
+        return sum(self.forms_after.values())
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.parity and self.parity.passed) and (self.top1 is None or self.top1 == 1.0)
+
+    @property
+    def max_error(self) -> float | None:
+        worst = self.parity.worst() if self.parity else None
+        return None if worst is None else worst.max_abs
+
+    def layer_summary(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.layers.items()) or "none"
+
+    def kept_forms(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(self.forms_after.items())) or "none"
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": 1,
+            "name": self.name,
+            "spec": self.spec,
+            "checkpoint": self.checkpoint,
+            "opset": self.opset,
+            "style": self.style,
+            "exporter": self.exporter,
+            "passed": self.passed,
+            "layers": self.layers,
+            "normalizations": [asdict(n) for n in self.norms],
+            "found_in_export": len(self.norms),
+            "folded_by_normonnx": self.folded,
+            "left_in_model": self.left,
+            "forms_after": self.forms_after,
+            "parity": self.parity.to_dict() if self.parity else None,
+            "max_error": self.max_error,
+            "top1_agreement": self.top1,
+            "top1_samples": self.top1_samples,
+            "latency_ms": {k: v.median_ms for k, v in self.latency.items()},
+            "speedup_vs_unfolded": self.speedup,
+            "speedup_spread": self.speedup_spread,
+            "floor_ratio": self.floor_ratio,
+            "floor_spread": self.floor_spread,
+            "files": self.files,
+            "seconds": round(self.seconds, 2),
+            "notes": self.notes,
+        }
+
+
+def top1_agreement(module, model_path: str | os.PathLike, data: np.ndarray, batch: int = 250) -> float:
+    """Share of predictions (argmax over axis 1: per sample, or per pixel) on which torch and ONNX agree."""
+    import torch
+
+    from normonnx.validate.runner import SessionConfig, session
+
+    sess = session(str(model_path), SessionConfig(optimize=True))
+    name = sess.get_inputs()[0].name
+    fixed = sess.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) and fixed > 0 else batch
+    agree = total = 0
+    with torch.no_grad():
+        for start in range(0, len(data), step):
+            chunk = data[start : start + step]
+            if len(chunk) != step and isinstance(fixed, int):
+                break  # a static batch that the data does not fill
+            ref = module(torch.from_numpy(np.ascontiguousarray(chunk))).argmax(dim=1).numpy()
+            got = np.asarray(sess.run(None, {name: chunk})[0]).argmax(axis=1)
+            agree += int((ref == got).sum())
+            total += ref.size
+    if not total:
+        raise UnusableInputError("the held-out data holds no complete batch for this model's input")
+    return agree / total
+
+
+def load_data(path: str | os.PathLike) -> np.ndarray:
+    """Held-out inputs from an .npz: the array named 'images' or 'inputs', else the first."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            key = next((k for k in ("images", "inputs") if k in data.files), data.files[0] if data.files else None)
+            if key is None:
+                raise UnusableInputError(f"{path}: the .npz holds no array")
+            return np.asarray(data[key], dtype=np.float32)
+    except (OSError, ValueError) as e:
+        raise UnusableInputError(f"{path}: not a readable .npz ({e})") from None
+
+
+def convert(
+    spec: str,
+    out_dir: str | os.PathLike,
+    *,
+    checkpoint: str | None = None,
+    input_shapes: Sequence[tuple[int, ...]] = (),
+    opset: int = DEFAULT_OPSET,
+    style: str = "auto",
+    data: np.ndarray | None = None,
+    floor: bool = True,
+    bench_runs: int = 100,
+    name: str | None = None,
+    progress: Progress | None = None,
+) -> ConvertReport:
+    from normonnx.export.strip import count_norms, strip_norms
+    from normonnx.export.torch_export import build
+    from normonnx.fold import fold
+    from normonnx.graph.modelio import save_model
+
+    say = progress or (lambda _: None)
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = ConvertReport(name or spec.rpartition(":")[2], spec, checkpoint, opset, style)
+    say("export")
+    module, example = build(spec, input_shapes, checkpoint)
+    report.layers = count_norms(module)
+    unfolded, exported = export_module(module, example, opset=opset, style=style, verify=False, name=spec)
+    report.exporter = exported.exporter
+    files = {"unfolded": out / "model.unfolded.onnx", "model": out / "model.onnx"}
+    save_model(unfolded, files["unfolded"])
+    say("fold")
+    folded, fold_report = fold(unfolded, verify=True)
+    if not fold_report.parity.passed:
+        raise UnusableInputError(f"{spec}: the folded model does not match its export; nothing written")
+    save_model(folded, files["model"])
+    report.norms = fold_report.norms
+    report.forms_after = fold_report.after.norms
+    say("parity vs torch")
+    report.parity = torch_parity(module, folded, example)
+    if data is not None:
+        say("top-1 agreement")
+        report.top1 = top1_agreement(module, files["model"], data)
+        report.top1_samples = len(data)
+    models = {"folded": files["model"], "unfolded": files["unfolded"]}
+    if floor:
+        say("floor")
+        files["floor"] = out / "model.floor.onnx"
+        floor_model, _ = export_module(strip_norms(module), example, opset=opset, style=style, verify=False)
+        save_model(fold(floor_model)[0], files["floor"])
+        models["floor"] = files["floor"]
+    say("bench")
+    _bench(report, models, bench_runs)
+    report.files = {k: str(v) for k, v in files.items()}
+    report.seconds = time.perf_counter() - start
+    write_convert_report(out, report)
+    return report
+
+
+def _bench(report: ConvertReport, models: dict[str, Path], runs: int) -> None:
+    from normonnx.graph.modelio import load_model
+    from normonnx.validate.inputs import input_specs, random_inputs
+    from normonnx.validate.isolation import call_isolated
+    from normonnx.validate.latency import measure, speedup
+
+    feeds = random_inputs(input_specs(load_model(models["folded"], load_weights=False)), 0)
+    stats = call_isolated(
+        measure, {k: str(v) for k, v in models.items()}, feeds, runs=runs, warmup=5, label=f"bench {report.name}"
+    )
+    report.latency = stats
+    sp = speedup(stats, "unfolded", "folded")
+    report.speedup, report.speedup_spread = sp.median, (sp.p10, sp.p90)
+    if "floor" in stats:
+        fl = speedup(stats, "folded", "floor")  # folded time / floor time
+        report.floor_ratio, report.floor_spread = fl.median, (fl.p10, fl.p90)
+
+
+def convert_markdown(r: ConvertReport) -> str:
+    verdict = "PASSED" if r.passed else "FAILED"
+    lines = [
+        f"# {r.name}: {verdict}",
+        "",
+        f"`{r.spec}`" + (f" with `{r.checkpoint}`" if r.checkpoint else "") + f", {r.exporter}, style {r.style}.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| normalization layers in the torch model | {r.layer_count} ({r.layer_summary()}) |",
+        f"| found in the export / folded by normonnx | {len(r.norms)} / {r.folded} |",
+        f"| left in the deployed model | {r.left}: {r.kept_forms()} |",
+        f"| max error vs torch | {r.max_error:.3g} |" if r.max_error is not None else "| max error vs torch | - |",
+        f"| top-1 agreement with torch | {r.top1:.4%} on {r.top1_samples} held-out inputs |"
+        if r.top1 is not None
+        else "| top-1 agreement | not measured (no data) |",
+    ]
+    if r.speedup is not None:
+        lines.append(
+            f"| speed-up vs unfolded export (ORT CPU) | {r.speedup:.3f}x [{r.speedup_spread[0]:.3f},"
+            f" {r.speedup_spread[1]:.3f}] |"
+        )
+    if r.floor_ratio is not None:
+        lines.append(
+            f"| latency / no-normalization floor | {r.floor_ratio:.3f} [{r.floor_spread[0]:.3f},"
+            f" {r.floor_spread[1]:.3f}] |"
+        )
+    lines += ["", "| normalization | form | node | result |", "|---|---|---|---|"]
+    for n in r.norms:
+        lines.append(
+            f"| {n.family} | {n.form} | `{n.anchor}` | {'folded ' + n.why if n.folded else 'kept: ' + n.why} |"
+        )
+    lines += [f"- {n}" for n in r.notes]
+    if (Path(r.files.get("model", ".")).parent / "latency.png").exists():
+        lines += ["", "![latency](latency.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def write_convert_report(folder: Path, r: ConvertReport) -> None:
+    from normonnx.report import plot_stats
+
+    plot_stats(r.latency, folder / "latency.png", f"{r.name}: ORT CPU latency")
+    write_text_atomic(folder / "report.md", convert_markdown(r))
+    write_json_atomic(folder / "report.json", r.to_dict())
