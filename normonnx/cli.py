@@ -120,7 +120,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
     )
     written = report.parity is None or report.parity.passed
     if written:
-        save_model(model, args.output, inputs=[args.input])
+        save_model(model, args.output, inputs=[args.input], no_stricter_than=args.input)
         report.output = args.output
     if args.report:
         _write_json(args.report, report.to_dict())

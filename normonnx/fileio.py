@@ -13,12 +13,45 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+_TAG = "normonnx"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
+    """Temporaries a killed normonnx left next to ``dst`` (named by its dead pid); nothing else is touched."""
+    dst = Path(dst)
+    removed = []
+    for tmp in dst.parent.glob(f".{dst.name}.{_TAG}-*.tmp"):
+        try:
+            pid = int(tmp.name[len(f".{dst.name}.{_TAG}-") :].split(".", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
 
 @contextlib.contextmanager
 def temporary_sibling(dst: str | os.PathLike) -> Iterator[Path]:
-    """A fresh hidden file next to ``dst``; removed on exit unless it was renamed away."""
+    """A fresh hidden file next to ``dst``; removed on exit unless it was renamed away.
+
+    Its name carries normonnx's pid, so a later run can tell the leftovers of
+    a killed run (``remove_stale_temporaries``) from anybody else's files.
+    """
     dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    remove_stale_temporaries(dst)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.{_TAG}-{os.getpid()}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
     path = Path(tmp)
     try:

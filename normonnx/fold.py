@@ -17,6 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from normonnx.foldreport import FoldReport, GraphStats, statuses
+from normonnx.graph import external
 from normonnx.graph.convert import to_graph, to_model
 from normonnx.graph.modelio import load_model, tensor_bytes
 from normonnx.graph.shapes import annotate_shapes
@@ -50,8 +51,12 @@ def as_model(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProt
 
 
 def prepare_graph(model: onnx.ModelProto, *, always_infer: bool = False) -> gs.Graph:
-    """A graphsurgeon graph of ``model`` with inferred dtypes and shapes (see annotate_shapes)."""
+    """A graphsurgeon graph of ``model`` with inferred dtypes and shapes (see annotate_shapes).
+
+    Weights on disk (absolute, validated locations) are read through normonnx's own reader.
+    """
     graph = to_graph(model)
+    external.attach(graph)
     annotate_shapes(model, graph, always_infer)
     return graph
 
@@ -62,8 +67,11 @@ def fold(
     *,
     verify: bool = False,
     shapes: dict[str, tuple[int, ...]] | None = None,
+    store: external.SpillStore | None = None,
 ) -> tuple[onnx.ModelProto, FoldReport]:
     """Fold every constant normalization of ``model``; return the new model and the report.
+
+    ``store`` sends the weights folds compute to disk (models whose weights are on disk).
 
     With ``verify``, the result is run against the original on onnxruntime
     (CPU, optimizations off) over seeded inputs and ``report.parity`` says
@@ -74,7 +82,7 @@ def fold(
     graph = prepare_graph(proto)
     found = scan(graph)
     before = _stats(graph, found, tensor_bytes(proto))
-    ctx = PassContext(graph, options or FoldOptions())
+    ctx = PassContext(graph, options or FoldOptions(), store=store)
     rewrites = {}
     for p in fold_prelude():
         rewrites[p.name] = p.run(ctx)
@@ -124,6 +132,30 @@ def verify_parity(
     return result
 
 
+def verify_parity_files(
+    reference: str | os.PathLike, candidate: str | os.PathLike, *, shapes=None, samples: int = 3
+) -> ParityResult:
+    """verify_parity for models on disk: each runs in its own isolated process, one after the other,
+    so that peak memory stays near one model's weights."""
+    from normonnx.validate import execute
+    from normonnx.validate.inputs import seeded_input_sets
+    from normonnx.validate.isolation import call_isolated
+    from normonnx.validate.parity import compare, rejudge_with_noise
+    from normonnx.validate.runner import SessionConfig
+
+    feeds = seeded_input_sets(load_model(reference, load_weights=False), samples, shapes)
+    cfg = SessionConfig(optimize=False)
+    refs = call_isolated(execute.run_outputs, str(reference), feeds, cfg, label=f"{reference} (reference)")
+    cands = call_isolated(execute.run_outputs, str(candidate), feeds, cfg, label=f"{candidate} (folded)")
+    result = compare(refs, cands)
+    if not result.passed:
+        noisy = call_isolated(
+            execute.run_outputs, str(reference), feeds, SessionConfig(optimize=True), label=f"{reference} (noise floor)"
+        )
+        result = rejudge_with_noise(result, compare(refs, noisy))
+    return result
+
+
 def fold_file(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -134,14 +166,34 @@ def fold_file(
 ) -> FoldReport:
     """Fold ``src`` into ``dst``; ``dst`` is written (atomically) only if parity holds.
 
-    ``report.output`` is None when parity failed and nothing was written.
+    ``report.output`` is None when parity failed and nothing was written. A
+    model whose weights are on disk is folded without loading them: weights
+    are read when a fold needs them, new ones spill to disk, the output is
+    staged, verified from disk in isolated processes, then committed.
     """
-    from normonnx.graph.modelio import check_output_path, save_model
+    from normonnx.graph.modelio import check_output_path, has_external_data, save_model, staged_save
 
     check_output_path(Path(dst), [Path(src)])
-    model, report = fold(src, options, verify=verify, shapes=shapes)
-    if report.parity is not None and not report.parity.passed:
+    proto = load_model(src, load_weights=False)
+    if not has_external_data(proto):
+        model, report = fold(proto, options, verify=verify, shapes=shapes)
+        report.source = str(src)
+        if report.parity is not None and not report.parity.passed:
+            return report
+        save_model(model, dst, inputs=[src], no_stricter_than=src)
+        report.output = str(dst)
         return report
-    save_model(model, dst, inputs=[src])
-    report.output = str(dst)
+    external.absolutize(proto, src)
+    store = external.SpillStore(dst)
+    try:
+        model, report = fold(proto, options, store=store)
+        report.source = str(src)
+        with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:
+            if verify:
+                report.parity = verify_parity_files(src, staged.path, shapes=shapes)
+            if report.parity is None or report.parity.passed:
+                staged.commit()
+                report.output = str(dst)
+    finally:
+        store.close()
     return report

@@ -41,8 +41,8 @@ def batchnorm_affine(
         raise FoldMathError(
             f"parameter shapes differ: scale {gamma.shape}, B {beta.shape}, mean {mean.shape}, var {var.shape}"
         )
-    if not np.isfinite(eps):
-        raise FoldMathError(f"epsilon is {eps}")
+    if not np.isfinite(eps) or eps < 0:
+        raise FoldMathError(f"epsilon is {eps}; it must be a finite number >= 0")
     params = np.stack([gamma, beta, mean, var])
     if not np.isfinite(params).all():
         for name, arr in zip(("scale", "B", "mean", "var"), params, strict=False):

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 DEFAULT_DOMAINS = (None, "", "ai.onnx")
 
@@ -34,9 +35,14 @@ def is_empty(tensor: gs.Tensor) -> bool:
 
 
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of an initializer or of a Constant node's output; None otherwise."""
+    """The value of an initializer or of a Constant node's output; None otherwise.
+
+    Lazily loaded weights are read each time and not kept (graphsurgeon's own
+    ``values`` would pin every weight a pass looked at in memory).
+    """
     if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
+        values = tensor._values
+        return np.asarray(values.load() if isinstance(values, LazyValues) else values)
     node = producer(tensor)
     if not op_is(node, "Constant"):
         return None

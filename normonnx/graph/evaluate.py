@@ -36,6 +36,8 @@ def _build_model(
     graph.node.extend(nodes)
     for leaf in leaves:
         proto = OnnxExporter.export_tensor_proto(leaf)
+        if proto.data_location == onnx.TensorProto.EXTERNAL:  # weights on disk: evaluate on their values
+            proto = onnx.numpy_helper.from_array(np.asarray(leaf._values.load()), leaf.name)
         graph.initializer.append(proto)
     for t in outputs:
         graph.output.append(onnx.ValueInfoProto(name=t.name))

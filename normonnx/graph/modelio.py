@@ -15,6 +15,7 @@ last, so an interrupted run leaves the previous output intact.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -178,15 +179,27 @@ def _read_external(path: Path, tensor: onnx.TensorProto) -> None:
     tensor.data_location = onnx.TensorProto.DEFAULT
 
 
+def _check_structure(path: Path) -> None:
+    """onnx's checker on the file (parsed in C++, weights not loaded): unknown ops, cycles, SSA."""
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except onnx.checker.ValidationError as e:
+        raise _fail(path, f"not a valid ONNX model: {first_line(e)[:300]}") from None
+
+
 def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.ModelProto:
     """Load and validate an ONNX file; raises ModelLoadError with a one-line reason."""
     path = Path(path)
     _precheck_file(path)
     model = _parse(path)
     _check_versions(path, model)
-    external = [t for t in iter_tensors(model) if uses_external_data(t)]
+    try:
+        external = [t for t in iter_tensors(model) if uses_external_data(t)]
+    except RecursionError:
+        raise _fail(path, "subgraphs nested too deeply") from None
     for tensor in external:
         _resolve_external(path, tensor)
+    _check_structure(path)
     if load_weights:
         for tensor in external:
             _read_external(path, tensor)
@@ -201,7 +214,9 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
     """Approximate bytes of tensor data, without serializing the model."""
     total = 0
     for t in iter_tensors(model):
-        if t.raw_data:
+        if uses_external_data(t):
+            total += int(_external_fields(t).get("length", "0") or 0)
+        elif t.raw_data:
             total += len(t.raw_data)
         else:
             total += 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (
@@ -217,18 +232,26 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=32)
+def _external_locations(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """External-data locations a model file names (cached per file version: a run asks twice)."""
+    with contextlib.suppress(Exception):
+        m = onnx.load(path, load_external_data=False)
+        return tuple(
+            loc for t in iter_tensors(m) if uses_external_data(t) and (loc := _external_fields(t).get("location"))
+        )
+    return ()
+
+
 def _protected_files(inputs: Sequence[Path]) -> list[Path]:
     """The inputs and the external-data files they reference."""
     files: list[Path] = []
     for p in inputs:
         p = Path(p)
         files.append(p)
-        with contextlib.suppress(Exception):
-            m = onnx.load(str(p), load_external_data=False)
-            for t in iter_tensors(m):
-                loc = _external_fields(t).get("location")
-                if uses_external_data(t) and loc:
-                    files.append(p.parent / loc)
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            files.extend(p.parent / loc for loc in _external_locations(str(p.resolve()), st.st_mtime_ns, st.st_size))
     return files
 
 
@@ -249,38 +272,145 @@ def check_output_path(out: Path, inputs: Sequence[Path]) -> None:
             raise OutputError(f"{out}: its weight file {data.name} would overwrite the input's weights {p}")
 
 
+def _copy_range(src: str, offset: int, length: int, out) -> None:
+    """Stream ``length`` bytes of ``src`` from ``offset`` to the open file ``out`` (kernel copy where possible)."""
+    fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        out.flush()
+        done = 0
+        while done < length:
+            try:
+                n = os.copy_file_range(fd, out.fileno(), length - done, offset + done)
+            except (AttributeError, OSError):
+                n = 0
+            if n <= 0:  # no kernel copy here: read and write in chunks
+                chunk = os.pread(fd, min(64 << 20, length - done), offset + done)
+                if not chunk:
+                    raise OutputError(f"{src}: ended before its tensor data did")
+                out.write(chunk)
+                out.flush()
+                n = len(chunk)
+            done += n
+    finally:
+        os.close(fd)
+
+
 def _write_with_external_data(model: onnx.ModelProto, model_tmp: Path, data_tmp: Path, data_name: str) -> None:
-    """Move large tensors to one data file; the proto is restored afterwards."""
-    moved: list[tuple[onnx.TensorProto, bytes]] = []
+    """All tensor data into one data file, the proto beside it; the in-memory proto is restored afterwards.
+
+    Inline tensors of 1 KB or more move into the file; tensors already on disk
+    (absolute locations: the input's validated files, normonnx's spill file)
+    are streamed into it without passing through Python memory.
+    """
+    restore: list[tuple[onnx.TensorProto, bytes | list[tuple[str, str]]]] = []
     offset = 0
     try:
         with open(data_tmp, "wb") as data:
             for t in iter_tensors(model):
-                if uses_external_data(t) or not t.raw_data or len(t.raw_data) < _EXTERNAL_MIN_TENSOR_BYTES:
+                on_disk = uses_external_data(t)
+                if not on_disk and (not t.raw_data or len(t.raw_data) < _EXTERNAL_MIN_TENSOR_BYTES):
                     continue
                 pad = (-offset) % 4096
                 data.write(b"\0" * pad)
                 offset += pad
-                raw = t.raw_data
-                data.write(raw)
-                moved.append((t, raw))
-                t.ClearField("raw_data")
+                if on_disk:
+                    fields = _external_fields(t)
+                    if not os.path.isabs(fields["location"]):
+                        raise OutputError(f"tensor '{t.name}': external data outside normonnx's validated store")
+                    length = int(fields.get("length") or 0)
+                    _copy_range(fields["location"], int(fields.get("offset", "0")), length, data)
+                    restore.append((t, [(e.key, e.value) for e in t.external_data]))
+                else:
+                    raw = t.raw_data
+                    length = len(raw)
+                    data.write(raw)
+                    restore.append((t, raw))
+                    t.ClearField("raw_data")
+                del t.external_data[:]
                 t.data_location = onnx.TensorProto.EXTERNAL
-                for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
                     entry = t.external_data.add()
                     entry.key, entry.value = k, v
-                offset += len(raw)
+                offset += length
             data.flush()
             os.fsync(data.fileno())
-        with open(model_tmp, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
+        _write_proto(model, model_tmp)
     finally:
-        for t, raw in moved:
+        for t, saved in restore:
             del t.external_data[:]
-            t.data_location = onnx.TensorProto.DEFAULT
-            t.raw_data = raw
+            if isinstance(saved, bytes):
+                t.data_location = onnx.TensorProto.DEFAULT
+                t.raw_data = saved
+            else:
+                for k, v in saved:
+                    entry = t.external_data.add()
+                    entry.key, entry.value = k, v
+
+
+def _write_proto(model: onnx.ModelProto, path: Path) -> None:
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Staged:
+    """A model written to temporaries beside its destination, checked, waiting for ``commit``."""
+
+    def __init__(self, path: Path, data_name: str | None) -> None:
+        self.path, self.data_name, self.committed = path, data_name, False
+
+    def commit(self) -> None:
+        self.committed = True
+
+
+@contextlib.contextmanager
+def staged_save(
+    model: onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    inputs: Sequence[str | os.PathLike] = (),
+    full_check: bool = True,
+    no_stricter_than: str | os.PathLike | None = None,
+) -> Iterator[Staged]:
+    """Write and check ``model`` next to ``path``; it replaces ``path`` only if the caller commits.
+
+    The staged model (``Staged.path``) is a complete model -- with its weight
+    file when it has one -- that onnxruntime can run, so a caller can verify
+    it before it replaces anything. Weights are renamed into place first,
+    the model last; without a commit every temporary is removed.
+    """
+    out = Path(path)
+    check_output_path(out, [Path(p) for p in inputs])
+    external = has_external_data(model) or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    data_final = out.parent / (out.name + ".data")
+    if external and data_final.exists() and not _is_our_weight_file(out, data_final):
+        raise OutputError(f"{out}: {data_final.name} exists and was not written for {out.name}; remove it first")
+    with temporary_sibling(out) as model_tmp, temporary_sibling(data_final) as data_tmp:
+        if external:
+            _write_with_external_data(model, model_tmp, data_tmp, data_tmp.name)
+        else:
+            _write_proto(model, model_tmp)
+        try:
+            _check_saved(model_tmp, full_check)
+        except OutputError:
+            # Checked only when the full check fails: the source failing it too excuses us.
+            if not full_check or no_stricter_than is None or passes_full_check(no_stricter_than):
+                raise
+            _check_saved(model_tmp, full_check=False)
+        staged = Staged(model_tmp, data_tmp.name if external else None)
+        yield staged
+        if not staged.committed:
+            return
+        if external:
+            final = onnx.load(str(model_tmp), load_external_data=False)
+            for t in iter_tensors(final):
+                for e in t.external_data:
+                    if e.key == "location" and e.value == data_tmp.name:
+                        e.value = data_final.name
+            _write_proto(final, model_tmp)
+            os.replace(data_tmp, data_final)
+        os.replace(model_tmp, out)
 
 
 def save_model(
@@ -289,34 +419,19 @@ def save_model(
     *,
     inputs: Sequence[str | os.PathLike] = (),
     full_check: bool = True,
+    no_stricter_than: str | os.PathLike | None = None,
 ) -> Path:
-    """Write ``model`` to ``path`` atomically, never over one of ``inputs``.
+    """Write ``model`` to ``path`` atomically, never over one of ``inputs`` (see ``staged_save``).
 
-    The file is checked with ``onnx.checker`` before it replaces anything;
-    a model too large for one protobuf goes to ``<name>.data`` beside it.
+    The file passes ``onnx.checker`` (full check: shape inference too) before
+    it replaces anything; a model too large for one protobuf, or one whose
+    weights are on disk, goes with a ``<name>.data`` beside it. With
+    ``no_stricter_than``, a model derived from that file may fail the full
+    check only if that file fails it too (the structural check must pass).
     """
-    out = Path(path)
-    check_output_path(out, [Path(p) for p in inputs])
-    external = tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    data_final = out.parent / (out.name + ".data")
-    with temporary_sibling(out) as model_tmp, temporary_sibling(data_final) as data_tmp:
-        if external:
-            if data_final.exists() and not _is_our_weight_file(out, data_final):
-                raise OutputError(
-                    f"{out}: {data_final.name} exists and was not written for {out.name}; remove it first"
-                )
-            _write_with_external_data(model, model_tmp, data_tmp, data_final.name)
-            # The weight file is not in place yet: check the structure only.
-            _check_saved(model_tmp, full_check=False, follow_weights=False)
-            os.replace(data_tmp, data_final)
-        else:
-            with open(model_tmp, "wb") as f:
-                f.write(model.SerializeToString())
-                f.flush()
-                os.fsync(f.fileno())
-            _check_saved(model_tmp, full_check)
-        os.replace(model_tmp, out)
-    return out
+    with staged_save(model, path, inputs=inputs, full_check=full_check, no_stricter_than=no_stricter_than) as staged:
+        staged.commit()
+    return Path(path)
 
 
 def _is_our_weight_file(model_path: Path, data_path: Path) -> bool:
@@ -329,11 +444,16 @@ def _is_our_weight_file(model_path: Path, data_path: Path) -> bool:
     return False
 
 
-def _check_saved(model_tmp: Path, full_check: bool, follow_weights: bool = True) -> None:
+def passes_full_check(path: str | os.PathLike) -> bool:
     try:
-        if follow_weights:
-            onnx.checker.check_model(str(model_tmp), full_check=full_check)
-        else:
-            onnx.checker.check_model(onnx.load(str(model_tmp), load_external_data=False), full_check=False)
-    except onnx.checker.ValidationError as e:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
+        return False
+    return True
+
+
+def _check_saved(model_tmp: Path, full_check: bool) -> None:
+    try:
+        onnx.checker.check_model(str(model_tmp), full_check=full_check)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise OutputError(f"{model_tmp.name}: the model to be written fails onnx.checker: {first_line(e)}") from None

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from normonnx.graph.access import GraphOutputs, all_names, unique_name_factory
+from normonnx.graph.external import SpillStore
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class PassContext:
     options: FoldOptions = field(default_factory=FoldOptions)
     decisions: list[Decision] = field(default_factory=list)
     nodes_added: int = 0
+    # Where new weights go: None keeps them in memory; a SpillStore writes them to disk at once.
+    store: SpillStore | None = None
     outputs: GraphOutputs = field(init=False)
     fresh: Callable[[str], str] = field(init=False)
 
@@ -67,7 +71,10 @@ class PassContext:
 
     def constant(self, base: str, values) -> gs.Constant:
         """A new initializer with a name not used anywhere in the graph."""
-        return gs.Constant(self.fresh(base), values)
+        name = self.fresh(base)
+        if self.store is not None and np.asarray(values).nbytes >= 1024:
+            return gs.Constant(name, self.store.put(name, np.asarray(values)))
+        return gs.Constant(name, values)
 
 
 class Pass(Protocol):

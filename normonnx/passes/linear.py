@@ -95,6 +95,11 @@ def read_linear(node: gs.Node, ctx: PassContext) -> Linear | str:
         return f"weight of {describe(node)} is not a constant (computed by {src})"
     if weight.dtype.kind != "f" or weight.dtype.itemsize < 2:
         return f"weight of {describe(node)} is {weight.dtype}, not a float type"
+    if not np.isfinite(weight).all():
+        bad = np.unravel_index(int(np.flatnonzero(~np.isfinite(weight))[0]), weight.shape)
+        trans_b = node.op == "Gemm" and node.attrs.get("transB", 0)
+        axis = 1 if node.op == "ConvTranspose" else 0 if node.op == "Conv" or trans_b else -1
+        return f"weight of {describe(node)} holds {weight[bad]} at output channel {bad[axis]}"
     if node.op in ("Conv", "ConvTranspose") and weight.ndim < 3:
         return f"weight of {describe(node)} has rank {weight.ndim}"
     if node.op in ("Gemm", "MatMul") and weight.ndim != 2:

@@ -1,0 +1,60 @@
+"""A run killed at any moment leaves the input and any previous output intact; its leftovers are
+cleaned by the next run, and only its own."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.builders import GraphBuilder
+
+pytestmark = pytest.mark.slow
+
+
+def _model(blocks: int = 60, channels: int = 64) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [1, channels, 8, 8])
+    for i in range(blocks):
+        x = b.node(
+            "Relu", [b.batchnorm(b.conv(x, channels, channels, rng, pads=[1, 1, 1, 1], name=f"c{i}"), channels, rng)]
+        )
+    b.output(x, shape=[1, channels, 8, 8])
+    return b.model()
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_killed_runs_leave_input_and_previous_output_intact(tmp_path):
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(_model(), src)
+    out.write_bytes(b"previous output")
+    (tmp_path / ".someone-elses.tmp").write_bytes(b"not ours")
+    before = _digest(src)
+    cmd = [sys.executable, "-m", "normonnx", "fold", str(src), "-o", str(out)]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    full = time.perf_counter() - start
+    out.write_bytes(b"previous output")
+    for fraction in (0.2, 0.45, 0.7, 0.85, 0.95):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(full * fraction)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _digest(src) == before
+        content = out.read_bytes()
+        assert content == b"previous output" or onnx.load_from_string(content).graph.node  # old, or complete
+        out.write_bytes(b"previous output")
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert onnx.load(out).graph.node[0].op_type == "Conv"
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert leftovers == [".someone-elses.tmp"]
