@@ -100,12 +100,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         _out(json.dumps(report.to_dict(), indent=2))
     else:
         _out(f"normonnx export {args.factory} -> {args.output} with {report.exporter}")
-        body = render_emit(report.emit)
+        _out(render_emit(report.emit))
         if report.parity is not None:
-            w = report.parity.worst()
-            verdict = "PASSED" if report.parity.passed else "FAILED"
-            body += f"\nparity vs torch eager {verdict}: max|diff| {w.max_abs:.3g} (threshold {w.threshold:.3g})"
-        _out(body)
+            _out(report.parity.summary(" vs torch eager"))
     return _finish(args.output, report, report.output is not None, "torch eager")
 
 
@@ -342,10 +339,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     from normonnx.exporting import DEFAULT_OPSET
 
     p = sub.add_parser("convert", help="checkpoint -> export -> fold -> check -> bench -> one report folder")
-    p.add_argument("factory", metavar="MODULE:FACTORY", help="callable returning an nn.Module or (module, inputs)")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder (model.onnx, report.md, ...)")
-    p.add_argument("--checkpoint", help="weights: .safetensors, or a torch state dict (loaded with weights_only=True)")
-    p.add_argument("--input-shape", action="append", metavar="1,3,224,224", help="example input shape, once per input")
+    _add_factory_options(p, "report folder (model.onnx, report.md, ...)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"target opset (default {DEFAULT_OPSET})")
     p.add_argument("--norm-style", choices=("auto", "op", "decomposed"), default="auto")
     p.add_argument("--data", metavar="HELDOUT.npz", help="held-out inputs for top-1 agreement with torch")
@@ -384,14 +378,18 @@ def _add_style_options(p: argparse.ArgumentParser, default_opset: int | None) ->
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _add_factory_options(p: argparse.ArgumentParser, output_help: str) -> None:
+    p.add_argument("factory", metavar="MODULE:FACTORY", help="callable returning an nn.Module or (module, inputs)")
+    p.add_argument("-o", "--output", required=True, help=output_help)
+    p.add_argument("--checkpoint", help="weights: .safetensors, or a torch state dict (loaded with weights_only=True)")
+    p.add_argument("--input-shape", action="append", metavar="1,3,224,224", help="example input shape, once per input")
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     from normonnx.exporting import DEFAULT_OPSET
 
     p = sub.add_parser("export", help="export a torch model with every normalization in the chosen form")
-    p.add_argument("factory", metavar="MODULE:FACTORY", help="callable returning an nn.Module or (module, inputs)")
-    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
-    p.add_argument("--checkpoint", help="weights: .safetensors, or a torch state dict (loaded with weights_only=True)")
-    p.add_argument("--input-shape", action="append", metavar="1,3,224,224", help="example input shape, once per input")
+    _add_factory_options(p, "ONNX file to write")
     _add_style_options(p, DEFAULT_OPSET)
     p.set_defaults(handler=cmd_export)
 

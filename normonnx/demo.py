@@ -180,9 +180,9 @@ def _markdown(table: str, reports, failures, opset: int, style: str) -> str:
 
 
 def _plot(reports: list[ConvertReport], path: Path) -> None:
-    from normonnx.report import _pyplot, _save
+    from normonnx.report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None or not reports:
         return
     names = [r.name for r in reports]
@@ -197,5 +197,5 @@ def _plot(reports: list[ConvertReport], path: Path) -> None:
     ax.set_title("onnxruntime CPU, interleaved runs (median of per-round ratios)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -167,12 +167,5 @@ def render_emit(report: EmitReport) -> str:
     for d in report.refused:
         lines.append(f"  kept {d.family} {d.node} as it was: {d.detail}")
     if report.parity is not None:
-        worst = report.parity.worst()
-        verdict = "PASSED" if report.parity.passed else "FAILED"
-        if worst is not None:
-            lines.append(
-                f"parity {verdict}: worst output '{worst.name}' max|diff| {worst.max_abs:.3g}"
-                f" (threshold {worst.threshold:.3g}) over {report.parity.samples} seeded inputs"
-                + (f" -- {worst.reason}" if worst.reason else "")
-            )
+        lines.append(report.parity.summary())
     return "\n".join(lines)

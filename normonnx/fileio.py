@@ -9,11 +9,34 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 _TAG = "normonnx"
+
+
+def regular_file_size(path: Path, limit: int, too_large: str) -> int | str:
+    """The size of a readable, non-empty regular file under ``limit`` bytes, or what is wrong with it.
+
+    Checked with stat before anything opens the file: a FIFO or a device would block or never end.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_size == 0:
+        return "is empty"
+    if st.st_size > limit:
+        return f"is {st.st_size} bytes, {too_large}"
+    return st.st_size
 
 
 def _pid_alive(pid: int) -> bool:

@@ -134,12 +134,5 @@ def render(report: FoldReport, max_rows: int = 40) -> str:
     if len(kept) > max_rows:
         lines.append(f"  ... {len(kept) - max_rows} more kept (see --report)")
     if report.parity is not None:
-        w = report.parity.worst()
-        verdict = "PASSED" if report.parity.passed else "FAILED"
-        if w is not None:
-            lines.append(
-                f"parity {verdict}: worst output '{w.name}' max|diff| {w.max_abs:.3g}"
-                f" (threshold {w.threshold:.3g}) over {report.parity.samples} seeded inputs"
-                + (f" -- {w.reason}" if w.reason else "")
-            )
+        lines.append(report.parity.summary())
     return "\n".join(lines)

@@ -16,7 +16,8 @@ from normonnx.validate.check import CheckReport
 from normonnx.validate.latency import LatencyStats
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -27,14 +28,15 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Save a figure atomically."""
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
 
 
 def plot_output_errors(report: CheckReport, path: Path) -> bool:
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     outs = report.parity.outputs
@@ -53,14 +55,14 @@ def plot_output_errors(report: CheckReport, path: Path) -> bool:
     ax.set_title(f"{Path(report.candidate).name} vs {Path(report.reference).name}: per-output error")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
 
 def plot_stats(stats: dict[str, LatencyStats], path: Path, title: str) -> bool:
     """Latency distributions, one box per model."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None or not stats:
         return False
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.6 * len(stats)))
@@ -70,7 +72,7 @@ def plot_stats(stats: dict[str, LatencyStats], path: Path, title: str) -> bool:
     ax.set_xlabel("latency per run (ms)")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 

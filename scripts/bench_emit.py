@@ -171,12 +171,10 @@ def _markdown(report: dict) -> str:
 
 
 def _plot(report: dict, path: Path) -> None:
-    try:
-        import matplotlib
+    from normonnx.report import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     rows = report["rows"]
     labels = [f"{r['family']}\n{'x'.join(map(str, r['shape']))}" for r in rows]

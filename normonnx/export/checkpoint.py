@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import struct
 import warnings
 import zipfile
 from pathlib import Path
 
 from normonnx.errors import CheckpointError, first_line
+from normonnx.fileio import regular_file_size
 
 MAX_CHECKPOINT_BYTES = 64 << 30
 MAX_SAFETENSORS_HEADER = 100 << 20
@@ -28,17 +28,10 @@ def _fail(path: Path, problem: str) -> CheckpointError:
 
 
 def _precheck(path: Path) -> int:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise _fail(path, "no such file") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise _fail(path, "is not a regular file")
-    if st.st_size == 0:
-        raise _fail(path, "is empty")
-    if st.st_size > MAX_CHECKPOINT_BYTES:
-        raise _fail(path, f"is {st.st_size} bytes, over the {MAX_CHECKPOINT_BYTES} byte limit")
-    return st.st_size
+    size = regular_file_size(path, MAX_CHECKPOINT_BYTES, f"over the {MAX_CHECKPOINT_BYTES} byte limit")
+    if isinstance(size, str):
+        raise _fail(path, size)
+    return size
 
 
 def _is_safetensors(path: Path, size: int) -> bool:

@@ -25,7 +25,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from normonnx.errors import ModelLoadError, OutputError, first_line
-from normonnx.fileio import temporary_sibling
+from normonnx.fileio import regular_file_size, temporary_sibling
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Models whose tensors add up to more than this are saved with external data.
@@ -38,21 +38,10 @@ def _fail(path: Path, problem: str) -> ModelLoadError:
 
 
 def _precheck_file(path: Path) -> int:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise _fail(path, "no such file") from None
-    except OSError as e:
-        raise _fail(path, f"cannot be read ({e.strerror})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise _fail(path, "is a directory, not an ONNX file")
-    if not stat.S_ISREG(st.st_mode):
-        raise _fail(path, "is not a regular file")
-    if st.st_size == 0:
-        raise _fail(path, "is empty")
-    if st.st_size > PROTOBUF_LIMIT:
-        raise _fail(path, f"is {st.st_size} bytes, over protobuf's 2 GiB limit; store weights as external data")
-    return st.st_size
+    size = regular_file_size(path, PROTOBUF_LIMIT, "over protobuf's 2 GiB limit; store weights as external data")
+    if isinstance(size, str):
+        raise _fail(path, size + (", not an ONNX file" if size == "is a directory" else ""))
+    return size
 
 
 def _parse(path: Path) -> onnx.ModelProto:

@@ -112,22 +112,23 @@ def _axes(node: gs.Node) -> list[int] | str:
     return list(range(axis, 0)) if axis < 0 else list(range(axis, rank))
 
 
-def lower_layernorm(node: gs.Node, ctx: PassContext) -> Write | str:
-    x, scale, bias = node.inputs[0], input_or_none(node, 1), input_or_none(node, 2)
+def _lower_last_axes(node: gs.Node, centered: bool) -> Write | str:
+    """LayerNormalization (centered, with bias) and RMSNormalization (neither) over axes [axis..]."""
+    x, scale = node.inputs[0], input_or_none(node, 1)
+    bias = input_or_none(node, 2) if centered else None
     axes = _axes(node)
     if isinstance(axes, str):
         return axes
     eps, stash = float(node.attrs.get("epsilon", 1e-5)), int(node.attrs.get("stash_type", 1))
-    return lambda w, out: _affine(w, _normalize(w, x, axes, eps, True, stash), scale, bias, out)
+    return lambda w, out: _affine(w, _normalize(w, x, axes, eps, centered, stash), scale, bias, out)
+
+
+def lower_layernorm(node: gs.Node, ctx: PassContext) -> Write | str:
+    return _lower_last_axes(node, centered=True)
 
 
 def lower_rmsnorm(node: gs.Node, ctx: PassContext) -> Write | str:
-    x, scale = node.inputs[0], input_or_none(node, 1)
-    axes = _axes(node)
-    if isinstance(axes, str):
-        return axes
-    eps, stash = float(node.attrs.get("epsilon", 1e-5)), int(node.attrs.get("stash_type", 1))
-    return lambda w, out: _affine(w, _normalize(w, x, axes, eps, False, stash), scale, None, out)
+    return _lower_last_axes(node, centered=False)
 
 
 def lower_instancenorm(node: gs.Node, ctx: PassContext) -> Write | str:

@@ -78,6 +78,18 @@ class ParityResult:
     def to_dict(self) -> dict:
         return {"passed": self.passed, "samples": self.samples, "outputs": [asdict(o) for o in self.outputs]}
 
+    def summary(self, against: str = "") -> str:
+        """One line for a terminal: the verdict and the worst output."""
+        verdict = "PASSED" if self.passed else "FAILED"
+        worst = self.worst()
+        if worst is None:
+            return f"parity{against} {verdict}: no outputs compared"
+        return (
+            f"parity{against} {verdict}: worst output '{worst.name}' max|diff| {worst.max_abs:.3g}"
+            f" (threshold {worst.threshold:.3g}) over {self.samples} inputs"
+            + (f" -- {worst.reason}" if worst.reason else "")
+        )
+
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
