@@ -38,12 +38,29 @@ def _write_json(path: str, data: dict) -> None:
     write_json_atomic(path, data)
 
 
+def _check_report_path(report: str | None, *protected: str | None) -> None:
+    """Refuse, before any work, a --report that would land on an input or on the output."""
+    from pathlib import Path
+
+    from normonnx.errors import OutputError
+
+    if not report:
+        return
+    target = Path(report).resolve()
+    for other in protected:
+        if other and Path(other).resolve() == target:
+            raise OutputError(f"{report}: --report would overwrite {other}")
+    if not target.parent.is_dir():
+        raise OutputError(f"{report}: folder {target.parent} does not exist")
+
+
 def cmd_fold(args: argparse.Namespace) -> int:
     from normonnx.fold import fold_file
     from normonnx.foldreport import render
     from normonnx.passes.base import FoldOptions
     from normonnx.validate.inputs import parse_shape_overrides
 
+    _check_report_path(args.report, args.input, args.output)
     options = FoldOptions(fold_norm_affine=args.norm_affine)
     report = fold_file(
         args.input, args.output, options, verify=not args.no_verify, shapes=parse_shape_overrides(args.shape)
@@ -85,6 +102,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from normonnx.export.torch_export import parse_input_shape
     from normonnx.exporting import export_file
 
+    _check_report_path(args.report, args.output, args.checkpoint)
     report = export_file(
         args.factory,
         args.output,
@@ -112,6 +130,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
     from normonnx.validate.inputs import parse_shape_overrides
 
     check_output_path(args.output, [args.input])
+    _check_report_path(args.report, args.input, args.output)
     model, report = emit(
         args.input, args.opset, args.norm_style, verify=not args.no_verify, shapes=parse_shape_overrides(args.shape)
     )

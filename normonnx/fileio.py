@@ -72,9 +72,14 @@ def temporary_sibling(dst: str | os.PathLike) -> Iterator[Path]:
     Its name carries normonnx's pid, so a later run can tell the leftovers of
     a killed run (``remove_stale_temporaries``) from anybody else's files.
     """
+    from normonnx.errors import OutputError
+
     dst = Path(dst)
     remove_stale_temporaries(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.{_TAG}-{os.getpid()}.", suffix=".tmp", dir=dst.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.{_TAG}-{os.getpid()}.", suffix=".tmp", dir=dst.parent)
+    except OSError as e:
+        raise OutputError(f"{dst}: cannot write in {dst.parent} ({e.strerror})") from None
     os.close(fd)
     path = Path(tmp)
     try:
@@ -85,13 +90,20 @@ def temporary_sibling(dst: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_bytes_atomic(dst: str | os.PathLike, data: bytes) -> Path:
+    from normonnx.errors import OutputError
+
     dst = Path(dst)
+    if not dst.parent.is_dir():
+        raise OutputError(f"{dst}: folder {dst.parent} does not exist")
     with temporary_sibling(dst) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dst)
+        except OSError as e:
+            raise OutputError(f"{dst}: cannot be written ({e.strerror})") from None
     return dst
 
 

@@ -180,7 +180,7 @@ def fold_file(
         report.source = str(src)
         if report.parity is not None and not report.parity.passed:
             return report
-        save_model(model, dst, inputs=[src], no_stricter_than=src)
+        report.stale_files = save_model(model, dst, inputs=[src], no_stricter_than=src).stale
         report.output = str(dst)
         return report
     external.absolutize(proto, src)
@@ -194,6 +194,7 @@ def fold_file(
             if report.parity is None or report.parity.passed:
                 staged.commit()
                 report.output = str(dst)
+        report.stale_files = staged.stale
     finally:
         store.close()
     return report

@@ -46,6 +46,7 @@ class FoldReport:
     seconds: float = 0.0
     parity: ParityResult | None = None
     output: str | None = None
+    stale_files: list[str] = field(default_factory=list)  # weights the replaced output used; never deleted
 
     @property
     def folded(self) -> list[NormStatus]:
@@ -68,6 +69,7 @@ class FoldReport:
             "rewrites": self.rewrites,
             "seconds": round(self.seconds, 4),
             "parity": self.parity.to_dict() if self.parity else None,
+            "stale_files": self.stale_files,
         }
 
 
@@ -135,4 +137,8 @@ def render(report: FoldReport, max_rows: int = 40) -> str:
         lines.append(f"  ... {len(kept) - max_rows} more kept (see --report)")
     if report.parity is not None:
         lines.append(report.parity.summary())
+    for name in report.stale_files:
+        lines.append(
+            f"note: the replaced output's weight file {name} is no longer used; normonnx does not delete files"
+        )
     return "\n".join(lines)

@@ -140,8 +140,13 @@ def bench_markdown(report: BenchReport) -> str:
 
 def write_report(folder: str | os.PathLike, check: CheckReport | None = None, bench: BenchReport | None = None) -> Path:
     """report.md, report.json and the plots of a check and/or a bench run."""
+    from normonnx.errors import OutputError
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot make the report folder ({e.strerror})") from None
     parts, data, plots = [], {}, []
     if check is not None:
         parts.append(check_markdown(check))

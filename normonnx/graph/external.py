@@ -19,6 +19,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from normonnx.errors import UnusableInputError
 from normonnx.fileio import temporary_sibling
 
 ALIGN = 4096
@@ -41,11 +42,21 @@ def read_external(tensor: onnx.TensorProto) -> np.ndarray:
     fields = _fields(tensor)
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
     count = int(np.prod(tensor.dims)) if tensor.dims else 1
-    fd = os.open(fields["location"], os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    wanted = count * dtype.itemsize
     try:
-        data = os.pread(fd, count * dtype.itemsize, int(fields.get("offset", "0")))
-    finally:
-        os.close(fd)
+        fd = os.open(fields["location"], os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            data = os.pread(fd, wanted, int(fields.get("offset", "0")))
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise UnusableInputError(
+            f"{fields['location']}: tensor '{tensor.name}' cannot be read ({e.strerror})"
+        ) from None
+    if len(data) != wanted:
+        raise UnusableInputError(
+            f"{fields['location']}: {len(data)} bytes of tensor '{tensor.name}', {wanted} expected"
+        )
     return np.frombuffer(data, dtype=dtype).reshape(tuple(tensor.dims)).copy()
 
 
@@ -57,14 +68,13 @@ class ExternalValues(LazyValues):
 
 
 def absolutize(model: onnx.ModelProto, model_path: str | os.PathLike) -> None:
-    """Rewrite every (already validated) external location as an absolute path."""
-    from normonnx.graph.modelio import iter_tensors, uses_external_data
+    """Validate every external reference again and rewrite it as an absolute path with an explicit length."""
+    from normonnx.graph.modelio import iter_tensors, resolve_external, uses_external_data
 
-    base = Path(model_path).resolve().parent
     for t in iter_tensors(model):
         if uses_external_data(t):
-            f = _fields(t)
-            set_location(t, str(base / f["location"]), int(f.get("offset", "0")), int(f.get("length", "0") or 0))
+            target, offset, length = resolve_external(Path(model_path), t)
+            set_location(t, str(target), offset, length)
 
 
 def attach(graph: gs.Graph) -> None:

@@ -21,6 +21,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -28,6 +29,9 @@ from normonnx.errors import ModelLoadError, OutputError, first_line
 from normonnx.fileio import regular_file_size, temporary_sibling
 
 PROTOBUF_LIMIT = 2**31 - 1
+_SUB_BYTE_TYPES = {
+    getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)
+}
 # Models whose tensors add up to more than this are saved with external data.
 EXTERNAL_DATA_THRESHOLD = 1_900_000_000
 _EXTERNAL_MIN_TENSOR_BYTES = 1024
@@ -112,8 +116,25 @@ def _external_fields(tensor: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in tensor.external_data}
 
 
-def _resolve_external(path: Path, tensor: onnx.TensorProto) -> tuple[Path, int, int | None]:
-    """Validate one external-data reference; return (file, offset, length)."""
+def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes the tensor's dims and type call for (None for types without a fixed size)."""
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    if tensor.data_type in (onnx.TensorProto.STRING,) or itemsize == 0:
+        return None
+    if tensor.data_type in _SUB_BYTE_TYPES:
+        return (int(np.prod(tensor.dims)) + 1) // 2
+    return int(np.prod(tensor.dims)) * itemsize
+
+
+def resolve_external(path: Path, tensor: onnx.TensorProto) -> tuple[Path, int, int]:
+    """Validate one external-data reference; return (file, offset, length).
+
+    A missing length is the one the tensor's dims and type call for; the data
+    must lie entirely inside the file.
+    """
     fields = _external_fields(tensor)
     location = fields.get("location", "")
     what = f"tensor '{tensor.name}' external data"
@@ -132,6 +153,8 @@ def _resolve_external(path: Path, tensor: onnx.TensorProto) -> tuple[Path, int, 
         lst = os.lstat(target)
     except FileNotFoundError:
         raise _fail(path, f"{what} file '{location}' does not exist") from None
+    except OSError as e:
+        raise _fail(path, f"{what} file '{location}' cannot be read ({e.strerror})") from None
     if stat.S_ISLNK(lst.st_mode):
         raise _fail(path, f"{what} file '{location}' is a symbolic link")
     if not stat.S_ISREG(lst.st_mode):
@@ -147,22 +170,28 @@ def _resolve_external(path: Path, tensor: onnx.TensorProto) -> tuple[Path, int, 
         raise _fail(path, f"{what} has a non-numeric offset or length") from None
     if offset < 0 or (length is not None and length < 0):
         raise _fail(path, f"{what} has a negative offset or length")
-    end = offset + (length if length is not None else 0)
-    if offset > lst.st_size or end > lst.st_size:
+    expected = _expected_bytes(tensor)
+    if length is None and expected is None:
+        raise _fail(path, f"{what} gives no length for a tensor without a fixed size")
+    end = offset + (length if length is not None else expected)
+    if end > lst.st_size:
         raise _fail(path, f"{what} ends at byte {end}, past the end of '{location}' ({lst.st_size} bytes)")
-    return target, offset, length
+    if length is not None and expected is not None and length != expected:
+        raise _fail(path, f"{what} holds {length} bytes; its dims and type call for {expected}")
+    return target, offset, (length if length is not None else expected)
 
 
 def _read_external(path: Path, tensor: onnx.TensorProto) -> None:
-    target, offset, length = _resolve_external(path, tensor)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(target, flags)
+    target, offset, length = resolve_external(path, tensor)
     try:
+        fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         with os.fdopen(fd, "rb") as f:
             f.seek(offset)
-            data = f.read() if length is None else f.read(length)
+            data = f.read(length)
     except OSError as e:
         raise _fail(path, f"tensor '{tensor.name}' external data cannot be read ({e.strerror})") from None
+    if len(data) != length:
+        raise _fail(path, f"tensor '{tensor.name}' external data is {len(data)} bytes, {length} expected")
     tensor.raw_data = data
     del tensor.external_data[:]
     tensor.data_location = onnx.TensorProto.DEFAULT
@@ -187,7 +216,7 @@ def load_model(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.Mo
     except RecursionError:
         raise _fail(path, "subgraphs nested too deeply") from None
     for tensor in external:
-        _resolve_external(path, tensor)
+        resolve_external(path, tensor)
     _check_structure(path)
     if load_weights:
         for tensor in external:
@@ -257,8 +286,6 @@ def check_output_path(out: Path, inputs: Sequence[Path]) -> None:
     for p in _protected_files(inputs):
         if _same_file(out, p) or out.resolve() == Path(p).resolve():
             raise OutputError(f"{out}: refusing to write over the input {p}")
-        if _same_file(data, p):
-            raise OutputError(f"{out}: its weight file {data.name} would overwrite the input's weights {p}")
 
 
 def _copy_range(src: str, offset: int, length: int, out) -> None:
@@ -284,12 +311,13 @@ def _copy_range(src: str, offset: int, length: int, out) -> None:
         os.close(fd)
 
 
-def _write_with_external_data(model: onnx.ModelProto, model_tmp: Path, data_tmp: Path, data_name: str) -> None:
+def _write_with_external_data(model: onnx.ModelProto, model_tmp: Path, data_tmp: Path, data_name: str) -> int:
     """All tensor data into one data file, the proto beside it; the in-memory proto is restored afterwards.
 
     Inline tensors of 1 KB or more move into the file; tensors already on disk
     (absolute locations: the input's validated files, normonnx's spill file)
-    are streamed into it without passing through Python memory.
+    are streamed into it without passing through Python memory. Returns how
+    many tensors went to the data file.
     """
     restore: list[tuple[onnx.TensorProto, bytes | list[tuple[str, str]]]] = []
     offset = 0
@@ -324,6 +352,7 @@ def _write_with_external_data(model: onnx.ModelProto, model_tmp: Path, data_tmp:
             data.flush()
             os.fsync(data.fileno())
         _write_proto(model, model_tmp)
+        return len(restore)
     finally:
         for t, saved in restore:
             del t.external_data[:]
@@ -344,10 +373,15 @@ def _write_proto(model: onnx.ModelProto, path: Path) -> None:
 
 
 class Staged:
-    """A model written to temporaries beside its destination, checked, waiting for ``commit``."""
+    """A model written to temporaries beside its destination, checked, waiting for ``commit``.
+
+    After the commit, ``stale`` names the weight files the replaced output
+    referenced and the new one does not: normonnx never deletes a file.
+    """
 
     def __init__(self, path: Path, data_name: str | None) -> None:
         self.path, self.data_name, self.committed = path, data_name, False
+        self.stale: list[str] = []
 
     def commit(self) -> None:
         self.committed = True
@@ -372,13 +406,11 @@ def staged_save(
     out = Path(path)
     check_output_path(out, [Path(p) for p in inputs])
     external = has_external_data(model) or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    data_final = out.parent / (out.name + ".data")
-    if external and data_final.exists() and not _is_our_weight_file(out, data_final):
-        raise OutputError(f"{out}: {data_final.name} exists and was not written for {out.name}; remove it first")
+    data_final = _free_data_name(out)
     with temporary_sibling(out) as model_tmp, temporary_sibling(data_final) as data_tmp:
         if external:
-            _write_with_external_data(model, model_tmp, data_tmp, data_tmp.name)
-        else:
+            external = _write_with_external_data(model, model_tmp, data_tmp, data_tmp.name) > 0
+        if not external:  # nothing large enough to move: one self-contained file
             _write_proto(model, model_tmp)
         try:
             _check_saved(model_tmp, full_check)
@@ -391,6 +423,7 @@ def staged_save(
         yield staged
         if not staged.committed:
             return
+        previous = _referenced_files(out)
         if external:
             final = onnx.load(str(model_tmp), load_external_data=False)
             for t in iter_tensors(final):
@@ -398,8 +431,9 @@ def staged_save(
                     if e.key == "location" and e.value == data_tmp.name:
                         e.value = data_final.name
             _write_proto(final, model_tmp)
-            os.replace(data_tmp, data_final)
+            os.replace(data_tmp, data_final)  # a new name: the previous output still has its own weights
         os.replace(model_tmp, out)
+        staged.stale = [name for name in previous if name != (data_final.name if external else None)]
 
 
 def save_model(
@@ -409,28 +443,37 @@ def save_model(
     inputs: Sequence[str | os.PathLike] = (),
     full_check: bool = True,
     no_stricter_than: str | os.PathLike | None = None,
-) -> Path:
+) -> Staged:
     """Write ``model`` to ``path`` atomically, never over one of ``inputs`` (see ``staged_save``).
 
     The file passes ``onnx.checker`` (full check: shape inference too) before
     it replaces anything; a model too large for one protobuf, or one whose
-    weights are on disk, goes with a ``<name>.data`` beside it. With
+    weights are on disk, goes with a ``<name>.data`` (or ``<name>.<k>.data``)
+    beside it. Returns the committed ``Staged`` (its ``stale`` files). With
     ``no_stricter_than``, a model derived from that file may fail the full
     check only if that file fails it too (the structural check must pass).
     """
     with staged_save(model, path, inputs=inputs, full_check=full_check, no_stricter_than=no_stricter_than) as staged:
         staged.commit()
-    return Path(path)
+    return staged
 
 
-def _is_our_weight_file(model_path: Path, data_path: Path) -> bool:
-    """True when the existing model at ``model_path`` references ``data_path``."""
-    if not model_path.exists():
-        return False
-    with contextlib.suppress(Exception):
-        m = onnx.load(str(model_path), load_external_data=False)
-        return any(_external_fields(t).get("location") == data_path.name for t in iter_tensors(m))
-    return False
+def _referenced_files(model_path: Path) -> list[str]:
+    """External-data locations an existing model file names (none if there is no such model)."""
+    if not model_path.is_file():
+        return []
+    st = model_path.stat()
+    return sorted(set(_external_locations(str(model_path.resolve()), st.st_mtime_ns, st.st_size)))
+
+
+def _free_data_name(out: Path) -> Path:
+    """``<out>.data``, or ``<out>.<k>.data``: a weight file name nothing has yet, so that nothing is
+    overwritten and the previous output stays whole until the new model replaces it."""
+    for k in range(10_000):
+        candidate = out.parent / (f"{out.name}.data" if k == 0 else f"{out.name}.{k}.data")
+        if not candidate.exists() and not candidate.is_symlink():
+            return candidate
+    raise OutputError(f"{out}: no free name for its weight file")
 
 
 def passes_full_check(path: str | os.PathLike) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -17,7 +18,7 @@ import onnx_graphsurgeon as gs
 from normonnx.passes.base import PassContext
 
 FLOAT32 = onnx.TensorProto.FLOAT
-_LOW_PRECISION = (np.dtype(np.float16),)
+_LOW_PRECISION = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
 class Writer:
@@ -65,12 +66,23 @@ class Writer:
         return self.const(name, np.array(value, dtype=dtype))
 
 
+def numpy_dtype(dtype) -> np.dtype | None:
+    """graphsurgeon's dtype (a numpy dtype, or an ONNX enum for types numpy lacks) as a numpy dtype."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, (int, np.integer)):
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(dtype)))
+    return np.dtype(dtype)
+
+
 def needs_fp32_island(dtype, stash_type: int) -> bool:
-    """fp16 data with statistics stashed in float32 (stash_type=1, the default)."""
-    return dtype is not None and np.dtype(dtype) in _LOW_PRECISION and stash_type == 1
+    """fp16/bf16 data with statistics stashed in float32 (stash_type=1, the default)."""
+    return dtype is not None and numpy_dtype(dtype) in _LOW_PRECISION and stash_type == 1
 
 
 def onnx_dtype(dtype) -> int:
+    if isinstance(dtype, (int, np.integer)):
+        return int(dtype)
     return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 

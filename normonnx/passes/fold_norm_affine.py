@@ -29,7 +29,9 @@ import onnx_graphsurgeon as gs
 
 from normonnx import foldmath as fm
 from normonnx.graph.access import constant_value, describe, input_or_none, op_is, producer, sole_consumer
+from normonnx.passes.affine import channel_vector
 from normonnx.passes.base import PassContext
+from normonnx.passes.build import contained
 from normonnx.passes.fold_into_consumer import pads_reach_data
 from normonnx.passes.linear import LINEAR_OPS, Linear, fold_affine_before, read_linear
 from normonnx.passes.lower import inside_groupnorm
@@ -57,20 +59,17 @@ def _consumer(z: gs.Tensor, ctx: PassContext) -> Linear | str:
     return read_linear(user, ctx)
 
 
-def _vector(value: np.ndarray | None, channels: int, default: float, axis_last: bool) -> np.ndarray | str:
-    """The affine constant as a vector over the linear op's input features."""
+def _vector(value: np.ndarray | None, channels: int, default: float, rank: int | None, axis: int) -> np.ndarray | str:
+    """The affine constant as a vector over the linear op's input features (on ``axis`` of the data)."""
     if value is None:
         return np.full(channels, default)
-    v = np.asarray(value, dtype=np.float64)
-    squeezed = v.reshape(-1) if v.size == channels else None
-    if squeezed is None:
-        return f"its affine has {v.size} values for {channels} input features"
-    nontrivial = [d for d in v.shape if d != 1]
-    if axis_last and v.shape and v.shape[-1] != channels:
-        return f"its affine of shape {list(v.shape)} is not along the last axis"
-    if len(nontrivial) > 1:
-        return f"its affine of shape {list(v.shape)} varies along more than one axis"
-    return squeezed
+    vec = channel_vector(np.asarray(value), rank, axis, channels)
+    return vec if isinstance(vec, np.ndarray) else f"its affine: {vec}"
+
+
+def _is_identity(scale: np.ndarray | None, bias: np.ndarray | None) -> bool:
+    """Nothing left to fold (after a previous round, or never there)."""
+    return (scale is None or bool(np.all(scale == 1))) and (bias is None or not np.any(bias))
 
 
 class FoldNormAffine:
@@ -89,11 +88,11 @@ class FoldNormAffine:
                 rewrites += self._decomposed(node, ctx)
         return rewrites
 
-    def _fold(self, ctx, anchor, family, lin: Linear, scale, bias, per_channel: bool, clear) -> int:
+    def _fold(self, ctx, anchor, family, lin: Linear, scale, bias, per_channel: bool, clear, rank) -> int:
         """Fold (scale, bias) over lin's input features; ``clear`` drops them from the normalization."""
-        axis_last = not per_channel
         n = lin.in_channels
-        s, t = _vector(scale, n, 1.0, axis_last), _vector(bias, n, 0.0, axis_last)
+        axis = 1 if per_channel else -1
+        s, t = _vector(scale, n, 1.0, rank, axis), _vector(bias, n, 0.0, rank, axis)
         for v in (s, t):
             if isinstance(v, str):
                 ctx.refused(anchor, family, NAME, v)
@@ -133,6 +132,12 @@ class FoldNormAffine:
         if (scale_t is not None and scale is None) or (bias_t is not None and bias is None):
             ctx.refused(anchor, family, NAME, "its scale or bias is not a constant")
             return 0
+        if _is_identity(scale, bias):
+            return 0
+        if per_channel and scale is not None:  # GroupNorm/InstanceNorm parameters are [C] vectors by definition
+            scale = scale.reshape(-1, *([1] * max((_rank(node.inputs[0]) or 2) - 2, 0)))
+        if per_channel and bias is not None:
+            bias = bias.reshape(-1, *([1] * max((_rank(node.inputs[0]) or 2) - 2, 0)))
 
         def clear(node: gs.Node = node) -> None:
             if scale is not None:
@@ -140,7 +145,7 @@ class FoldNormAffine:
             if bias is not None:
                 node.inputs[2] = ctx.constant(f"{anchor}_zero_bias", np.zeros_like(bias))
 
-        return self._fold(ctx, anchor, family, lin, scale, bias, per_channel, clear)
+        return self._fold(ctx, anchor, family, lin, scale, bias, per_channel, clear, _rank(node.inputs[0]))
 
     def _decomposed(self, node: gs.Node, ctx: PassContext) -> int:
         core = match_core(node)
@@ -166,7 +171,8 @@ class FoldNormAffine:
         affine = following_affine(y)
         if not affine.nodes:
             return 0
-        lin = _consumer(affine.output, ctx)
+        why = contained(affine.nodes, affine.output, ctx.outputs)
+        lin = why or _consumer(affine.output, ctx)
         if isinstance(lin, str):
             ctx.refused(anchor, family, NAME, lin)
             return 0
@@ -177,7 +183,12 @@ class FoldNormAffine:
                 n.outputs.clear()
             lin.node.inputs[0] = y
 
-        return self._fold(ctx, anchor, family, lin, affine.scale, affine.bias, per_channel, clear)
+        return self._fold(ctx, anchor, family, lin, affine.scale, affine.bias, per_channel, clear, _rank(y))
+
+
+def _rank(t: gs.Tensor) -> int | None:
+    shape = getattr(t, "shape", None)
+    return None if shape is None else len(shape)
 
 
 def _last_axis(t: gs.Tensor) -> int | None:

@@ -70,7 +70,7 @@ class Linear:
             return self.weight.ndim
         if self.kind == "Gemm":
             return 2
-        shape = getattr(self.node.outputs[0], "shape", None)
+        shape = getattr(self.output, "shape", None) or getattr(self.node.outputs[0], "shape", None)
         if shape is not None:
             return len(shape)
         a_shape = getattr(self.node.inputs[0], "shape", None)

@@ -31,7 +31,7 @@ from normonnx import foldmath as fm
 from normonnx.graph.access import constant_value, describe, input_or_none, op_is, producer
 from normonnx.passes.affine import batchnorm_problem
 from normonnx.passes.base import PassContext
-from normonnx.passes.build import FLOAT32, Writer, channel_shape, needs_fp32_island, onnx_dtype
+from normonnx.passes.build import FLOAT32, Writer, channel_shape, needs_fp32_island, numpy_dtype, onnx_dtype
 
 FAMILY_OF_OP = {
     "LayerNormalization": "layernorm",
@@ -47,8 +47,8 @@ def _rank(t: gs.Tensor) -> int | None:
     return None if shape is None else len(shape)
 
 
-def _dtype(t: gs.Tensor):
-    return getattr(t, "dtype", None)
+def _dtype(t: gs.Tensor) -> np.dtype | None:
+    return numpy_dtype(getattr(t, "dtype", None))
 
 
 def _core(w: Writer, x: gs.Tensor, axes: list[int], eps: float, centered: bool, dtype) -> gs.Tensor:
@@ -87,6 +87,13 @@ def _per_channel(w: Writer, name: str, t: gs.Tensor | None, rank: int) -> gs.Ten
     if value is not None:
         return w.const(name, value.reshape(channel_shape(rank)))
     return w.op("Reshape", [t, w.const(f"{name}_shape", np.array(channel_shape(rank), np.int64))], dtype=_dtype(t))
+
+
+def _known_dtype(node: gs.Node) -> str | None:
+    """The subgraph's constants take the data's type: refuse when inference could not tell it."""
+    if node.op != "BatchNormalization" and _dtype(node.inputs[0]) is None:
+        return f"{describe(node)}: the data type of its input is unknown"
+    return None
 
 
 def _unused_stat_outputs(node: gs.Node, ctx: PassContext) -> str | None:
@@ -222,7 +229,7 @@ class Lower:
             if self.op == "InstanceNormalization" and inside_groupnorm(node):
                 continue  # the core of a decomposed GroupNorm, not an InstanceNorm of its own
             name = describe(node)
-            write = _unused_stat_outputs(node, ctx) or LOWERINGS[self.op](node, ctx)
+            write = _unused_stat_outputs(node, ctx) or _known_dtype(node) or LOWERINGS[self.op](node, ctx)
             if isinstance(write, str):
                 ctx.refused(name, family, self.name, write)
                 continue

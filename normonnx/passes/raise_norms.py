@@ -69,15 +69,26 @@ def _param_over(
         return f"affine constant of shape {list(value.shape)} does not match the normalized dims {dims}"
 
 
-def _group_view(core: MomentNorm) -> tuple[gs.Node, gs.Node, int] | None:
-    """(Reshape in, Reshape out, groups) when the core runs on a [N, G, -1] view of x."""
+def grouped_view(pre: gs.Node) -> int | str:
+    """Groups G when ``pre`` reshapes x to [N, G, -1] keeping each sample apart, else why not."""
+    target = constant_value(pre.inputs[1])
+    if target is None or target.size != 3:
+        return "the grouped view's shape is not a constant [N, G, -1]"
+    n, groups, rest = (int(v) for v in target.reshape(-1))
+    if groups <= 0 or rest != -1:
+        return f"the grouped view's shape {[n, groups, rest]} is not [N, G, -1] with G > 0"
+    batch = (_shape(pre.inputs[0]) or [None])[0]
+    if n != 0 and n != batch:  # a baked batch that is not x's would mix samples
+        return f"the grouped view's batch {n} is not the input's ({batch})"
+    return groups
+
+
+def _group_view(core: MomentNorm) -> tuple[gs.Node, gs.Node, int | str] | None:
+    """(Reshape in, Reshape out, groups or why not) when the core runs on a reshaped view of x."""
     pre = producer(core.x)
     if not op_is(pre, "Reshape") or len(core.y.outputs) != 1 or not op_is(core.y.outputs[0], "Reshape"):
         return None
-    target = constant_value(pre.inputs[1])
-    if target is None or target.size != 3 or int(target[2]) != -1:
-        return None
-    return pre, core.y.outputs[0], int(target[1])
+    return pre, core.y.outputs[0], grouped_view(pre)
 
 
 class _Raiser:
@@ -208,7 +219,9 @@ class RaiseMoments(_Raiser):
             return problem
         return _instancenorm_plan(core.x, core.eps, affine, rank, [*core.nodes, *affine.nodes])
 
-    def _groupnorm(self, core: MomentNorm, pre: gs.Node, post: gs.Node, groups: int):
+    def _groupnorm(self, core: MomentNorm, pre: gs.Node, post: gs.Node, groups: int | str):
+        if isinstance(groups, str):
+            return groups
         if problem := self._eps_problem(core):
             return problem
         if core.axes not in ((-1,), (2,)):
@@ -290,18 +303,16 @@ class RaiseGroupNormInstanceNorm(_Raiser):
             pre, users = producer(node.inputs[0]), node.outputs[0].outputs
             if not op_is(pre, "Reshape") or len(users) != 1 or not op_is(users[0], "Reshape"):
                 continue
-            target = constant_value(pre.inputs[1])
+            groups = grouped_view(pre)
             anchor = describe(node)
-            if target is None or target.size != 3:
-                ctx.refused(anchor, "groupnorm", "raise-groupnorm", "the grouped view's shape is not a constant")
+            if isinstance(groups, str):
+                ctx.refused(anchor, "groupnorm", "raise-groupnorm", groups)
                 continue
             sg, bg = constant_value(node.inputs[1]), constant_value(node.inputs[2])
             if sg is None or bg is None:
                 ctx.refused(anchor, "groupnorm", "raise-groupnorm", "the per-group scale or bias is not a constant")
                 continue
-            plan = _groupnorm_plan(
-                pre, users[0], int(target[1]), float(node.attrs.get("epsilon", 1e-5)), [node], (sg, bg)
-            )
+            plan = _groupnorm_plan(pre, users[0], groups, float(node.attrs.get("epsilon", 1e-5)), [node], (sg, bg))
             if isinstance(plan, str):
                 ctx.refused(anchor, "groupnorm", "raise-groupnorm", plan)
                 continue

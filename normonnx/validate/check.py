@@ -142,6 +142,8 @@ def check(
 ) -> CheckReport:
     """Parity of ``candidate`` against an ONNX reference or a torch factory (exactly one)."""
     start = time.perf_counter()
+    if samples < 1:
+        raise UnusableInputError(f"--samples {samples}: at least one input set is needed")
     if (against is None) == (torch_spec is None):
         raise UnusableInputError("give exactly one reference: --against REF.onnx or --torch MODULE:FACTORY")
     require_provider(provider)

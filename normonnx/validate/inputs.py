@@ -54,8 +54,10 @@ def parse_shape_overrides(items: list[str] | None) -> dict[str, tuple[int, ...]]
             if not sep or not name:
                 raise ValueError
             result[name] = tuple(int(d) for d in dims.split(","))
+            if any(d <= 0 for d in result[name]):
+                raise ValueError
         except ValueError:
-            raise UnusableInputError(f"--shape '{item}': expected NAME:D0,D1,... with integer dims") from None
+            raise UnusableInputError(f"--shape '{item}': expected NAME:D0,D1,... with positive integer dims") from None
     return result
 
 
@@ -110,6 +112,8 @@ def load_npz(path: str | os.PathLike, specs: list[InputSpec]) -> list[dict[str, 
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise UnusableInputError(f"{path}: not a readable .npz of arrays ({e})") from None
+    if not specs:
+        raise UnusableInputError(f"{path}: the model takes no inputs")
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
         raise UnusableInputError(f"{path}: no array for input(s) {', '.join(missing)}")

@@ -68,6 +68,10 @@ def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = 
     if config.threads:
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
+    if not config.optimize:
+        # A reference or verification session runs a few times: repacking every weight for
+        # faster GEMMs costs more than it saves there (and makes session creation superlinear).
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if not config.spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")

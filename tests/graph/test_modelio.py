@@ -113,8 +113,10 @@ def test_save_refuses_a_model_the_checker_rejects_and_keeps_the_previous_file(tm
 
 def test_large_models_are_saved_with_external_data(tmp_path, monkeypatch):
     monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 100)
+    monkeypatch.setattr(modelio, "_EXTERNAL_MIN_TENSOR_BYTES", 0)
     model = conv_bn_model()
-    out = modelio.save_model(model, tmp_path / "big.onnx")
+    out = tmp_path / "big.onnx"
+    modelio.save_model(model, out)
     assert (tmp_path / "big.onnx.data").exists()
     loaded = modelio.load_model(out)
     assert np.array_equal(
@@ -123,10 +125,50 @@ def test_large_models_are_saved_with_external_data(tmp_path, monkeypatch):
     assert not modelio.has_external_data(model)  # the caller's proto is restored
 
 
-def test_an_unrelated_weight_file_is_never_overwritten(tmp_path, monkeypatch):
+def test_an_existing_weight_file_is_never_overwritten(tmp_path, monkeypatch):
     monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 100)
+    monkeypatch.setattr(modelio, "_EXTERNAL_MIN_TENSOR_BYTES", 0)
     decoy = tmp_path / "big.onnx.data"
     decoy.write_bytes(b"somebody else's data")
-    with pytest.raises(OutputError, match=r"was not written for big\.onnx"):
-        modelio.save_model(conv_bn_model(), tmp_path / "big.onnx")
+    modelio.save_model(conv_bn_model(), tmp_path / "big.onnx")
     assert decoy.read_bytes() == b"somebody else's data"
+    assert (tmp_path / "big.onnx.1.data").exists()
+    assert modelio.load_model(tmp_path / "big.onnx").graph.node
+
+
+def test_replacing_an_external_output_keeps_the_previous_one_whole_until_the_end(tmp_path, monkeypatch):
+    """The new weights get a new name; the replaced output's are reported, never deleted."""
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 100)
+    monkeypatch.setattr(modelio, "_EXTERNAL_MIN_TENSOR_BYTES", 0)
+    first = modelio.save_model(conv_bn_model(0), tmp_path / "out.onnx")
+    assert first.stale == []
+    second = modelio.save_model(conv_bn_model(1), tmp_path / "out.onnx")
+    assert second.stale == ["out.onnx.data"] and (tmp_path / "out.onnx.data").exists()
+    loaded = modelio.load_model(tmp_path / "out.onnx")
+    expected = conv_bn_model(1).graph.initializer[0]
+    assert np.array_equal(onnx.numpy_helper.to_array(loaded.graph.initializer[0]), onnx.numpy_helper.to_array(expected))
+
+
+def test_external_data_without_a_length_is_read_by_its_dims(tmp_path):
+    path = tmp_path / "m.onnx"
+    _save_external(conv_bn_model(), path)
+    m = onnx.load(path, load_external_data=False)
+    for t in m.graph.initializer:
+        kept = [(e.key, e.value) for e in t.external_data if e.key != "length"]
+        del t.external_data[:]
+        for k, v in kept:
+            e = t.external_data.add()
+            e.key, e.value = k, v
+    onnx.save(m, path)
+    loaded = modelio.load_model(path)
+    ref = conv_bn_model()
+    for a, b in zip(loaded.graph.initializer, ref.graph.initializer, strict=True):
+        assert np.array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+
+
+def test_a_length_that_disagrees_with_the_dims_is_refused(tmp_path):
+    path = tmp_path / "m.onnx"
+    _save_external(conv_bn_model(), path)
+    _set_location(path, "weights.bin", length=4)
+    with pytest.raises(ModelLoadError, match="dims and type call for"):
+        modelio.load_model(path)

@@ -118,3 +118,38 @@ def test_fold_cli_flag(cli, tmp_path):
     assert r.code == 0 and '"folded": 0' in r.out
     r = cli("fold", path, "-o", tmp_path / "affine.onnx", "--norm-affine", "--json")
     assert r.code == 0 and '"folded": 1' in r.out
+
+
+def test_converges_and_never_detaches_a_graph_output():
+    rng = _rng(6)
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 5, 8])
+    z = b.node("LayerNormalization", [x, b.weight(rng.uniform(0.5, 2, 8)), b.weight(rng.standard_normal(8))], name="ln")
+    b.output(b.node("MatMul", [z, b.weight(rng.standard_normal((8, 6)))]), shape=[2, 5, 6])
+    t = b.input("t", [2, 5, 8])
+    y = decomposed_norm(b, t, [-1])
+    scaled = b.node("Mul", [y, b.weight(rng.uniform(0.5, 2, 8))])
+    b.output(scaled, shape=[2, 5, 8])
+    shifted = b.node("Add", [scaled, b.weight(rng.standard_normal(8))])
+    b.output(b.node("MatMul", [shifted, b.weight(rng.standard_normal((8, 3)))]), shape=[2, 5, 3])
+    model = b.model()
+    from normonnx.fold import fold
+    from normonnx.passes.base import FoldOptions
+
+    _out, report = fold(model, FoldOptions(fold_norm_affine=True), verify=True)
+    assert report.rewrites["fold-norm-affine"] == 1  # the LayerNorm once; the graph output's Mul refused
+    assert report.parity.passed
+    assert any("graph output" in d.detail for d in report.decisions if not d.folded)
+
+
+def test_a_width_wise_constant_is_not_taken_for_a_per_channel_one():
+    rng = _rng(7)
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 4, 4, 4])
+    y = decomposed_norm(b, x, [2, 3])
+    y = b.node("Mul", [y, b.weight(rng.uniform(0.5, 2, (4,)))], name="mul_w")  # broadcasts along width
+    b.output(b.conv(y, 4, 3, rng, k=1), shape=[2, 3, 4, 4])
+    model = b.model()
+    out, ctx = apply(model, FoldNormAffine())
+    assert "Mul" in op_types(out) and not folded(ctx)
+    assert_parity(model, out)

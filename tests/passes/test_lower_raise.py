@@ -230,3 +230,32 @@ def test_fp16_lowering_keeps_statistics_in_fp32():
     assert np.isfinite(got).all() and np.abs(got - expected).max() < 5e-3
     naive_error = np.abs(np.nan_to_num(next(iter(theirs.values())).astype(np.float64)) - expected).max()
     assert naive_error > 0.5  # the overflowed variance flattens the output
+
+
+@pytest.mark.parametrize("target,reason", [([2, 0, -1], "G > 0"), ([1, 3, -1], "batch 1"), ([0, -1, 32], "G > 0")])
+def test_grouped_views_that_are_not_groupnorm_are_refused(target, reason):
+    rng = _rng(8)
+    b = GraphBuilder(opset=21)
+    x = b.input("x", [2, 6, 4, 4])
+    r = b.node("Reshape", [x, b.const(np.array(target, np.int64))])
+    n = b.node("InstanceNormalization", [r, b.weight(np.ones(3)), b.weight(np.zeros(3))], name="in")
+    y = b.node("Reshape", [n, b.node("Shape", [x])])
+    b.output(b.node("Mul", [y, b.weight(rng.uniform(0.5, 2, (6, 1, 1)))]), shape=[2, 6, 4, 4])
+    model = b.model()
+    out, ctx = apply(model, RaiseGroupNormInstanceNorm(ALL))
+    assert "GroupNormalization" not in op_types(out)
+    assert reason in refusals(ctx)["in"][0]
+
+
+def test_bf16_lowering_keeps_statistics_in_fp32():
+    import ml_dtypes
+
+    b = GraphBuilder(opset=18, dtype=ml_dtypes.bfloat16)
+    x = b.input("x", [2, 8])
+    b.output(b.node("LayerNormalization", [x, b.weight(np.ones(8)), b.weight(np.zeros(8))], axis=-1), shape=[2, 8])
+    low, _ = apply(b.model(), Lower("LayerNormalization"))
+    casts = [n for n in low.graph.node if n.op_type == "Cast"]
+    assert [onnx.helper.get_attribute_value(c.attribute[0]) for c in casts] == [
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.BFLOAT16,
+    ]
