@@ -65,6 +65,18 @@ def remove_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _mode_for(dst: Path) -> int:
+    """The permissions ``dst`` should get: those of the file it replaces, else what umask allows.
+
+    mkstemp creates 0600 files; a model nobody else can read is not deployable.
+    """
+    with contextlib.suppress(OSError):
+        return stat.S_IMODE(os.stat(dst).st_mode)
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def temporary_sibling(dst: str | os.PathLike) -> Iterator[Path]:
     """A fresh hidden file next to ``dst``; removed on exit unless it was renamed away.
@@ -80,7 +92,10 @@ def temporary_sibling(dst: str | os.PathLike) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.{_TAG}-{os.getpid()}.", suffix=".tmp", dir=dst.parent)
     except OSError as e:
         raise OutputError(f"{dst}: cannot write in {dst.parent} ({e.strerror})") from None
-    os.close(fd)
+    try:
+        os.fchmod(fd, _mode_for(dst))
+    finally:
+        os.close(fd)
     path = Path(tmp)
     try:
         yield path

@@ -172,3 +172,32 @@ def test_a_length_that_disagrees_with_the_dims_is_refused(tmp_path):
     _set_location(path, "weights.bin", length=4)
     with pytest.raises(ModelLoadError, match="dims and type call for"):
         modelio.load_model(path)
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def test_new_outputs_get_the_umask_permissions_not_mkstemps_0600(tmp_path, monkeypatch):
+    """A deployed model must be readable by the service that loads it."""
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 100)
+    monkeypatch.setattr(modelio, "_EXTERNAL_MIN_TENSOR_BYTES", 0)
+    old = os.umask(0o022)
+    try:
+        modelio.save_model(conv_bn_model(), tmp_path / "big.onnx")
+        expected = _umask_mode()
+    finally:
+        os.umask(old)
+    assert expected == 0o644
+    assert (tmp_path / "big.onnx").stat().st_mode & 0o777 == expected
+    assert (tmp_path / "big.onnx.data").stat().st_mode & 0o777 == expected
+
+
+def test_replacing_a_file_keeps_its_permissions(tmp_path):
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous")
+    out.chmod(0o640)
+    modelio.save_model(conv_bn_model(), out)
+    assert out.stat().st_mode & 0o777 == 0o640
