@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import onnx
@@ -19,7 +20,7 @@ import onnx_graphsurgeon as gs
 from normonnx.foldreport import FoldReport, GraphStats, statuses
 from normonnx.graph import external
 from normonnx.graph.convert import to_graph, to_model
-from normonnx.graph.modelio import load_model, tensor_bytes
+from normonnx.graph.modelio import disk_bytes, load_model, tensor_bytes
 from normonnx.graph.shapes import annotate_shapes
 from normonnx.passes.base import FoldOptions, PassContext, run_to_fixpoint
 from normonnx.passes.registry import fold_fixpoint, fold_prelude
@@ -132,26 +133,48 @@ def verify_parity(
     return result
 
 
+# Below this much weight on disk (both models together), the two parity runs go side by side.
+CONCURRENT_PARITY_BYTES = 1 << 30
+
+
 def verify_parity_files(
-    reference: str | os.PathLike, candidate: str | os.PathLike, *, shapes=None, samples: int = 3
+    reference: str | os.PathLike,
+    candidate: str | os.PathLike,
+    *,
+    shapes=None,
+    samples: int = 3,
+    reference_proto: onnx.ModelProto | None = None,
 ) -> ParityResult:
-    """verify_parity for models on disk: each runs in its own isolated process, one after the other,
-    so that peak memory stays near one model's weights."""
+    """verify_parity for models on disk, each in its own isolated process (a model that crashes
+    onnxruntime cannot take normonnx down).
+
+    The two processes run side by side when both models together hold under
+    CONCURRENT_PARITY_BYTES (onnxruntime's session set-up is single-threaded),
+    one after the other otherwise, so that peak memory stays near one model's weights.
+    ``reference_proto``, the reference already in memory, spares reading it again for its input specs.
+    """
     from normonnx.validate import execute
     from normonnx.validate.inputs import seeded_input_sets
     from normonnx.validate.isolation import call_isolated
     from normonnx.validate.parity import compare, rejudge_with_noise
     from normonnx.validate.runner import SessionConfig
 
-    feeds = seeded_input_sets(load_model(reference, load_weights=False), samples, shapes)
-    cfg = SessionConfig(optimize=False)
-    refs = call_isolated(execute.run_outputs, str(reference), feeds, cfg, label=f"{reference} (reference)")
-    cands = call_isolated(execute.run_outputs, str(candidate), feeds, cfg, label=f"{candidate} (folded)")
+    specs = reference_proto if reference_proto is not None else load_model(reference, load_weights=False)
+    feeds = seeded_input_sets(specs, samples, shapes)
+
+    def outputs(path: str | os.PathLike, role: str, optimize: bool = False) -> list:
+        cfg = SessionConfig(optimize=optimize)
+        return call_isolated(execute.run_outputs, str(path), feeds, cfg, label=f"{path} ({role})")
+
+    jobs = [(reference, "reference"), (candidate, "folded")]
+    if (os.cpu_count() or 1) > 1 and disk_bytes(reference) + disk_bytes(candidate) < CONCURRENT_PARITY_BYTES:
+        with ThreadPoolExecutor(2) as pool:
+            refs, cands = pool.map(lambda job: outputs(*job), jobs)
+    else:
+        refs, cands = (outputs(*job) for job in jobs)
     result = compare(refs, cands)
     if not result.passed:
-        noisy = call_isolated(
-            execute.run_outputs, str(reference), feeds, SessionConfig(optimize=True), label=f"{reference} (noise floor)"
-        )
+        noisy = outputs(reference, "noise floor", optimize=True)
         result = rejudge_with_noise(result, compare(refs, noisy))
     return result
 
@@ -166,35 +189,33 @@ def fold_file(
 ) -> FoldReport:
     """Fold ``src`` into ``dst``; ``dst`` is written (atomically) only if parity holds.
 
-    ``report.output`` is None when parity failed and nothing was written. A
-    model whose weights are on disk is folded without loading them: weights
-    are read when a fold needs them, new ones spill to disk, the output is
-    staged, verified from disk in isolated processes, then committed.
+    ``report.output`` is None when parity failed and nothing was written. The
+    result is staged beside ``dst``, verified from disk against ``src`` in
+    isolated processes, then committed. A model whose weights are on disk is
+    folded without loading them: weights are read when a fold needs them and
+    new ones spill to disk at once.
     """
-    from normonnx.graph.modelio import check_output_path, has_external_data, save_model, staged_save
+    from normonnx.graph.modelio import check_output_path, has_external_data, staged_save
 
+    start = time.perf_counter()
     check_output_path(Path(dst), [Path(src)])
     proto = load_model(src, load_weights=False)
-    if not has_external_data(proto):
-        model, report = fold(proto, options, verify=verify, shapes=shapes)
-        report.source = str(src)
-        if report.parity is not None and not report.parity.passed:
-            return report
-        report.stale_files = save_model(model, dst, inputs=[src], no_stricter_than=src).stale
-        report.output = str(dst)
-        return report
-    external.absolutize(proto, src)
-    store = external.SpillStore(dst)
+    store = None
+    if has_external_data(proto):
+        external.absolutize(proto, src)
+        store = external.SpillStore(dst)
     try:
         model, report = fold(proto, options, store=store)
         report.source = str(src)
         with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:
             if verify:
-                report.parity = verify_parity_files(src, staged.path, shapes=shapes)
+                report.parity = verify_parity_files(src, staged.path, shapes=shapes, reference_proto=proto)
             if report.parity is None or report.parity.passed:
                 staged.commit()
                 report.output = str(dst)
         report.stale_files = staged.stale
     finally:
-        store.close()
+        if store is not None:
+            store.close()
+    report.seconds = time.perf_counter() - start
     return report

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import onnx
+import pytest
 
 from tests.builders import assert_parity, op_types
 
@@ -102,6 +105,35 @@ def test_parity_failure_writes_nothing_and_exits_1(cli, conv_bn_path, tmp_path, 
     assert r.code == 1
     assert "FAILED" in r.out and "not written" in r.err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("side_by_side", [True, False], ids=["side-by-side", "one-after-the-other"])
+def test_both_parity_schedules_catch_a_planted_error(cli, conv_bn_path, tmp_path, monkeypatch, side_by_side):
+    """Small models are verified with both runs side by side, large ones one after the other."""
+    from normonnx import fold, foldmath
+
+    monkeypatch.setattr(fold, "CONCURRENT_PARITY_BYTES", 1 << 40 if side_by_side else 0)
+    r = cli("fold", conv_bn_path, "-o", tmp_path / "good.onnx")
+    assert r.code == 0 and r.out.strip().endswith("PASSED")
+    real = foldmath.batchnorm_affine
+    monkeypatch.setattr(
+        "normonnx.passes.affine.fm.batchnorm_affine",
+        lambda *a: foldmath.ChannelAffine(real(*a).scale, real(*a).shift + 0.01),
+    )
+    r = cli("fold", conv_bn_path, "-o", tmp_path / "bad.onnx")
+    assert r.code == 1 and not (tmp_path / "bad.onnx").exists()
+
+
+def test_fold_runs_onnxruntime_only_in_child_processes(conv_bn_path, tmp_path):
+    """A model that crashes onnxruntime during the parity check cannot take normonnx down with it."""
+    code = (
+        "import sys; from normonnx.cli import main; "
+        f"rc = main(['fold', {str(conv_bn_path)!r}, '-o', {str(tmp_path / 'o.onnx')!r}]); "
+        "assert rc == 0, rc; assert 'onnxruntime' not in sys.modules, 'onnxruntime imported in-process'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "o.onnx").exists()
 
 
 def test_dynamic_dims_can_be_given_with_shape(cli, conv_bn_path, tmp_path):

@@ -466,6 +466,16 @@ def _referenced_files(model_path: Path) -> list[str]:
     return sorted(set(_external_locations(str(model_path.resolve()), st.st_mtime_ns, st.st_size)))
 
 
+def disk_bytes(model_path: str | os.PathLike) -> int:
+    """What a model file and the weight files it names hold on disk (0 for what cannot be read)."""
+    path = Path(model_path)
+    total = 0
+    for p in [path, *(path.parent / name for name in _referenced_files(path))]:
+        with contextlib.suppress(OSError):
+            total += p.stat().st_size
+    return total
+
+
 def _free_data_name(out: Path) -> Path:
     """``<out>.data``, or ``<out>.<k>.data``: a weight file name nothing has yet, so that nothing is
     overwritten and the previous output stays whole until the new model replaces it."""
