@@ -162,12 +162,18 @@ def verify_parity_files(
     specs = reference_proto if reference_proto is not None else load_model(reference, load_weights=False)
     feeds = seeded_input_sets(specs, samples, shapes)
 
+    cores = os.cpu_count() or 1
+    side_by_side = cores > 1 and disk_bytes(reference) + disk_bytes(candidate) < CONCURRENT_PARITY_BYTES
+
     def outputs(path: str | os.PathLike, role: str, optimize: bool = False) -> list:
-        cfg = SessionConfig(optimize=optimize)
+        # Side by side, each run gets half the cores and no spin-waiting threads, which
+        # would otherwise steal the cores the other run is computing on.
+        cfg = SessionConfig(optimize=optimize, threads=max(1, cores // 2), spin=False) if side_by_side else None
+        cfg = cfg or SessionConfig(optimize=optimize)
         return call_isolated(execute.run_outputs, str(path), feeds, cfg, label=f"{path} ({role})")
 
     jobs = [(reference, "reference"), (candidate, "folded")]
-    if (os.cpu_count() or 1) > 1 and disk_bytes(reference) + disk_bytes(candidate) < CONCURRENT_PARITY_BYTES:
+    if side_by_side:
         with ThreadPoolExecutor(2) as pool:
             refs, cands = pool.map(lambda job: outputs(*job), jobs)
     else:

@@ -8,23 +8,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 
 from normonnx.validate.runner import SessionConfig, run, session
+
+if TYPE_CHECKING:
+    import onnx
 
 ModelSource = str | os.PathLike | bytes
 
 
 def _model(source: ModelSource) -> onnx.ModelProto | str:
+    """A path stays a path: onnx is imported only for bytes (it is slow to import in every child)."""
     if isinstance(source, bytes):
+        import onnx
+
         return onnx.ModelProto.FromString(source)
     return str(source)
 
 
 def input_dtypes(source: ModelSource) -> dict[str, np.dtype]:
     """Input name -> numpy dtype, as onnxruntime sees them."""
+    import onnx
+
     from normonnx.validate.inputs import input_specs
 
     model = (
@@ -48,6 +56,8 @@ def run_intermediates(
     source: ModelSource, feeds: dict[str, np.ndarray], names: Sequence[str], config: SessionConfig, chunk: int = 400
 ) -> dict[str, np.ndarray]:
     """Values of the named intermediate tensors (floats only), in chunks to bound memory."""
+    import onnx
+
     from normonnx.graph.modelio import load_model
 
     base = onnx.ModelProto.FromString(source) if isinstance(source, bytes) else load_model(source)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import onnx
+from typing import TYPE_CHECKING
 
 from normonnx.errors import RuntimeUnavailableError, UnusableInputError
-from normonnx.graph.modelio import has_external_data
+
+if TYPE_CHECKING:  # the isolated child runs models from paths and never needs onnx itself
+    import numpy as np
+    import onnx
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -76,7 +77,9 @@ def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = 
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
-    if isinstance(model, onnx.ModelProto):
+    if not isinstance(model, str | os.PathLike):
+        from normonnx.graph.modelio import has_external_data
+
         if has_external_data(model):
             raise UnusableInputError("an in-memory model with external data must be run from its validated path")
         source: bytes | str = model.SerializeToString()
