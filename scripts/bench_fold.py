@@ -233,8 +233,9 @@ def _markdown(report: dict) -> str:
             notes.append(f"{b} blocks: " + ", ".join(peers))
     lines += [
         "",
-        "The default `normonnx fold` also runs the original and the folded model on three seeded inputs"
-        " and writes nothing unless they agree; the other tools do not check by default (onnxsim's check_n and"
+        "The default `normonnx fold` also runs the original and the folded model on three seeded inputs,"
+        " each in its own onnxruntime process (side by side under 1 GiB of weights), and writes nothing"
+        " unless they agree; the other tools do not check by default (onnxsim's check_n and"
         " onnxslim's --model-check are opt-in). Fold work alone"
         " (`--no-verify`), the others' time over normonnx's: " + "; ".join(notes) + ".",
         "Deep chains without skip connections are chaotic in float32, so their parity is judged against"
