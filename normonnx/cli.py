@@ -32,6 +32,11 @@ def _out(text: str = "") -> None:
     print(text, flush=True)
 
 
+def _verdict(args: argparse.Namespace, text: str) -> None:
+    """Closing lines: on stdout, or on stderr with --json so that stdout is exactly one JSON document."""
+    print(text, file=sys.stderr if getattr(args, "json", False) else sys.stdout, flush=True)
+
+
 def _write_json(path: str, data: dict) -> None:
     from normonnx.fileio import write_json_atomic
 
@@ -72,7 +77,7 @@ def cmd_fold(args: argparse.Namespace) -> int:
     else:
         _out(f"normonnx fold {args.input} -> {args.output}")
         _out(render(report))
-    return _finish(args.output, report, report.output is not None, args.input)
+    return _finish(args, args.output, report, report.output is not None, args.input)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -86,14 +91,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _finish(output: str, report, written: bool, what: str) -> int:
+def _finish(args: argparse.Namespace, output: str, report, written: bool, what: str) -> int:
     """The verdict lines shared by the commands that write a model."""
     if not written:
         print(f"normonnx: {output}: not written, the model does not match {what}", file=sys.stderr)
-        _out("FAILED")
+        _verdict(args, "FAILED")
         return EXIT_VERIFY_FAILED
-    _out(f"wrote {output} in {report.seconds:.2f} s")
-    _out("PASSED" if report.parity is not None else "DONE (parity not verified: --no-verify)")
+    _verdict(args, f"wrote {output} in {report.seconds:.2f} s")
+    _verdict(args, "PASSED" if report.parity is not None else "DONE (parity not verified: --no-verify)")
     return EXIT_OK
 
 
@@ -121,7 +126,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         _out(render_emit(report.emit))
         if report.parity is not None:
             _out(report.parity.summary(" vs torch eager"))
-    return _finish(args.output, report, report.output is not None, "torch eager")
+    return _finish(args, args.output, report, report.output is not None, "torch eager")
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
@@ -145,7 +150,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
     else:
         _out(f"normonnx emit {args.input} -> {args.output}")
         _out(render_emit(report))
-    return _finish(args.output, report, written, args.input)
+    return _finish(args, args.output, report, written, args.input)
 
 
 def _parse_tolerances(items: list[str] | None):
@@ -230,7 +235,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         _out(json.dumps(report.to_dict(), indent=2))
     else:
         _out(_render_check(report))
-    _out("PASSED" if report.passed else "FAILED")
+    _verdict(args, "PASSED" if report.passed else "FAILED")
     return EXIT_OK if report.passed else EXIT_VERIFY_FAILED
 
 
@@ -329,8 +334,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         progress=(lambda step: print(f"normonnx: {step}", file=sys.stderr)) if args.verbose else None,
     )
     _out(json.dumps(report.to_dict(), indent=2) if args.json else convert_markdown(report).rstrip())
-    _out(f"report: {args.output}/report.md")
-    _out("PASSED" if report.passed else "FAILED")
+    _verdict(args, f"report: {args.output}/report.md")
+    _verdict(args, "PASSED" if report.passed else "FAILED")
     return EXIT_OK if report.passed else EXIT_VERIFY_FAILED
 
 

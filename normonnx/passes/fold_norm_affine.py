@@ -134,16 +134,19 @@ class FoldNormAffine:
             return 0
         if _is_identity(scale, bias):
             return 0
+        # The unit scale and zero bias left behind keep the op's own parameter shapes.
+        unit = None if scale is None else np.ones_like(scale)
+        zero = None if bias is None else np.zeros_like(bias)
         if per_channel and scale is not None:  # GroupNorm/InstanceNorm parameters are [C] vectors by definition
             scale = scale.reshape(-1, *([1] * max((_rank(node.inputs[0]) or 2) - 2, 0)))
         if per_channel and bias is not None:
             bias = bias.reshape(-1, *([1] * max((_rank(node.inputs[0]) or 2) - 2, 0)))
 
         def clear(node: gs.Node = node) -> None:
-            if scale is not None:
-                node.inputs[1] = ctx.constant(f"{anchor}_unit_scale", np.ones_like(scale))
-            if bias is not None:
-                node.inputs[2] = ctx.constant(f"{anchor}_zero_bias", np.zeros_like(bias))
+            if unit is not None:
+                node.inputs[1] = ctx.constant(f"{anchor}_unit_scale", unit)
+            if zero is not None:
+                node.inputs[2] = ctx.constant(f"{anchor}_zero_bias", zero)
 
         return self._fold(ctx, anchor, family, lin, scale, bias, per_channel, clear, _rank(node.inputs[0]))
 

@@ -91,7 +91,7 @@ def random_inputs(
         elif spec.dtype.kind in "iu":
             feeds[spec.name] = rng.integers(0, 8, size=shape).astype(spec.dtype)
         elif spec.dtype.kind == "b":
-            feeds[spec.name] = rng.random(shape) < 0.5
+            feeds[spec.name] = np.asarray(rng.random(shape) < 0.5)  # a rank-0 comparison gives a numpy scalar
         else:
             raise UnusableInputError(f"input '{spec.name}' has dtype {spec.dtype}; pass real inputs with --inputs")
     return feeds

@@ -67,6 +67,24 @@ def test_groupnorm_op_into_1x1_conv():
     assert_parity(model, out)
 
 
+def test_instancenorm_op_into_1x1_conv_keeps_its_parameter_shapes():
+    """InstanceNormalization takes [C] scale and bias; the unit ones left behind must be [C] too."""
+    rng = _rng(7)
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 6, 5, 5])
+    z = b.node(
+        "InstanceNormalization", [x, b.weight(rng.uniform(0.5, 2, 6)), b.weight(rng.standard_normal(6))], name="in"
+    )
+    b.output(b.conv(z, 6, 4, rng, k=1), shape=[2, 4, 5, 5])
+    model = b.model()
+    out, ctx = apply(model, FoldNormAffine())
+    assert "in" in folded(ctx)
+    assert _const_values(out, 0, 1).shape == (6,) and np.all(_const_values(out, 0, 1) == 1)
+    assert _const_values(out, 0, 2).shape == (6,) and not np.any(_const_values(out, 0, 2))
+    onnx.checker.check_model(out, full_check=True)
+    assert_parity(model, out)
+
+
 def test_groupnorm_instancenorm_form_into_conv():
     rng = _rng(3)
     b = GraphBuilder(opset=17)

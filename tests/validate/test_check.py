@@ -118,8 +118,8 @@ def test_check_cli_exit_codes_json_and_report(cli, tmp_path):
     onnx.save(_perturb(folded, folded.graph.node[0].input[1], 1.01), tmp_path / "bad.onnx")
     r = cli("check", tmp_path / "good.onnx", "--against", tmp_path / "ref.onnx", "--json")
     assert r.code == 0
-    data = json.loads(r.out[: r.out.rindex("}") + 1])
-    assert data["passed"] and data["schema"] == 1 and r.out.strip().endswith("PASSED")
+    data = json.loads(r.out)  # stdout is exactly one JSON document; the verdict goes to stderr
+    assert data["passed"] and data["schema"] == 1 and r.err.strip().endswith("PASSED")
     r = cli("check", tmp_path / "bad.onnx", "--against", tmp_path / "ref.onnx", "--report", tmp_path / "rep")
     assert r.code == 1 and r.out.strip().endswith("FAILED") and "first divergence: node conv1" in r.out
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["output_errors.png", "report.json", "report.md"]
@@ -148,3 +148,21 @@ def test_torch_reference(tmp_path):
     export_file("tests.emit.family_nets:groupnorm", tmp_path / "gn.onnx", opset=17)
     result = check(tmp_path / "gn.onnx", torch_spec="tests.emit.family_nets:groupnorm")
     assert result.passed and result.reference_kind == "torch"
+
+
+@pytest.mark.parametrize("elem", [onnx.TensorProto.BOOL, onnx.TensorProto.INT64, onnx.TensorProto.FLOAT])
+def test_rank_0_inputs_of_every_kind_are_generated(cli, tmp_path, elem):
+    """A Where flag or an If condition is a rank-0 input; seeded feeds must be arrays, not numpy scalars."""
+    h = onnx.helper
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+    flag = h.make_tensor_value_info("flag", elem, [])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])
+    cond = "flag" if elem == onnx.TensorProto.BOOL else "cond"
+    nodes = [h.make_node("Neg", ["x"], ["neg"]), h.make_node("Where", [cond, "x", "neg"], ["y"])]
+    if elem != onnx.TensorProto.BOOL:
+        nodes.insert(0, h.make_node("Cast", ["flag"], ["cond"], to=onnx.TensorProto.BOOL))
+    model = h.make_model(h.make_graph(nodes, "g", [x, flag], [y]), opset_imports=[h.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    r = cli("check", tmp_path / "m.onnx", "--against", tmp_path / "m.onnx")
+    assert r.code == 0, r.err
+    assert r.out.strip().endswith("PASSED")
