@@ -66,7 +66,9 @@ def cmd_fold(args: argparse.Namespace) -> int:
     from normonnx.validate.inputs import parse_shape_overrides
 
     _check_report_path(args.report, args.input, args.output)
-    options = FoldOptions(fold_norm_affine=args.norm_affine)
+    options = FoldOptions(
+        fold_norm_affine=args.norm_affine, constant_initializer_inputs=args.constant_initializer_inputs
+    )
     report = fold_file(
         args.input, args.output, options, verify=not args.no_verify, shapes=parse_shape_overrides(args.shape)
     )
@@ -438,6 +440,11 @@ def _add_fold(sub: argparse._SubParsersAction) -> None:
         "--norm-affine",
         action="store_true",
         help="also fold LayerNorm/RMSNorm/GroupNorm/InstanceNorm affines into the linear op after them",
+    )
+    p.add_argument(
+        "--constant-initializer-inputs",
+        action="store_true",
+        help="treat weights also listed as graph inputs (ir_version >= 4) as constants and drop them from the inputs",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=cmd_fold)

@@ -26,7 +26,7 @@ from normonnx.errors import UnusableInputError
 from normonnx.families import BY_KEY
 from normonnx.fold import as_model, prepare_graph
 from normonnx.graph.convert import to_model
-from normonnx.graph.opsets import convert_opset, default_opset
+from normonnx.graph.opsets import OpsetError, convert_opset, default_opset
 from normonnx.passes.base import Decision, FoldOptions, PassContext
 from normonnx.passes.lower import FAMILY_OF_OP, Lower
 from normonnx.passes.raise_norms import RaiseGroupNormInstanceNorm, RaiseMoments
@@ -143,7 +143,10 @@ def emit(
     if lower_first:
         out = _run(out, [Lower(OP_OF_FAMILY[f]) for f in lower_first], decisions)
     if target != src:
-        out = convert_opset(out, target)
+        try:
+            out = convert_opset(out, target)
+        except OpsetError as e:
+            raise OpsetError(f"{source}: {e}") from None
     raise_families = {f for f in EMITTED_FAMILIES if forms[f] == "op"}
     out = _run(out, [RaiseMoments(raise_families), RaiseGroupNormInstanceNorm(raise_families)], decisions)
     report = EmitReport(source, src, target, style, forms, before, summarize(scan(prepare_graph(out))), decisions)

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from normonnx.foldreport import FoldReport, GraphStats, statuses
 from normonnx.graph import external
-from normonnx.graph.convert import to_graph, to_model
+from normonnx.graph.convert import to_graph, to_model, without_initializer_inputs
 from normonnx.graph.modelio import disk_bytes, load_model, tensor_bytes
 from normonnx.graph.shapes import annotate_shapes
 from normonnx.passes.base import FoldOptions, PassContext, run_to_fixpoint
@@ -80,10 +80,13 @@ def fold(
     """
     start = time.perf_counter()
     proto, source = as_model(model)
+    options = options or FoldOptions()
+    if options.constant_initializer_inputs:
+        proto = without_initializer_inputs(proto)
     graph = prepare_graph(proto)
     found = scan(graph)
     before = _stats(graph, found, tensor_bytes(proto))
-    ctx = PassContext(graph, options or FoldOptions(), store=store)
+    ctx = PassContext(graph, options, store=store)
     rewrites = {}
     for p in fold_prelude():
         rewrites[p.name] = p.run(ctx)

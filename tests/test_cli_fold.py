@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 
@@ -154,3 +155,63 @@ def test_usage_error_exits_2(cli):
 def test_no_verify_skips_parity(cli, conv_bn_path, tmp_path):
     r = cli("fold", conv_bn_path, "-o", tmp_path / "o.onnx", "--no-verify")
     assert r.code == 0 and "parity not verified" in r.out
+
+
+def _weights_as_inputs_model(ir_version: int, opset: int) -> onnx.ModelProto:
+    """Conv -> BN with every initializer also listed as a graph input (ONNX-zoo ir3 models; torch's
+    keep_initializers_as_inputs=True)."""
+    h, rng = onnx.helper, np.random.default_rng(3)
+    inits = [
+        onnx.numpy_helper.from_array(rng.standard_normal((6, 4, 3, 3)).astype(np.float32), "W"),
+        onnx.numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "B"),
+        onnx.numpy_helper.from_array(rng.uniform(0.5, 2, 6).astype(np.float32), "gamma"),
+        onnx.numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "beta"),
+        onnx.numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "mean"),
+        onnx.numpy_helper.from_array(rng.uniform(0.5, 2, 6).astype(np.float32), "var"),
+    ]
+    nodes = [
+        h.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        h.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["bn"], name="bn"),
+        h.make_node("Relu", ["bn"], ["y"], name="relu"),
+    ]
+    inputs = [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8])]
+    inputs += [h.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6, 8, 8])
+    model = h.make_model(h.make_graph(nodes, "g", inputs, [y], inits), opset_imports=[h.make_opsetid("", opset)])
+    model.ir_version = ir_version
+    return model
+
+
+def test_ir3_models_fold_and_list_their_new_weights_as_inputs(cli, tmp_path):
+    """ir_version 3 requires every initializer among the inputs; there they are constants."""
+    src = tmp_path / "ir3.onnx"
+    onnx.save(_weights_as_inputs_model(3, 8), src)
+    r = cli("inspect", src)
+    assert "foldable: into Conv conv" in r.out
+    r = cli("fold", src, "-o", tmp_path / "o.onnx")
+    assert r.code == 0, r.err
+    out = onnx.load(tmp_path / "o.onnx")
+    onnx.checker.check_model(out, full_check=True)
+    assert op_types(out) == ["Conv", "Relu"] and out.ir_version == 3
+    assert out.graph.input[0] == onnx.load(src).graph.input[0]
+    assert {i.name for i in out.graph.input[1:]} == {t.name for t in out.graph.initializer}
+    assert_parity(onnx.load(src), out)
+
+
+def test_overridable_weights_are_kept_as_inputs_unless_declared_constant(cli, tmp_path):
+    """ir_version >= 4: an initializer listed as an input is a default a caller may override."""
+    src = tmp_path / "keep.onnx"
+    model = _weights_as_inputs_model(7, 13)
+    onnx.save(model, src)
+    r = cli("inspect", src)
+    assert "is the graph input 'W' (a caller may override it)" in r.out and "0 of 1 foldable" in r.out
+    r = cli("fold", src, "-o", tmp_path / "kept.onnx")
+    kept = onnx.load(tmp_path / "kept.onnx")
+    assert r.code == 0 and kept.graph.input == model.graph.input
+    assert {t.name for t in kept.graph.initializer} == {t.name for t in model.graph.initializer}
+    assert "BatchNormalization" in op_types(kept)
+    r = cli("fold", src, "-o", tmp_path / "frozen.onnx", "--constant-initializer-inputs")
+    frozen = onnx.load(tmp_path / "frozen.onnx")
+    assert r.code == 0 and [i.name for i in frozen.graph.input] == ["x"]
+    assert op_types(frozen) == ["Conv", "Relu"]
+    assert_parity(model, frozen)

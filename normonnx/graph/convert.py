@@ -18,8 +18,46 @@ G_LOGGER.severity = G_LOGGER.ERROR
 log = logging.getLogger(__name__)
 
 
+def overridable_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Initializers also listed as graph inputs in an ir_version >= 4 model.
+
+    There they are defaults a caller may override at run time, so nothing
+    may be folded into or out of them (onnxruntime treats them the same way).
+    In ir_version 3 every initializer must be listed as an input and they are
+    constants.
+    """
+    if model.ir_version < 4:
+        return []
+    inputs = {i.name for i in model.graph.input}
+    return [t for t in model.graph.initializer if t.name in inputs]
+
+
+def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose overridable initializers are plain constants (no longer inputs)."""
+    overridable = {t.name for t in overridable_initializers(model)}
+    if not overridable:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = [i for i in out.graph.input if i.name not in overridable]
+    del out.graph.input[:]
+    out.graph.input.extend(kept)
+    return out
+
+
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    return gs.import_onnx(model)
+    """graphsurgeon would import an initializer listed as an input as a constant and drop the
+    input: overridable ones are imported as the graph inputs they are (``to_model`` puts their
+    defaults back)."""
+    overridable = {t.name for t in overridable_initializers(model)}
+    if not overridable:
+        return gs.import_onnx(model)
+    view = onnx.ModelProto()
+    view.CopyFrom(model)
+    kept = [t for t in view.graph.initializer if t.name not in overridable]
+    del view.graph.initializer[:]
+    view.graph.initializer.extend(kept)
+    return gs.import_onnx(view)
 
 
 def to_model(
@@ -63,6 +101,15 @@ def to_model(
     model.graph.value_info.extend(kept)
     _restore_value_info(model.graph.input, template.graph.input)
     _restore_value_info(model.graph.output, template.graph.output)
+    inputs = {i.name for i in model.graph.input}
+    model.graph.initializer.extend(t for t in overridable_initializers(template) if t.name in inputs)
+    if model.ir_version < 4:  # every initializer must be listed as an input too
+        listed = {i.name for i in model.graph.input}
+        model.graph.input.extend(
+            onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+            for t in model.graph.initializer
+            if t.name not in listed
+        )
     model.graph.name = template.graph.name
     model.graph.doc_string = template.graph.doc_string
     return model

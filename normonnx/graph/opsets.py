@@ -49,6 +49,44 @@ def default_opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+_CONSTANT_KINDS = {
+    "value_float": np.float32,
+    "value_floats": np.float32,
+    "value_int": np.int64,
+    "value_ints": np.int64,
+}
+
+
+def _constant_tensor(attr: onnx.AttributeProto) -> onnx.TensorProto | None:
+    """A Constant node's value as a tensor, whichever attribute holds it (strings and sparse: None)."""
+    if attr.name == "value":
+        return attr.t
+    kind = _CONSTANT_KINDS.get(attr.name)
+    if kind is None:
+        return None
+    return numpy_helper.from_array(np.asarray(onnx.helper.get_attribute_value(attr), dtype=kind))
+
+
+def _drop_default_attributes(node: onnx.NodeProto, src: defs.OpSchema, dst: defs.OpSchema) -> None:
+    """Remove attributes the target version lacks when they hold the source version's default
+    (exporters write Reshape's allowzero=0 and the like): dropping them changes nothing."""
+    kept = []
+    for a in node.attribute:
+        spec = src.attributes.get(a.name)
+        default = spec.default_value if spec is not None else None
+        if (
+            a.name not in dst.attributes
+            and default is not None
+            and default.type == a.type
+            and onnx.helper.get_attribute_value(default) == onnx.helper.get_attribute_value(a)
+        ):
+            continue
+        kept.append(a)
+    if len(kept) != len(node.attribute):
+        del node.attribute[:]
+        node.attribute.extend(kept)
+
+
 def _signature_ok(node: onnx.NodeProto, dst: defs.OpSchema) -> str | None:
     """Why ``node`` does not fit ``dst``'s signature (None if it does)."""
     used = len(node.input)
@@ -68,10 +106,12 @@ class _Down:
 
     def __init__(self, model: onnx.ModelProto, src: int, dst: int) -> None:
         self.model, self.src, self.dst = model, src, dst
-        self.consts = {t.name: t for t in model.graph.initializer}
+        self.consts: dict[str, onnx.TensorProto] = {t.name: t for t in model.graph.initializer}
         for n in model.graph.node:
-            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-                self.consts[n.output[0]] = n.attribute[0].t
+            if n.op_type == "Constant" and len(n.attribute) == 1:
+                tensor = _constant_tensor(n.attribute[0])
+                if tensor is not None:
+                    self.consts[n.output[0]] = tensor
 
     def constant(self, name: str) -> np.ndarray | None:
         t = self.consts.get(name)
@@ -101,6 +141,14 @@ class _Down:
             raise OpsetError(
                 f"{where}: its semantics changed between opsets {dst.since_version} and {src.since_version}"
             )
+        if node.op_type == "Reshape":
+            self._reshape(node)
+        elif node.op_type == "Constant" and self.dst < 12 and node.attribute[0].name != "value":
+            tensor = _constant_tensor(node.attribute[0])  # value_ints and friends came at opset 12
+            if tensor is not None:
+                del node.attribute[:]
+                node.attribute.append(onnx.helper.make_attribute("value", tensor))
+        _drop_default_attributes(node, src, dst)
         problem = _signature_ok(node, dst)
         if problem:
             raise OpsetError(f"{where} {problem} (opset {self.dst})")
@@ -118,6 +166,14 @@ class _Down:
         del node.attribute[:]
         node.attribute.extend(kept)
         node.attribute.append(onnx.helper.make_attribute("axes", [int(a) for a in axes.reshape(-1)]))
+
+    def _reshape(self, node: onnx.NodeProto) -> None:
+        """allowzero=1 means nothing when the constant shape holds no 0 (dynamo writes it on every view)."""
+        shape = self.constant(node.input[1]) if len(node.input) > 1 else None
+        if shape is not None and not np.any(shape == 0):
+            kept = [a for a in node.attribute if a.name != "allowzero"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
 
     def _softmax(self, node: onnx.NodeProto, where: str) -> None:
         axis = next((a.i for a in node.attribute if a.name == "axis"), -1)

@@ -40,8 +40,9 @@ def batchnorm_problem(node: gs.Node, opset: int) -> str | None:
     labels = ("scale", "B", "mean", "var")
     for label, t in zip(labels, node.inputs[1:5], strict=False):
         if not is_constant(t):
-            src = t.inputs[0].op if t.inputs else "a graph input"
-            return f"{name}: {label} is not a constant (computed by {src})"
+            if not t.inputs:
+                return f"{name}: {label} is the graph input '{t.name}' (a caller may override it), not a constant"
+            return f"{name}: {label} is not a constant (computed by {t.inputs[0].op})"
     return None
 
 

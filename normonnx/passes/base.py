@@ -30,6 +30,9 @@ class FoldOptions:
     growth_limit_bytes: int = 1 << 20
     # Opt-in: fold LayerNorm/RMSNorm/GroupNorm/InstanceNorm affines into the linear op after them.
     fold_norm_affine: bool = False
+    # Opt-in: initializers also listed as graph inputs (ir_version >= 4) are constants, and
+    # leave the input list. By default they are defaults a caller may override: never folded.
+    constant_initializer_inputs: bool = False
 
 
 @dataclass(frozen=True)

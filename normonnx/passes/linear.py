@@ -91,7 +91,9 @@ def read_linear(node: gs.Node, ctx: PassContext) -> Linear | str:
     weight_tensor = input_or_none(node, 1)
     weight = constant_value(weight_tensor) if weight_tensor is not None else None
     if weight is None:
-        src = weight_tensor.inputs[0].op if weight_tensor is not None and weight_tensor.inputs else "a graph input"
+        if weight_tensor is not None and not weight_tensor.inputs:
+            return f"weight of {describe(node)} is the graph input '{weight_tensor.name}' (a caller may override it)"
+        src = weight_tensor.inputs[0].op if weight_tensor is not None else "nothing"
         return f"weight of {describe(node)} is not a constant (computed by {src})"
     if weight.dtype.kind != "f" or weight.dtype.itemsize < 2:
         return f"weight of {describe(node)} is {weight.dtype}, not a float type"

@@ -64,8 +64,29 @@ def test_emit_down_conversion_refuses_what_it_cannot_convert(cli, tmp_path):
     path = tmp_path / "softmax.onnx"
     onnx.save(b.model(), path)
     r = cli("emit", path, "-o", tmp_path / "o.onnx", "--opset", 11)
-    assert r.code == 2 and "Softmax" in r.err and "axis 1" in r.err
+    assert r.code == 2 and "Softmax" in r.err and "axis 1" in r.err and str(path) in r.err
     assert len(r.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("allowzero", [0, 1])
+def test_emit_down_conversion_drops_attributes_that_change_nothing(cli, tmp_path, allowzero):
+    """Exporters write Reshape's allowzero (0, or 1 on every dynamo view) and Constant value_ints;
+    neither exists at opset 11, and neither changes the result here."""
+    h = onnx.helper
+    nodes = [
+        h.make_node("Constant", [], ["shape"], value_ints=[2, -1]),
+        h.make_node("Reshape", ["x", "shape"], ["y"], allowzero=allowzero),
+    ]
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, 4])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 12])
+    model = h.make_model(h.make_graph(nodes, "g", [x], [y]), opset_imports=[h.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "r17.onnx")
+    r = cli("emit", tmp_path / "r17.onnx", "-o", tmp_path / "r11.onnx", "--opset", 11)
+    assert r.code == 0, r.err
+    out = onnx.load(tmp_path / "r11.onnx")
+    assert out.opset_import[0].version == 11
+    assert all(a.name in ("value",) for n in out.graph.node for a in n.attribute)
+    assert_parity(model, out)
 
 
 @pytest.mark.slow
