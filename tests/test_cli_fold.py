@@ -215,3 +215,31 @@ def test_overridable_weights_are_kept_as_inputs_unless_declared_constant(cli, tm
     assert r.code == 0 and [i.name for i in frozen.graph.input] == ["x"]
     assert op_types(frozen) == ["Conv", "Relu"]
     assert_parity(model, frozen)
+
+
+def test_stale_value_info_does_not_mislead_the_fold(cli, tmp_path):
+    """A 3-D MatMul -> BN (BN's axis 1 is not the features) whose stored value_info claims rank 2:
+    shapes come from inference, so the BN is kept, with the reason."""
+    h, rng = onnx.helper, np.random.default_rng(5)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "W")]
+    for name, value in (("g", rng.uniform(0.5, 2, 4)), ("b", rng.standard_normal(4))):
+        inits.append(onnx.numpy_helper.from_array(value.astype(np.float32), name))
+    for name, value in (("m", rng.standard_normal(4)), ("v", rng.uniform(0.5, 2, 4))):
+        inits.append(onnx.numpy_helper.from_array(value.astype(np.float32), name))
+    nodes = [
+        h.make_node("MatMul", ["x", "W"], ["mm"], name="mm"),
+        h.make_node("BatchNormalization", ["mm", "g", "b", "m", "v"], ["y"], name="bn"),
+    ]
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4, 3])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4, 4])
+    graph = h.make_graph(nodes, "g", [x], [y], inits)
+    graph.value_info.append(h.make_tensor_value_info("mm", onnx.TensorProto.FLOAT, ["M", 4]))  # stale: rank 2
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "stale.onnx")
+    r = cli("inspect", tmp_path / "stale.onnx")
+    assert "the features are on axis 2" in r.out and "0 of 1 foldable" in r.out
+    r = cli("fold", tmp_path / "stale.onnx", "-o", tmp_path / "o.onnx", "--no-verify")
+    assert r.code == 0
+    out = onnx.load(tmp_path / "o.onnx")
+    assert "BatchNormalization" in op_types(out)
+    assert_parity(model, out)

@@ -36,7 +36,10 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     g.node.extend(src.node)
     g.input.extend(src.input)
     g.output.extend(src.output)
-    g.value_info.extend(src.value_info)
+    # Stored value_info can be stale (a tool edited the graph and left it): inference starts from
+    # the inputs, trusting stored shapes only for what it cannot compute, custom-domain ops' outputs.
+    custom = {o for n in src.node if n.domain not in ("", "ai.onnx") for o in n.output}
+    g.value_info.extend(v for v in src.value_info if v.name in custom)
     for init in src.initializer:
         if len(init.raw_data) <= _SMALL_TENSOR_BYTES and init.data_location != onnx.TensorProto.EXTERNAL:
             g.initializer.append(init)
@@ -76,12 +79,17 @@ def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph, always: bool = Fals
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 t.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
         dims = _dims(vi)
-        if dims is not None and (t.shape is None or _less_known(t.shape, dims)):
+        if dims is not None and (t.shape is None or _better(t.shape, dims)):
             t.shape = dims
 
 
-def _less_known(old: list, new: list) -> bool:
+def _better(old: list, new: list) -> bool:
+    """Whether inferred ``new`` should replace the stored ``old``: it knows more, or contradicts it."""
     if len(old) != len(new):
-        return False
+        return True
     known = lambda dims: sum(isinstance(d, (int, np.integer)) for d in dims)
-    return known(new) > known(old)
+    contradicts = any(
+        isinstance(a, (int, np.integer)) and isinstance(b, (int, np.integer)) and a != b
+        for a, b in zip(old, new, strict=True)
+    )
+    return contradicts or known(new) > known(old)
