@@ -36,8 +36,10 @@ def _stats(graph: gs.Graph, found: list[Found], nbytes: int) -> GraphStats:
 
 
 def _graph_bytes(graph: gs.Graph) -> int:
+    """Bytes of every constant, control-flow bodies included."""
     total = 0
-    for t in graph.tensors().values():
+    tensors = {id(t): t for g in (graph, *graph.subgraphs(recursive=True)) for t in g.tensors().values()}
+    for t in tensors.values():
         if isinstance(t, gs.Constant):
             v = t._values
             total += int(getattr(v, "nbytes", 0) or getattr(t.values, "nbytes", 0))

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from normonnx.families import BY_KEY
 from normonnx.passes.base import Decision
-from normonnx.recognize.scan import Found
+from normonnx.recognize.scan import SUBGRAPH_NOTE, Found
 from normonnx.validate.parity import ParityResult
 
 SCHEMA_VERSION = 1
@@ -98,6 +98,8 @@ def statuses(found: list[Found], decisions: list[Decision]) -> list[NormStatus]:
 
 def _default_reason(f: Found) -> str:
     """Why a normalization no pass considered stays: the family's nature."""
+    if SUBGRAPH_NOTE in f.detail:
+        return f"{f.detail}: normonnx folds in the main graph only"
     if f.family == "batchnorm" and "training_mode=1" in f.detail:
         return "training_mode=1: normalizes with batch statistics, never folded"
     if f.form == "weight subgraph" and "graph input" in f.detail:

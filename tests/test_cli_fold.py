@@ -243,3 +243,28 @@ def test_stale_value_info_does_not_mislead_the_fold(cli, tmp_path):
     out = onnx.load(tmp_path / "o.onnx")
     assert "BatchNormalization" in op_types(out)
     assert_parity(model, out)
+
+
+def test_normalizations_inside_control_flow_are_listed_not_skipped_silently(cli, tmp_path):
+    h, rng = onnx.helper, np.random.default_rng(6)
+
+    def branch(tag: str) -> onnx.GraphProto:
+        inits = [onnx.numpy_helper.from_array(rng.uniform(0.5, 2, 3).astype(np.float32), f"{k}_{tag}") for k in "sbmv"]
+        bn = h.make_node("BatchNormalization", ["x", *(f"{k}_{tag}" for k in "sbmv")], [f"y_{tag}"], name=f"bn_{tag}")
+        out = h.make_tensor_value_info(f"y_{tag}", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+        return h.make_graph([bn], tag, [], [out], inits)
+
+    node = h.make_node("If", ["c"], ["y"], name="if", then_branch=branch("t"), else_branch=branch("e"))
+    inputs = [
+        h.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+        h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4]),
+    ]
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+    model = h.make_model(h.make_graph([node], "g", inputs, [y]), opset_imports=[h.make_opsetid("", 13)])
+    onnx.save(model, tmp_path / "if.onnx")
+    r = cli("inspect", tmp_path / "if.onnx")
+    assert "bn_t" in r.out and "bn_e" in r.out and "then_branch of If if" in r.out and "0 of 2 foldable" in r.out
+    r = cli("fold", tmp_path / "if.onnx", "-o", tmp_path / "o.onnx")
+    assert r.code == 0 and "main graph only" in r.out
+    data_line = next(line for line in r.out.splitlines() if line.startswith("tensor data"))
+    assert data_line.split()[2:4] == data_line.split()[4:6]  # the bodies' weights are still counted

@@ -208,6 +208,27 @@ def scan(graph: gs.Graph) -> list[Found]:
                 "constant scale and shift (FrozenBatchNorm or an exported BN)",
             )
         )
+    found.extend(_in_subgraphs(graph))
+    return found
+
+
+SUBGRAPH_NOTE = "inside a control-flow body"
+
+
+def _in_subgraphs(graph: gs.Graph) -> list[Found]:
+    """Standard normalization ops inside If/Loop/Scan bodies: listed, so that they are not silently
+    skipped (the passes work on the main graph only)."""
+    found = []
+    for node in graph.nodes:
+        for attr, value in node.attrs.items():
+            bodies = value if isinstance(value, list) else [value]
+            for body in (b for b in bodies if isinstance(b, gs.Graph)):
+                where = f"{SUBGRAPH_NOTE} ({attr} of {node.op} {describe(node)})"
+                for sub in body.nodes:
+                    if sub.op in BY_OP and sub.domain in DEFAULT_DOMAINS:
+                        fam = BY_OP[sub.op]
+                        found.append(Found(fam.key, "op", describe(sub), (describe(sub),), where))
+                found.extend(_in_subgraphs(body))
     return found
 
 
