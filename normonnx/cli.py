@@ -165,9 +165,11 @@ def _parse_tolerances(items: list[str] | None):
             if not sep or not name:
                 raise ValueError
             parts = [float(v) for v in values.split(",")]
+            if any(not (v >= 0) for v in parts):  # also refuses nan
+                raise ValueError
             gates[name] = Gate(parts[0], parts[1] if len(parts) > 1 else parts[0])
         except (ValueError, IndexError):
-            raise UnusableInputError(f"--tol '{item}': expected OUTPUT=ATOL[,RTOL]") from None
+            raise UnusableInputError(f"--tol '{item}': expected OUTPUT=ATOL[,RTOL], tolerances >= 0") from None
     return gates
 
 
@@ -210,6 +212,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from normonnx.validate.inputs import parse_shape_overrides
     from normonnx.validate.parity import Gate
 
+    for flag, value in (("--atol", args.atol), ("--rtol", args.rtol)):
+        if value is not None and not value >= 0:
+            raise UnusableInputError(f"{flag} {value}: a tolerance must be >= 0")
     default = Gate(args.atol, args.rtol) if args.atol is not None or args.rtol is not None else None
     if default is not None:
         default = Gate(args.atol if args.atol is not None else 1e-5, args.rtol if args.rtol is not None else 1e-5)

@@ -268,3 +268,9 @@ def test_normalizations_inside_control_flow_are_listed_not_skipped_silently(cli,
     assert r.code == 0 and "main graph only" in r.out
     data_line = next(line for line in r.out.splitlines() if line.startswith("tensor data"))
     assert data_line.split()[2:4] == data_line.split()[4:6]  # the bodies' weights are still counted
+
+
+def test_a_shape_for_an_input_the_model_lacks_is_an_error_not_ignored(cli, conv_bn_path, tmp_path):
+    r = cli("fold", conv_bn_path, "-o", tmp_path / "o.onnx", "--shape", "inptu:1,3,16,16")
+    assert r.code == 2 and "--shape inptu: the model has no such input (its inputs: input)" in r.err
+    assert not (tmp_path / "o.onnx").exists()

@@ -197,10 +197,49 @@ def _read_external(path: Path, tensor: onnx.TensorProto) -> None:
     tensor.data_location = onnx.TensorProto.DEFAULT
 
 
-def _check_structure(path: Path) -> None:
-    """onnx's checker on the file (parsed in C++, weights not loaded): unknown ops, cycles, SSA."""
+_STUB_DOMAIN = "normonnx.deprecated"
+
+
+def _deprecated_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Main-graph nodes whose schema at the model's opset onnx marks deprecated (GroupNormalization-18)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    found = []
+    for n in model.graph.node:
+        if n.domain in ("", "ai.onnx"):
+            with contextlib.suppress(onnx.defs.SchemaError):
+                if onnx.defs.get_schema(n.op_type, opset).deprecated:
+                    found.append(n)
+    return found
+
+
+def check_path(path: str | os.PathLike, full_check: bool) -> None:
+    """onnx.checker on a model file, parsed in C++ without loading its weights.
+
+    onnx refuses ops it has deprecated, such as GroupNormalization-18, which
+    onnxruntime runs and ``normonnx emit`` converts. A model with such ops
+    (and its weights inline) is checked with them treated as custom ops.
+    """
     try:
-        onnx.checker.check_model(str(path), full_check=False)
+        onnx.checker.check_model(str(path), full_check=full_check)
+        return
+    except onnx.checker.ValidationError as e:
+        if "is deprecated" not in str(e):
+            raise
+        original = e
+    model = onnx.load(str(path), load_external_data=False)
+    nodes = _deprecated_nodes(model)
+    if not nodes or has_external_data(model):
+        raise original
+    for n in nodes:
+        n.domain = _STUB_DOMAIN
+    model.opset_import.append(onnx.helper.make_opsetid(_STUB_DOMAIN, 1))
+    onnx.checker.check_model(model, full_check=full_check)
+
+
+def _check_structure(path: Path) -> None:
+    """onnx's checker on the file (weights not loaded): unknown ops, cycles, SSA."""
+    try:
+        check_path(path, full_check=False)
     except onnx.checker.ValidationError as e:
         raise _fail(path, f"not a valid ONNX model: {first_line(e)[:300]}") from None
 
@@ -488,7 +527,7 @@ def _free_data_name(out: Path) -> Path:
 
 def passes_full_check(path: str | os.PathLike) -> bool:
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        check_path(path, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
         return False
     return True
@@ -496,6 +535,6 @@ def passes_full_check(path: str | os.PathLike) -> bool:
 
 def _check_saved(model_tmp: Path, full_check: bool) -> None:
     try:
-        onnx.checker.check_model(str(model_tmp), full_check=full_check)
+        check_path(model_tmp, full_check=full_check)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise OutputError(f"{model_tmp.name}: the model to be written fails onnx.checker: {first_line(e)}") from None

@@ -172,7 +172,10 @@ def check(
         refs = _torch_reference(torch_spec, checkpoint, feeds, [s.name for s in specs])
     cand_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in input_specs(cand_proto)})
     cands = call_isolated(execute.run_outputs, cand_src, cand_feeds, cand_cfg, label=cand_name, timeout=timeout)
-    cands = _match_outputs(refs, cands, notes)
+    try:
+        cands = _match_outputs(refs, cands, notes)
+    except UnusableInputError as e:
+        raise UnusableInputError(f"{cand_name}: {e}") from None
     result = compare(refs, cands, gates, default_gate)
     report = CheckReport(
         cand_name,

@@ -101,6 +101,10 @@ def seeded_input_sets(
     model: onnx.ModelProto, count: int = 3, overrides: dict[str, tuple[int, ...]] | None = None, seed: int = 0
 ) -> list[dict[str, np.ndarray]]:
     specs = input_specs(model)
+    unknown = sorted(set(overrides or {}) - {s.name for s in specs})
+    if unknown:
+        names = ", ".join(s.name for s in specs) or "none"
+        raise UnusableInputError(f"--shape {unknown[0]}: the model has no such input (its inputs: {names})")
     return [random_inputs(specs, seed + k, overrides) for k in range(count)]
 
 

@@ -110,3 +110,26 @@ def test_export_cli_end_to_end(cli, tmp_path):
 def test_export_bad_factory_is_one_line(cli, tmp_path, spec, expected):
     r = cli("export", spec, "-o", tmp_path / "o.onnx")
     assert r.code == 2 and expected in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_groupnorm_18_files_load_and_emit_to_21_per_channel(cli, tmp_path):
+    """onnx's checker refuses the deprecated GroupNormalization-18; normonnx must still read such files."""
+    h, rng = onnx.helper, np.random.default_rng(4)
+    scale, bias = rng.uniform(0.5, 2, 3).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    inits = [onnx.numpy_helper.from_array(scale, "s"), onnx.numpy_helper.from_array(bias, "b")]
+    node = h.make_node("GroupNormalization", ["x", "s", "b"], ["y"], name="gn", num_groups=3)
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 6, 4, 4])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 6, 4, 4])
+    model = h.make_model(h.make_graph([node], "g", [x], [y], inits), opset_imports=[h.make_opsetid("", 18)])
+    src = tmp_path / "gn18.onnx"
+    onnx.save(model, src)
+    assert "groupnorm" in cli("inspect", src).out
+    r = cli("emit", src, "-o", tmp_path / "gn21.onnx", "--opset", 21, "--norm-style", "op")
+    assert r.code == 0, r.err
+    out = onnx.load(tmp_path / "gn21.onnx")
+    assert out.opset_import[0].version == 21 and op_types(out) == ["GroupNormalization"]
+    per_channel = onnx.numpy_helper.to_array(
+        next(t for t in out.graph.initializer if t.name == out.graph.node[0].input[1])
+    )
+    assert per_channel.shape == (6,) and np.array_equal(per_channel, np.repeat(scale, 2))
+    onnx.checker.check_model(out, full_check=True)

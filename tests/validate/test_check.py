@@ -166,3 +166,10 @@ def test_rank_0_inputs_of_every_kind_are_generated(cli, tmp_path, elem):
     r = cli("check", tmp_path / "m.onnx", "--against", tmp_path / "m.onnx")
     assert r.code == 0, r.err
     assert r.out.strip().endswith("PASSED")
+
+
+@pytest.mark.parametrize("args", [["--atol", "-1"], ["--rtol", "nan"], ["--tol", "output=-1e-3"]])
+def test_negative_or_nan_tolerances_are_refused(cli, tmp_path, args):
+    onnx.save(conv_bn_model(), tmp_path / "m.onnx")
+    r = cli("check", tmp_path / "m.onnx", "--against", tmp_path / "m.onnx", *args)
+    assert r.code == 2 and ">= 0" in r.err and len(r.err.strip().splitlines()) == 1
