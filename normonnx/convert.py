@@ -11,6 +11,7 @@ report.json and plots.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -170,41 +171,86 @@ def convert(
     say = progress or (lambda _: None)
     start = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     report = ConvertReport(name or spec.rpartition(":")[2], spec, checkpoint, opset, style)
     say("export")
     module, example = build(spec, input_shapes, checkpoint)
     report.layers = count_norms(module)
     unfolded, exported = export_module(module, example, opset=opset, style=style, verify=False, name=spec)
     report.exporter = exported.exporter
-    files = {"unfolded": out / "model.unfolded.onnx", "model": out / "model.onnx"}
-    save_model(unfolded, files["unfolded"])
     say("fold")
     folded, fold_report = fold(unfolded, verify=True)
     if not fold_report.parity.passed:
         raise UnusableInputError(f"{spec}: the folded model does not match its export; nothing written")
-    save_model(folded, files["model"])
     report.norms = fold_report.norms
     report.forms_after = fold_report.after.norms
     say("parity vs torch")
     report.parity = torch_parity(module, folded, example)
-    if data is not None:
-        say("top-1 agreement")
-        report.top1 = top1_agreement(module, files["model"], data)
-        report.top1_samples = len(data)
-    models = {"folded": files["model"], "unfolded": files["unfolded"]}
-    if floor:
-        say("floor")
-        files["floor"] = out / "model.floor.onnx"
-        floor_model, _ = export_module(strip_norms(module), example, opset=opset, style=style, verify=False)
-        save_model(fold(floor_model)[0], files["floor"])
-        models["floor"] = files["floor"]
-    say("bench")
-    _bench(report, models, bench_runs)
-    report.files = {k: str(v) for k, v in files.items()}
-    report.seconds = time.perf_counter() - start
-    write_convert_report(out, report)
+    # Everything that can refuse the model has run: only now does anything reach the disk.
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"unfolded": out / "model.unfolded.onnx", "model": out / "model.onnx"}
+    try:
+        save_model(unfolded, files["unfolded"])
+        save_model(folded, files["model"])
+        if data is not None:
+            say("top-1 agreement")
+            report.top1 = top1_agreement(module, files["model"], data)
+            report.top1_samples = len(data)
+        models = {"folded": files["model"], "unfolded": files["unfolded"]}
+        if floor:
+            say("floor")
+            files["floor"] = out / "model.floor.onnx"
+            floor_model, _ = export_module(strip_norms(module), example, opset=opset, style=style, verify=False)
+            floor_model = _rename_inputs(fold(floor_model)[0], [i.name for i in folded.graph.input])
+            save_model(floor_model, files["floor"])
+            models["floor"] = files["floor"]
+        say("bench")
+        _bench(report, models, bench_runs)
+        report.files = {k: str(v) for k, v in files.items()}
+        report.seconds = time.perf_counter() - start
+        write_convert_report(out, report)
+    except BaseException:
+        _remove_partial(out, files.values(), created)
+        raise
     return report
+
+
+def _rename_inputs(model, names: list[str]):
+    """The model with its graph inputs renamed, in order, to ``names`` (the exporter may name a
+    re-traced module's inputs differently; the bench feeds every model the same inputs). A tensor
+    that already holds one of those names is renamed out of the way first."""
+    old = [i.name for i in model.graph.input]
+    if len(old) != len(names) or old == names:
+        return model
+    graph = model.graph
+    used = {t for n in graph.node for t in (*n.input, *n.output)} | {t.name for t in graph.initializer}
+    rename = {}
+    for name in names:
+        if name in used and name not in old:
+            k = 0
+            while f"{name}_{k}" in used or f"{name}_{k}" in names:
+                k += 1
+            rename[name] = f"{name}_{k}"
+    rename.update(zip(old, names, strict=True))
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        vi.name = rename.get(vi.name, vi.name)
+    for t in graph.initializer:
+        t.name = rename.get(t.name, t.name)
+    for n in graph.node:
+        for names_of in (n.input, n.output):
+            for k, name in enumerate(names_of):
+                names_of[k] = rename.get(name, name)
+    return model
+
+
+def _remove_partial(out: Path, files, created: bool) -> None:
+    """A failed convert leaves no half-made report folder: the models it wrote go, and the folder if it made it."""
+    for f in files:
+        with contextlib.suppress(OSError):
+            f.unlink(missing_ok=True)
+    if created:
+        with contextlib.suppress(OSError):
+            out.rmdir()
 
 
 def _bench(report: ConvertReport, models: dict[str, Path], runs: int) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from normonnx.emit import EmitReport, check_opset, check_style, emit
+from normonnx.errors import ExportError
 from normonnx.fold import prepare_graph
 from normonnx.graph.convert import to_model
 from normonnx.passes.base import FoldOptions, PassContext
@@ -69,12 +70,37 @@ def torch_parity(module, model: onnx.ModelProto, example: Sequence, samples: int
         g = torch.Generator().manual_seed(seed + k)
         xs = [torch.randn(x.shape, generator=g, dtype=x.dtype) if x.is_floating_point() else x for x in example]
         with torch.no_grad():
-            out = module(*xs)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        got = run(sess, {n: x.numpy() for n, x in zip(names, xs, strict=True)})
+            outs = _tensor_leaves(module(*xs))
+        got = run(sess, _feeds(module, names, xs))
+        if len(got) != len(outs):
+            raise ExportError(f"the export has {len(got)} outputs, the module returns {len(outs)} tensors")
         refs.append({f"output_{i}": o.detach().numpy() for i, o in enumerate(outs)})
         cands.append({f"output_{i}": np.asarray(v) for i, v in enumerate(got.values())})
     return compare(refs, cands)
+
+
+def _tensor_leaves(value) -> list:
+    """A module's outputs flattened the way the exporters flatten them: tuples, lists, dict values."""
+    if isinstance(value, (tuple, list)):
+        return [leaf for v in value for leaf in _tensor_leaves(v)]
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _tensor_leaves(v)]
+    if not hasattr(value, "detach"):
+        raise ExportError(f"the module returns a {type(value).__name__}, not tensors")
+    return [value]
+
+
+def _feeds(module, names: list[str], xs: list) -> dict:
+    """The example tensors keyed by the export's input names (an exporter drops inputs the graph never reads)."""
+    if len(names) == len(xs):
+        return {n: x.numpy() for n, x in zip(names, xs, strict=True)}
+    import inspect
+
+    params = list(inspect.signature(module.forward).parameters)
+    by_name = {p: x for p, x in zip(params, xs, strict=False)}
+    if not all(n in by_name for n in names):
+        raise ExportError(f"the export takes inputs {names}; the module's forward takes {params[: len(xs)]}")
+    return {n: by_name[n].numpy() for n in names}
 
 
 def export_module(

@@ -90,6 +90,8 @@ def _load_torch(path: Path) -> dict:
         raise _fail(path, "not a readable torch checkpoint (not a pickle torch.load understands)") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
         raise _fail(path, f"not a readable torch checkpoint ({first_line(e)[:200]})") from None
+    except Exception as e:  # weights_only unpickling executes nothing; any other failure is a bad file
+        raise _fail(path, f"not a readable torch checkpoint ({type(e).__name__} while unpickling)") from None
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:

@@ -146,6 +146,18 @@ def _quiet():
             logging.disable(previous)
 
 
+def _forward_names(module, count: int) -> list[str] | None:
+    """forward's parameter names, as the dynamo exporter names the inputs (None when they are not plain)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    plain = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [p.name for p in plain[:count]] if len(plain) >= count else None
+
+
 def export_torch(module, inputs: tuple, opset: int) -> tuple[onnx.ModelProto, str]:
     """The module as ONNX (at ``opset``, or torch's newest if lower) and the exporter used."""
     import copy
@@ -165,7 +177,13 @@ def export_torch(module, inputs: tuple, opset: int) -> tuple[onnx.ModelProto, st
                 else:
                     swapped = _RMSNormForTorchScript.swap(copy.deepcopy(module))
                     torch.onnx.export(
-                        swapped, inputs, str(path), dynamo=False, opset_version=opset, do_constant_folding=True
+                        swapped,
+                        inputs,
+                        str(path),
+                        dynamo=False,
+                        opset_version=opset,
+                        do_constant_folding=True,
+                        input_names=_forward_names(module, len(inputs)),
                     )
                     exporter = f"torch.onnx TorchScript (opset {opset})"
         except Exception as e:  # torch raises many types; the first line says what failed

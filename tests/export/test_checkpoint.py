@@ -72,6 +72,8 @@ def test_pickled_module_and_torchscript_archive_are_refused(tmp_path):
         (b"", "is empty"),
         (b"not a checkpoint at all", "not a readable torch checkpoint"),
         (b"PK\x03\x04truncated", "not a readable torch checkpoint"),
+        (b"abc", "not a readable torch checkpoint"),
+        (b"hello world", "not a readable torch checkpoint"),
     ],
 )
 def test_broken_files(tmp_path, content, expected):

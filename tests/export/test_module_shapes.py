@@ -1,0 +1,69 @@
+"""export and convert with modules whose inputs and outputs are not one tensor each."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from normonnx.errors import UnusableInputError
+
+
+class _Outputs(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, self.ln, self.gn = kind, nn.LayerNorm(8), nn.GroupNorm(2, 8)
+
+    def forward(self, x, unused=None):
+        g, ln = self.gn(x), self.ln(x.transpose(1, 3))
+        if self.kind == "dict":
+            return {"g": g, "l": ln}
+        if self.kind == "nested":
+            return g, (ln, x * 2)
+        return g
+
+
+def dict_outputs():
+    return _Outputs("dict").eval(), (torch.randn(2, 8, 4, 8),)
+
+
+def nested_outputs():
+    return _Outputs("nested").eval(), (torch.randn(2, 8, 4, 8),)
+
+
+def unused_input():
+    return _Outputs("one").eval(), (torch.randn(2, 8, 4, 8), torch.randn(2, 3))
+
+
+def raises():
+    raise RuntimeError("boom")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factory", ["dict_outputs", "nested_outputs", "unused_input"])
+@pytest.mark.parametrize("opset", [13, 18])
+def test_dict_nested_outputs_and_unused_inputs_export_with_parity(cli, tmp_path, factory, opset):
+    """TorchScript drops an input the graph never reads; both exporters flatten dicts and nested tuples."""
+    r = cli("export", f"tests.export.test_module_shapes:{factory}", "-o", tmp_path / "m.onnx", "--opset", opset)
+    assert r.code == 0, r.err
+    assert "parity vs torch eager PASSED" in r.out
+
+
+def test_a_failed_convert_leaves_no_folder(cli, tmp_path):
+    out = tmp_path / "report"
+    r = cli("convert", "tests.export.test_module_shapes:raises", "-o", out)
+    assert r.code == 2 and "boom" in r.err
+    assert not out.exists()
+
+
+def test_convert_removes_what_it_wrote_when_a_late_step_fails(tmp_path, monkeypatch):
+    from normonnx import convert as convert_module
+
+    def broken_bench(*_args, **_kwargs):
+        raise UnusableInputError("bench exploded")
+
+    monkeypatch.setattr(convert_module, "_bench", broken_bench)
+    out = tmp_path / "report"
+    with pytest.raises(UnusableInputError, match="bench exploded"):
+        convert_module.convert("tests.export.test_module_shapes:dict_outputs", out, opset=13, floor=False)
+    assert not out.exists()
