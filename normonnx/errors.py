@@ -6,6 +6,8 @@ Exit codes are part of the CLI contract: 0 success, 1 a verification
 
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_VERIFY_FAILED = 1
 EXIT_UNUSABLE_INPUT = 2
@@ -47,7 +49,10 @@ class RuntimeUnavailableError(NormonnxError):
     """An execution provider or optional package that is not present here."""
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def first_line(error: BaseException) -> str:
-    """An exception as one line: its first message line, or its type name."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """An exception as one line: its first non-empty message line (terminal colour codes removed), or its type name."""
+    lines = [line.strip() for line in _ANSI.sub("", str(error)).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

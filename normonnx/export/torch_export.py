@@ -139,11 +139,23 @@ def _quiet():
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         warnings.simplefilter("ignore")
         previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)
+        logging.disable(logging.CRITICAL)  # torch logs export failures at ERROR; normonnx reports them itself
         try:
             yield
         finally:
             logging.disable(previous)
+
+
+def _cause(error: BaseException) -> str:
+    """The line that says what went wrong: the dynamo exporter puts it under "Exception summary",
+    after its advice on next steps."""
+    text = str(error)
+    marker = "## Exception summary"
+    if marker in text:
+        summary = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        if summary:
+            return summary[0].replace("<class '", "").replace("'>", "", 1)
+    return first_line(error)
 
 
 def _forward_names(module, count: int) -> list[str] | None:
@@ -188,6 +200,6 @@ def export_torch(module, inputs: tuple, opset: int) -> tuple[onnx.ModelProto, st
                     exporter = f"torch.onnx TorchScript (opset {opset})"
         except Exception as e:  # torch raises many types; the first line says what failed
             raise ExportError(
-                f"torch could not export at opset {opset}: {type(e).__name__}: {first_line(e)[:300]}"
+                f"torch could not export at opset {opset}: {type(e).__name__}: {_cause(e)[:300]}"
             ) from None
         return load_model(path), exporter

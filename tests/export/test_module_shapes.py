@@ -67,3 +67,16 @@ def test_convert_removes_what_it_wrote_when_a_late_step_fails(tmp_path, monkeypa
     with pytest.raises(UnusableInputError, match="bench exploded"):
         convert_module.convert("tests.export.test_module_shapes:dict_outputs", out, opset=13, floor=False)
     assert not out.exists()
+
+
+def conv_net():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+
+
+@pytest.mark.slow
+def test_an_export_failure_is_one_clean_line_with_torchs_reason(cli, tmp_path):
+    """The dynamo exporter puts the cause after paragraphs of advice, in colour, and logs at ERROR."""
+    r = cli("export", "tests.export.test_module_shapes:conv_net", "--input-shape", "1,4,8,8", "-o", tmp_path / "m.onnx")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1
+    assert "expected input[1, 4, 8, 8] to have 3 channels" in r.err and "\x1b[" not in r.err
+    assert not (tmp_path / "m.onnx").exists()
