@@ -94,12 +94,12 @@ def _feeds(module, names: list[str], xs: list) -> dict:
     """The example tensors keyed by the export's input names (an exporter drops inputs the graph never reads)."""
     if len(names) == len(xs):
         return {n: x.numpy() for n, x in zip(names, xs, strict=True)}
-    import inspect
+    from normonnx.export.torch_export import forward_names
 
-    params = list(inspect.signature(module.forward).parameters)
-    by_name = {p: x for p, x in zip(params, xs, strict=False)}
+    params = forward_names(module, len(xs)) or []
+    by_name = dict(zip(params, xs, strict=False))
     if not all(n in by_name for n in names):
-        raise ExportError(f"the export takes inputs {names}; the module's forward takes {params[: len(xs)]}")
+        raise ExportError(f"the export takes inputs {names}; the module's forward takes {params}")
     return {n: by_name[n].numpy() for n in names}
 
 

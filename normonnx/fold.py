@@ -149,6 +149,7 @@ def verify_parity_files(
     shapes=None,
     samples: int = 3,
     reference_proto: onnx.ModelProto | None = None,
+    candidate_bytes: int | None = None,
 ) -> ParityResult:
     """verify_parity for models on disk, each in its own isolated process (a model that crashes
     onnxruntime cannot take normonnx down).
@@ -156,7 +157,8 @@ def verify_parity_files(
     The two processes run side by side when both models together hold under
     CONCURRENT_PARITY_BYTES (onnxruntime's session set-up is single-threaded),
     one after the other otherwise, so that peak memory stays near one model's weights.
-    ``reference_proto``, the reference already in memory, spares reading it again for its input specs.
+    ``reference_proto`` (the reference already in memory) and ``candidate_bytes`` (what the
+    candidate holds on disk) spare parsing those files again.
     """
     from normonnx.validate import execute
     from normonnx.validate.inputs import seeded_input_sets
@@ -168,13 +170,15 @@ def verify_parity_files(
     feeds = seeded_input_sets(specs, samples, shapes)
 
     cores = os.cpu_count() or 1
-    side_by_side = cores > 1 and disk_bytes(reference) + disk_bytes(candidate) < CONCURRENT_PARITY_BYTES
+    if candidate_bytes is None:
+        candidate_bytes = disk_bytes(candidate)
+    side_by_side = cores > 1 and disk_bytes(reference) + candidate_bytes < CONCURRENT_PARITY_BYTES
+    # Side by side, each run gets half the cores and no spin-waiting threads, which
+    # would otherwise steal the cores the other run is computing on.
+    sharing = {"threads": max(1, cores // 2), "spin": False} if side_by_side else {}
 
     def outputs(path: str | os.PathLike, role: str, optimize: bool = False) -> list:
-        # Side by side, each run gets half the cores and no spin-waiting threads, which
-        # would otherwise steal the cores the other run is computing on.
-        cfg = SessionConfig(optimize=optimize, threads=max(1, cores // 2), spin=False) if side_by_side else None
-        cfg = cfg or SessionConfig(optimize=optimize)
+        cfg = SessionConfig(optimize=optimize, **sharing)
         return call_isolated(execute.run_outputs, str(path), feeds, cfg, label=f"{path} ({role})")
 
     jobs = [(reference, "reference"), (candidate, "folded")]
@@ -220,7 +224,9 @@ def fold_file(
         report.source = str(src)
         with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:
             if verify:
-                report.parity = verify_parity_files(src, staged.path, shapes=shapes, reference_proto=proto)
+                report.parity = verify_parity_files(
+                    src, staged.path, shapes=shapes, reference_proto=proto, candidate_bytes=staged.disk_bytes()
+                )
             if report.parity is None or report.parity.passed:
                 staged.commit()
                 report.output = str(dst)

@@ -158,7 +158,7 @@ def _cause(error: BaseException) -> str:
     return first_line(error)
 
 
-def _forward_names(module, count: int) -> list[str] | None:
+def forward_names(module, count: int) -> list[str] | None:
     """forward's parameter names, as the dynamo exporter names the inputs (None when they are not plain)."""
     import inspect
 
@@ -195,7 +195,7 @@ def export_torch(module, inputs: tuple, opset: int) -> tuple[onnx.ModelProto, st
                         dynamo=False,
                         opset_version=opset,
                         do_constant_folding=True,
-                        input_names=_forward_names(module, len(inputs)),
+                        input_names=forward_names(module, len(inputs)),
                     )
                     exporter = f"torch.onnx TorchScript (opset {opset})"
         except Exception as e:  # torch raises many types; the first line says what failed

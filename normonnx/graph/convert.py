@@ -32,32 +32,30 @@ def overridable_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     return [t for t in model.graph.initializer if t.name in inputs]
 
 
-def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose overridable initializers are plain constants (no longer inputs)."""
+def _without_overridable(model: onnx.ModelProto, field: str) -> onnx.ModelProto:
+    """``model``, or a copy whose graph ``field`` (input or initializer) drops the overridable initializers."""
     overridable = {t.name for t in overridable_initializers(model)}
     if not overridable:
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    kept = [i for i in out.graph.input if i.name not in overridable]
-    del out.graph.input[:]
-    out.graph.input.extend(kept)
+    entries = getattr(out.graph, field)
+    kept = [e for e in entries if e.name not in overridable]
+    del entries[:]
+    entries.extend(kept)
     return out
+
+
+def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose overridable initializers are plain constants (no longer inputs)."""
+    return _without_overridable(model, "input")
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
     """graphsurgeon would import an initializer listed as an input as a constant and drop the
     input: overridable ones are imported as the graph inputs they are (``to_model`` puts their
     defaults back)."""
-    overridable = {t.name for t in overridable_initializers(model)}
-    if not overridable:
-        return gs.import_onnx(model)
-    view = onnx.ModelProto()
-    view.CopyFrom(model)
-    kept = [t for t in view.graph.initializer if t.name not in overridable]
-    del view.graph.initializer[:]
-    view.graph.initializer.extend(kept)
-    return gs.import_onnx(view)
+    return gs.import_onnx(_without_overridable(model, "initializer"))
 
 
 def to_model(
@@ -104,11 +102,10 @@ def to_model(
     inputs = {i.name for i in model.graph.input}
     model.graph.initializer.extend(t for t in overridable_initializers(template) if t.name in inputs)
     if model.ir_version < 4:  # every initializer must be listed as an input too
-        listed = {i.name for i in model.graph.input}
         model.graph.input.extend(
             onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
             for t in model.graph.initializer
-            if t.name not in listed
+            if t.name not in inputs
         )
     model.graph.name = template.graph.name
     model.graph.doc_string = template.graph.doc_string

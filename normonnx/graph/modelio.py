@@ -425,6 +425,11 @@ class Staged:
     def commit(self) -> None:
         self.committed = True
 
+    def disk_bytes(self) -> int:
+        """What the staged model and its weight file hold (known without parsing the model)."""
+        files = [self.path] + ([self.path.parent / self.data_name] if self.data_name else [])
+        return sum(f.stat().st_size for f in files)
+
 
 @contextlib.contextmanager
 def staged_save(

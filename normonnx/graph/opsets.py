@@ -13,6 +13,8 @@ the same, or refused by name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import defs, numpy_helper
@@ -67,24 +69,29 @@ def _constant_tensor(attr: onnx.AttributeProto) -> onnx.TensorProto | None:
     return numpy_helper.from_array(np.asarray(onnx.helper.get_attribute_value(attr), dtype=kind))
 
 
+def _drop_attributes(node: onnx.NodeProto, drop: Callable[[onnx.AttributeProto], bool]) -> None:
+    """Remove the node's attributes ``drop`` picks (a repeated proto field has no filter in place)."""
+    kept = [a for a in node.attribute if not drop(a)]
+    if len(kept) != len(node.attribute):
+        del node.attribute[:]
+        node.attribute.extend(kept)
+
+
 def _drop_default_attributes(node: onnx.NodeProto, src: defs.OpSchema, dst: defs.OpSchema) -> None:
     """Remove attributes the target version lacks when they hold the source version's default
     (exporters write Reshape's allowzero=0 and the like): dropping them changes nothing."""
-    kept = []
-    for a in node.attribute:
+
+    def is_default(a: onnx.AttributeProto) -> bool:
         spec = src.attributes.get(a.name)
         default = spec.default_value if spec is not None else None
-        if (
+        return (
             a.name not in dst.attributes
             and default is not None
             and default.type == a.type
             and onnx.helper.get_attribute_value(default) == onnx.helper.get_attribute_value(a)
-        ):
-            continue
-        kept.append(a)
-    if len(kept) != len(node.attribute):
-        del node.attribute[:]
-        node.attribute.extend(kept)
+        )
+
+    _drop_attributes(node, is_default)
 
 
 def _signature_ok(node: onnx.NodeProto, dst: defs.OpSchema) -> str | None:
@@ -162,18 +169,14 @@ class _Down:
         if axes is None:
             raise OpsetError(f"{where}: its axes are computed at run time; opset {self.dst} needs them constant")
         del node.input[1:]
-        kept = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
-        del node.attribute[:]
-        node.attribute.extend(kept)
+        _drop_attributes(node, lambda a: a.name == "noop_with_empty_axes")
         node.attribute.append(onnx.helper.make_attribute("axes", [int(a) for a in axes.reshape(-1)]))
 
     def _reshape(self, node: onnx.NodeProto) -> None:
         """allowzero=1 means nothing when the constant shape holds no 0 (dynamo writes it on every view)."""
         shape = self.constant(node.input[1]) if len(node.input) > 1 else None
         if shape is not None and not np.any(shape == 0):
-            kept = [a for a in node.attribute if a.name != "allowzero"]
-            del node.attribute[:]
-            node.attribute.extend(kept)
+            _drop_attributes(node, lambda a: a.name == "allowzero")
 
     def _softmax(self, node: onnx.NodeProto, where: str) -> None:
         axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
@@ -183,9 +186,7 @@ class _Down:
     def _batchnorm(self, node: onnx.NodeProto, where: str) -> None:
         if any(a.name == "training_mode" and a.i == 1 for a in node.attribute) or len(node.output) > 1:
             raise OpsetError(f"{where}: training mode cannot be written below opset 14")
-        kept = [a for a in node.attribute if a.name != "training_mode"]
-        del node.attribute[:]
-        node.attribute.extend(kept)
+        _drop_attributes(node, lambda a: a.name == "training_mode")
 
 
 def _down(model: onnx.ModelProto, dst: int) -> onnx.ModelProto:

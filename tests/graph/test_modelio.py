@@ -201,3 +201,13 @@ def test_replacing_a_file_keeps_its_permissions(tmp_path):
     out.chmod(0o640)
     modelio.save_model(conv_bn_model(), out)
     assert out.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_a_staged_model_knows_its_size_on_disk_without_parsing(tmp_path, monkeypatch, external):
+    if external:
+        monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 100)
+        monkeypatch.setattr(modelio, "_EXTERNAL_MIN_TENSOR_BYTES", 0)
+    with modelio.staged_save(conv_bn_model(), tmp_path / "m.onnx") as staged:
+        assert (staged.data_name is not None) == external
+        assert staged.disk_bytes() == modelio.disk_bytes(staged.path) > 0

@@ -50,35 +50,20 @@ def test_decomposed_layernorm_into_gemm():
     assert_parity(model, out)
 
 
-def test_groupnorm_op_into_1x1_conv():
-    rng = _rng(2)
-    b = GraphBuilder(opset=21)
+@pytest.mark.parametrize(
+    "op,opset,attrs,seed",
+    [("GroupNormalization", 21, {"num_groups": 3}, 2), ("InstanceNormalization", 17, {}, 7)],
+)
+def test_per_channel_op_into_1x1_conv_keeps_its_parameter_shapes(op, opset, attrs, seed):
+    """GroupNormalization-21 and InstanceNormalization take [C] scale and bias; the unit ones left behind too."""
+    rng = _rng(seed)
+    b = GraphBuilder(opset=opset)
     x = b.input("x", [2, 6, 5, 5])
-    z = b.node(
-        "GroupNormalization",
-        [x, b.weight(rng.uniform(0.5, 2, 6)), b.weight(rng.standard_normal(6))],
-        num_groups=3,
-        name="gn",
-    )
+    z = b.node(op, [x, b.weight(rng.uniform(0.5, 2, 6)), b.weight(rng.standard_normal(6))], name="norm", **attrs)
     b.output(b.conv(z, 6, 4, rng, k=1), shape=[2, 4, 5, 5])
     model = b.model()
     out, ctx = apply(model, FoldNormAffine())
-    assert "gn" in folded(ctx)
-    assert_parity(model, out)
-
-
-def test_instancenorm_op_into_1x1_conv_keeps_its_parameter_shapes():
-    """InstanceNormalization takes [C] scale and bias; the unit ones left behind must be [C] too."""
-    rng = _rng(7)
-    b = GraphBuilder(opset=17)
-    x = b.input("x", [2, 6, 5, 5])
-    z = b.node(
-        "InstanceNormalization", [x, b.weight(rng.uniform(0.5, 2, 6)), b.weight(rng.standard_normal(6))], name="in"
-    )
-    b.output(b.conv(z, 6, 4, rng, k=1), shape=[2, 4, 5, 5])
-    model = b.model()
-    out, ctx = apply(model, FoldNormAffine())
-    assert "in" in folded(ctx)
+    assert "norm" in folded(ctx)
     assert _const_values(out, 0, 1).shape == (6,) and np.all(_const_values(out, 0, 1) == 1)
     assert _const_values(out, 0, 2).shape == (6,) and not np.any(_const_values(out, 0, 2))
     onnx.checker.check_model(out, full_check=True)
