@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normonnx.export.modules import BatchChannelNorm2d, FrozenBatchNorm2d, WSConv2d
+from normonnx.torchfront.modules import BatchChannelNorm2d, FrozenBatchNorm2d, WSConv2d
 
 
 def randomize_statistics(model: nn.Module, seed: int = 0) -> nn.Module:

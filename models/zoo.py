@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normonnx.export.modules import BatchChannelNorm2d, FrozenBatchNorm2d, LayerNorm2d, WSConv2d
+from normonnx.torchfront.modules import BatchChannelNorm2d, FrozenBatchNorm2d, LayerNorm2d, WSConv2d
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 IMAGE_SHAPE = (1, 3, 32, 32)

@@ -17,11 +17,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "fold": ("normonnx.fold", "fold"),
-    "fold_file": ("normonnx.fold", "fold_file"),
-    "FoldOptions": ("normonnx.passes.base", "FoldOptions"),
-    "FoldReport": ("normonnx.foldreport", "FoldReport"),
-    "inspect": ("normonnx.inspection", "inspect_model"),
+    "fold": ("normonnx.pipelines.fold", "fold"),
+    "fold_file": ("normonnx.pipelines.fold", "fold_file"),
+    "FoldOptions": ("normonnx.passes._base", "FoldOptions"),
+    "FoldReport": ("normonnx.pipelines.fold_report", "FoldReport"),
+    "inspect": ("normonnx.pipelines.inspect", "inspect_model"),
     "load_model": ("normonnx.graph.modelio", "load_model"),
     "save_model": ("normonnx.graph.modelio", "save_model"),
     "NormonnxError": ("normonnx.errors", "NormonnxError"),

@@ -60,9 +60,9 @@ def _check_report_path(report: str | None, *protected: str | None) -> None:
 
 
 def cmd_fold(args: argparse.Namespace) -> int:
-    from normonnx.fold import fold_file
-    from normonnx.foldreport import render
-    from normonnx.passes.base import FoldOptions
+    from normonnx.pipelines.fold import fold_file
+    from normonnx.pipelines.fold_report import render
+    from normonnx.passes._base import FoldOptions
     from normonnx.validate.inputs import parse_shape_overrides
 
     _check_report_path(args.report, args.input, args.output)
@@ -83,7 +83,7 @@ def cmd_fold(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from normonnx.inspection import inspect_model, render_inspection
+    from normonnx.pipelines.inspect import inspect_model, render_inspection
 
     report = inspect_model(args.input)
     if args.json:
@@ -105,9 +105,9 @@ def _finish(args: argparse.Namespace, output: str, report, written: bool, what: 
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from normonnx.emit import render_emit
-    from normonnx.export.torch_export import parse_input_shape
-    from normonnx.exporting import export_file
+    from normonnx.pipelines.emit import render_emit
+    from normonnx.torchfront.exporter import parse_input_shape
+    from normonnx.pipelines.export import export_file
 
     _check_report_path(args.report, args.output, args.checkpoint)
     report = export_file(
@@ -132,7 +132,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
-    from normonnx.emit import emit, render_emit
+    from normonnx.pipelines.emit import emit, render_emit
     from normonnx.graph.modelio import check_output_path, save_model
     from normonnx.validate.inputs import parse_shape_overrides
 
@@ -235,7 +235,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         renames=read_renames(args.map),
     )
     if args.report:
-        from normonnx.report import write_report
+        from normonnx.reports.plots import write_report
 
         write_report(args.report, check=report)
     if args.json:
@@ -280,7 +280,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         shapes=parse_shape_overrides(args.shape),
     )
     if args.report:
-        from normonnx.report import write_report
+        from normonnx.reports.plots import write_report
 
         write_report(args.report, bench=report)
     _out(json.dumps(report.to_dict(), indent=2) if args.json else _render_bench(report))
@@ -325,8 +325,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from normonnx.convert import convert, convert_markdown, load_data
-    from normonnx.export.torch_export import parse_input_shape
+    from normonnx.pipelines.convert import convert, convert_markdown, load_data
+    from normonnx.torchfront.exporter import parse_input_shape
 
     report = convert(
         args.factory,
@@ -347,7 +347,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from normonnx.demo import run_demo, summary_table
+    from normonnx.pipelines.demo import run_demo, summary_table
 
     reports, failures = run_demo(
         args.output,
@@ -367,7 +367,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    from normonnx.exporting import DEFAULT_OPSET
+    from normonnx.pipelines.export import DEFAULT_OPSET
 
     p = sub.add_parser("convert", help="checkpoint -> export -> fold -> check -> bench -> one report folder")
     _add_factory_options(p, "report folder (model.onnx, report.md, ...)")
@@ -417,7 +417,7 @@ def _add_factory_options(p: argparse.ArgumentParser, output_help: str) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    from normonnx.exporting import DEFAULT_OPSET
+    from normonnx.pipelines.export import DEFAULT_OPSET
 
     p = sub.add_parser("export", help="export a torch model with every normalization in the chosen form")
     _add_factory_options(p, "ONNX file to write")

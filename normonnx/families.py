@@ -107,7 +107,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "layernorm",
         "LayerNorm",
-        ("torch.nn.LayerNorm", "normonnx.export.modules.LayerNorm2d"),
+        ("torch.nn.LayerNorm", "normonnx.torchfront.modules.LayerNorm2d"),
         "LayerNormalization",
         17,
         "ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add",
@@ -153,10 +153,10 @@ FAMILIES: tuple[Family, ...] = (
         "weightstd",
         "Weight Standardization",
         (
-            "normonnx.export.modules.WSConv1d",
-            "normonnx.export.modules.WSConv2d",
-            "normonnx.export.modules.WSConv3d",
-            "normonnx.export.modules.WSConvTranspose2d",
+            "normonnx.torchfront.modules.WSConv1d",
+            "normonnx.torchfront.modules.WSConv2d",
+            "normonnx.torchfront.modules.WSConv3d",
+            "normonnx.torchfront.modules.WSConvTranspose2d",
         ),
         None,
         None,
@@ -168,7 +168,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "batchchannelnorm",
         "Batch-Channel Norm",
-        ("normonnx.export.modules.BatchChannelNorm2d",),
+        ("normonnx.torchfront.modules.BatchChannelNorm2d",),
         None,
         None,
         "BatchNormalization then a GroupNorm subgraph",
@@ -179,7 +179,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "affine",
         "Channel affine (FrozenBatchNorm)",
-        ("normonnx.export.modules.FrozenBatchNorm2d",),
+        ("normonnx.torchfront.modules.FrozenBatchNorm2d",),
         None,
         None,
         "Mul(scale)/Add(shift) per channel",

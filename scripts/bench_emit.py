@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    from normonnx.emit import emit
+    from normonnx.pipelines.emit import emit
     from normonnx.families import BY_KEY
-    from normonnx.fold import verify_parity
+    from normonnx.pipelines.fold import verify_parity
     from normonnx.validate.latency import measure, speedup
 
     rows = []
@@ -171,7 +171,7 @@ def _markdown(report: dict) -> str:
 
 
 def _plot(report: dict, path: Path) -> None:
-    from normonnx.report import pyplot
+    from normonnx.reports.plots import pyplot
 
     plt = pyplot()
     if plt is None:

@@ -249,7 +249,7 @@ def _markdown(report: dict) -> str:
 
 
 def _plot(report: dict, path: Path) -> None:
-    from normonnx.report import pyplot
+    from normonnx.reports.plots import pyplot
 
     plt = pyplot()
     if plt is None:

@@ -29,7 +29,7 @@ from torch import nn  # noqa: E402
 
 from models.data import HELDOUT_SEED, TRAIN_SEED, heldout_set, train_set  # noqa: E402
 from models.zoo import ZOO, FrozenBackbone, ResNetBN, ZooEntry  # noqa: E402
-from normonnx.export.modules import FrozenBatchNorm2d  # noqa: E402
+from normonnx.torchfront.modules import FrozenBatchNorm2d  # noqa: E402
 
 SEED = 0
 TARGET_ACCURACY = 0.9

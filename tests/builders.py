@@ -121,9 +121,9 @@ def assert_parity(reference, candidate, gate: Gate | None = None, shapes=None) -
 
 def apply(model: onnx.ModelProto, *passes, options=None):
     """Run the given passes once each (in order) the way fold does; return (model, ctx)."""
-    from normonnx.fold import prepare_graph
-    from normonnx.graph.convert import to_model
-    from normonnx.passes.base import FoldOptions, PassContext
+    from normonnx.pipelines.fold import prepare_graph
+    from normonnx.graph.bridge import to_model
+    from normonnx.passes._base import FoldOptions, PassContext
 
     graph = prepare_graph(model)
     ctx = PassContext(graph, options or FoldOptions())

@@ -31,7 +31,7 @@ def test_every_family_is_described_once_and_completely():
 
 def test_reference_functions_match_torch():
     from models.patterns import randomize_statistics
-    from normonnx.export.modules import BatchChannelNorm2d, WSConv2d
+    from normonnx.torchfront.modules import BatchChannelNorm2d, WSConv2d
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 6, 5, 5, generator=g, dtype=torch.float64)

@@ -8,7 +8,7 @@ import onnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from normonnx.fold import fold
+from normonnx.pipelines.fold import fold
 from tests.builders import GraphBuilder, bn_params, reduce_mean
 
 SETTINGS = settings(

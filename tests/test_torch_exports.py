@@ -7,7 +7,7 @@ import warnings
 import onnx
 import pytest
 
-from normonnx.fold import fold
+from normonnx.pipelines.fold import fold
 from normonnx.validate.parity import compare
 from normonnx.validate.runner import SessionConfig, run, session
 

@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 
 from normonnx.graph.access import DEFAULT_DOMAINS, constant_value, describe, is_empty, producer
 from normonnx.graph.evaluate import EvaluationError, evaluate_protos
-from normonnx.passes.base import PassContext
+from normonnx.passes._base import PassContext
 from normonnx.recognize.scan import weight_family
 
 NAME = "fold-constants"

@@ -29,11 +29,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx import foldmath as fm
+from normonnx.passes import _foldmath as fm
 from normonnx.graph.access import describe, op_is, sole_consumer
-from normonnx.passes.affine import AffineNode, read_affine
-from normonnx.passes.base import PassContext
-from normonnx.passes.linear import LINEAR_OPS, Linear, fold_affine_before, read_linear
+from normonnx.passes._affine import AffineNode, read_affine
+from normonnx.passes._base import PassContext
+from normonnx.passes._linear import LINEAR_OPS, Linear, fold_affine_before, read_linear
 
 NAME = "fold-into-consumer"
 

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from normonnx import foldmath as fm
+from normonnx.passes import _foldmath as fm
 from normonnx.graph.access import constant_value, describe, op_is, producer, sole_consumer
-from normonnx.passes.affine import ARITHMETIC_OPS, AffineNode, read_affine
-from normonnx.passes.base import PassContext
-from normonnx.passes.linear import LINEAR_OPS, Linear, fold_affine_after, read_linear
+from normonnx.passes._affine import ARITHMETIC_OPS, AffineNode, read_affine
+from normonnx.passes._base import PassContext
+from normonnx.passes._linear import LINEAR_OPS, Linear, fold_affine_after, read_linear
 
 NAME = "fold-into-producer"
 

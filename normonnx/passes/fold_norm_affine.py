@@ -27,13 +27,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx import foldmath as fm
+from normonnx.passes import _foldmath as fm
 from normonnx.graph.access import constant_value, describe, input_or_none, op_is, producer, sole_consumer
-from normonnx.passes.affine import channel_vector
-from normonnx.passes.base import PassContext
-from normonnx.passes.build import contained
+from normonnx.passes._affine import channel_vector
+from normonnx.passes._base import PassContext
+from normonnx.passes._writer import contained
 from normonnx.passes.fold_into_consumer import pads_reach_data
-from normonnx.passes.linear import LINEAR_OPS, Linear, fold_affine_before, read_linear
+from normonnx.passes._linear import LINEAR_OPS, Linear, fold_affine_before, read_linear
 from normonnx.passes.lower import inside_groupnorm
 from normonnx.recognize.moments import following_affine, match_core
 

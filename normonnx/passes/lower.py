@@ -27,11 +27,11 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx import foldmath as fm
+from normonnx.passes import _foldmath as fm
 from normonnx.graph.access import constant_value, describe, input_or_none, op_is, producer
-from normonnx.passes.affine import batchnorm_problem
-from normonnx.passes.base import PassContext
-from normonnx.passes.build import FLOAT32, Writer, channel_shape, needs_fp32_island, numpy_dtype, onnx_dtype
+from normonnx.passes._affine import batchnorm_problem
+from normonnx.passes._base import PassContext
+from normonnx.passes._writer import FLOAT32, Writer, channel_shape, needs_fp32_island, numpy_dtype, onnx_dtype
 
 FAMILY_OF_OP = {
     "LayerNormalization": "layernorm",

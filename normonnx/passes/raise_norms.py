@@ -33,8 +33,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from normonnx.graph.access import constant_value, describe, op_is, producer
-from normonnx.passes.base import PassContext
-from normonnx.passes.build import Writer, contained, detach
+from normonnx.passes._base import PassContext
+from normonnx.passes._writer import Writer, contained, detach
 from normonnx.recognize.moments import Affine, MomentNorm, following_affine, match_core
 
 FIRST_OPSET = {"layernorm": 17, "rmsnorm": 23, "instancenorm": 1, "groupnorm": 21}

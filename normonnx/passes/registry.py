@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from normonnx.passes.base import FoldOptions, Pass
+from normonnx.passes._base import FoldOptions, Pass
 from normonnx.passes.fold_constants import FoldConstants
 from normonnx.passes.fold_into_consumer import FoldIntoConsumer
 from normonnx.passes.fold_into_producer import FoldIntoProducer

@@ -116,7 +116,7 @@ def _torch_reference(spec: str, checkpoint: str | None, feeds: list[dict], names
 
 def _factory_module(spec: str, checkpoint: str | None):
     """The torch module of a factory; the check's feeds replace its example inputs."""
-    from normonnx.export.torch_export import build_module
+    from normonnx.torchfront.exporter import build_module
 
     return build_module(spec, checkpoint)[0]
 

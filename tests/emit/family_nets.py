@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from models.patterns import randomize_statistics
-from normonnx.export.modules import BatchChannelNorm2d, FrozenBatchNorm2d, WSConv2d
+from normonnx.torchfront.modules import BatchChannelNorm2d, FrozenBatchNorm2d, WSConv2d
 
 IMAGE = (2, 6, 8, 8)
 TOKENS = (2, 5, 16)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from normonnx.emit import EMITTED_FAMILIES, newest_opset, planned_form
-from normonnx.fold import prepare_graph
+from normonnx.pipelines.emit import EMITTED_FAMILIES, newest_opset, planned_form
+from normonnx.pipelines.fold import prepare_graph
 from normonnx.recognize.scan import scan
 from tests.emit.family_nets import FAMILIES
 
@@ -34,8 +34,8 @@ def _expected(family: str, opset: int, style: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def torch_exports():
     """One torch export per (family, opset); the styles are emitted from it (export_model's own steps)."""
-    from normonnx.export.torch_export import build, export_torch
-    from normonnx.exporting import fold_weight_subgraphs
+    from normonnx.torchfront.exporter import build, export_torch
+    from normonnx.pipelines.export import fold_weight_subgraphs
 
     cache = {}
 
@@ -53,8 +53,8 @@ def torch_exports():
 @pytest.mark.parametrize("opset", OPSETS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_export(torch_exports, family, opset, style):
-    from normonnx.emit import emit
-    from normonnx.exporting import torch_parity
+    from normonnx.pipelines.emit import emit
+    from normonnx.pipelines.export import torch_parity
 
     module, example, exported = torch_exports(family, opset)
     model, _ = emit(exported, opset, style)

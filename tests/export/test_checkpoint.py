@@ -10,7 +10,7 @@ import pytest
 from normonnx.errors import CheckpointError
 
 torch = pytest.importorskip("torch")
-from normonnx.export.checkpoint import apply_checkpoint, load_state_dict  # noqa: E402
+from normonnx.torchfront.checkpoint import apply_checkpoint, load_state_dict  # noqa: E402
 
 
 def _model():

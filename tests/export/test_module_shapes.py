@@ -57,7 +57,7 @@ def test_a_failed_convert_leaves_no_folder(cli, tmp_path):
 
 
 def test_convert_removes_what_it_wrote_when_a_late_step_fails(tmp_path, monkeypatch):
-    from normonnx import convert as convert_module
+    from normonnx.pipelines import convert as convert_module
 
     def broken_bench(*_args, **_kwargs):
         raise UnusableInputError("bench exploded")

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from normonnx.fold import fold_file
+from normonnx.pipelines.fold import fold_file
 from normonnx.graph.modelio import load_model
 from tests.builders import GraphBuilder, assert_parity
 
@@ -53,11 +53,11 @@ def test_weights_on_disk_are_folded_into_a_new_data_file(tmp_path):
 
 
 def test_a_failed_verification_leaves_nothing_behind(tmp_path, monkeypatch):
-    from normonnx import foldmath
+    from normonnx.passes import _foldmath as foldmath
 
     real = foldmath.batchnorm_affine
     monkeypatch.setattr(
-        "normonnx.passes.affine.fm.batchnorm_affine",
+        "normonnx.passes._affine.fm.batchnorm_affine",
         lambda *a: foldmath.ChannelAffine(real(*a).scale * 1.01, real(*a).shift),
     )
     src = _external_model(tmp_path)

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from normonnx.families import ref_weight_standardize
-from normonnx.fold import fold
+from normonnx.pipelines.fold import fold
 from normonnx.passes.fold_constants import FoldConstants
 from tests.builders import GraphBuilder, apply, assert_parity, folded, op_types
 
@@ -160,7 +160,7 @@ def test_constant_graph_output_and_random_ops_stay():
 
 
 def test_weight_computed_from_a_graph_input_is_reported_not_folded():
-    from normonnx.inspection import inspect_model
+    from normonnx.pipelines.inspect import inspect_model
 
     b = GraphBuilder(opset=17)
     x = b.input("x", [1, 4, 8, 8])

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from normonnx.emit import emit
+from normonnx.pipelines.emit import emit
 from normonnx.passes.lower import Lower
 from normonnx.passes.raise_norms import RaiseGroupNormInstanceNorm, RaiseMoments
 from tests.builders import GraphBuilder, apply, assert_parity, decomposed_norm, op_types, refusals

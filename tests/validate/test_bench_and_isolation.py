@@ -9,7 +9,7 @@ import time
 import onnx
 import pytest
 
-from normonnx.fold import fold
+from normonnx.pipelines.fold import fold
 from normonnx.validate.isolation import IsolatedRunError, call_isolated
 from tests.conftest import conv_bn_model
 

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from normonnx.fold import fold
+from normonnx.pipelines.fold import fold
 from normonnx.graph.precision import to_float16
 from normonnx.validate.check import check
 from tests.builders import GraphBuilder
@@ -143,7 +143,7 @@ def test_unavailable_provider_is_a_clear_one_line_error(cli, tmp_path):
 @pytest.mark.slow
 def test_torch_reference(tmp_path):
     pytest.importorskip("torch")
-    from normonnx.exporting import export_file
+    from normonnx.pipelines.export import export_file
 
     export_file("tests.emit.family_nets:groupnorm", tmp_path / "gn.onnx", opset=17)
     result = check(tmp_path / "gn.onnx", torch_spec="tests.emit.family_nets:groupnorm")

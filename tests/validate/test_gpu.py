@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from normonnx.fold import fold
+from normonnx.pipelines.fold import fold
 from normonnx.validate.benchmark import bench
 from normonnx.validate.check import check
 from tests.conftest import conv_bn_model

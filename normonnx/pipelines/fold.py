@@ -17,12 +17,12 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 
-from normonnx.foldreport import FoldReport, GraphStats, statuses
+from normonnx.pipelines.fold_report import FoldReport, GraphStats, statuses
 from normonnx.graph import external
-from normonnx.graph.convert import to_graph, to_model, without_initializer_inputs
+from normonnx.graph.bridge import to_graph, to_model, without_initializer_inputs
 from normonnx.graph.modelio import disk_bytes, load_model, tensor_bytes
 from normonnx.graph.shapes import annotate_shapes
-from normonnx.passes.base import FoldOptions, PassContext, run_to_fixpoint
+from normonnx.passes._base import FoldOptions, PassContext, run_to_fixpoint
 from normonnx.passes.registry import fold_fixpoint, fold_prelude
 from normonnx.recognize.scan import Found, scan, summarize
 from normonnx.validate.parity import ParityResult

@@ -24,10 +24,10 @@ import onnx
 
 from normonnx.errors import UnusableInputError
 from normonnx.families import BY_KEY
-from normonnx.fold import as_model, prepare_graph
-from normonnx.graph.convert import to_model
+from normonnx.pipelines.fold import as_model, prepare_graph
+from normonnx.graph.bridge import to_model
 from normonnx.graph.opsets import OpsetError, convert_opset, default_opset
-from normonnx.passes.base import Decision, FoldOptions, PassContext
+from normonnx.passes._base import Decision, FoldOptions, PassContext
 from normonnx.passes.lower import FAMILY_OF_OP, Lower
 from normonnx.passes.raise_norms import RaiseGroupNormInstanceNorm, RaiseMoments
 from normonnx.recognize.scan import scan, summarize
@@ -151,7 +151,7 @@ def emit(
     out = _run(out, [RaiseMoments(raise_families), RaiseGroupNormInstanceNorm(raise_families)], decisions)
     report = EmitReport(source, src, target, style, forms, before, summarize(scan(prepare_graph(out))), decisions)
     if verify:
-        from normonnx.fold import verify_parity
+        from normonnx.pipelines.fold import verify_parity
 
         report.parity = verify_parity(proto, out, shapes=shapes)
     report.seconds = time.perf_counter() - start

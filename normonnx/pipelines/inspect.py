@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
-from normonnx.fold import as_model, fold
-from normonnx.foldreport import SCHEMA_VERSION, NormStatus
+from normonnx.pipelines.fold import as_model, fold
+from normonnx.pipelines.fold_report import SCHEMA_VERSION, NormStatus
 
 
 @dataclass

@@ -4,7 +4,7 @@ A :class:`Linear` reads one op's constant weight and bias in float64 and
 writes new ones back as fresh initializers (never mutating one that another
 node may share). It knows, for its kind, which axis of its output carries the
 output features and which axis of its data input carries the input features,
-and applies the folding math of :mod:`normonnx.foldmath` accordingly.
+and applies the folding math of :mod:`normonnx.passes._foldmath` accordingly.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx import foldmath as fm
+from normonnx.passes import _foldmath as fm
 from normonnx.graph.access import constant_value, describe, input_or_none, op_is, sole_consumer
-from normonnx.passes.base import PassContext
+from normonnx.passes._base import PassContext
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from normonnx.families import BY_KEY
-from normonnx.passes.base import Decision
+from normonnx.passes._base import Decision
 from normonnx.recognize.scan import SUBGRAPH_NOTE, Found
 from normonnx.validate.parity import ParityResult
 

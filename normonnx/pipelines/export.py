@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from normonnx.emit import EmitReport, check_opset, check_style, emit
+from normonnx.pipelines.emit import EmitReport, check_opset, check_style, emit
 from normonnx.errors import ExportError
-from normonnx.fold import prepare_graph
-from normonnx.graph.convert import to_model
-from normonnx.passes.base import FoldOptions, PassContext
+from normonnx.pipelines.fold import prepare_graph
+from normonnx.graph.bridge import to_model
+from normonnx.passes._base import FoldOptions, PassContext
 from normonnx.passes.fold_constants import FoldConstants
 from normonnx.validate.parity import ParityResult
 
@@ -94,7 +94,7 @@ def _feeds(module, names: list[str], xs: list) -> dict:
     """The example tensors keyed by the export's input names (an exporter drops inputs the graph never reads)."""
     if len(names) == len(xs):
         return {n: x.numpy() for n, x in zip(names, xs, strict=True)}
-    from normonnx.export.torch_export import forward_names
+    from normonnx.torchfront.exporter import forward_names
 
     params = forward_names(module, len(xs)) or []
     by_name = dict(zip(params, xs, strict=False))
@@ -113,7 +113,7 @@ def export_module(
     name: str = "<module>",
 ) -> tuple[onnx.ModelProto, ExportReport]:
     """A built torch module (eval mode) to ONNX; ``name`` labels it in the report."""
-    from normonnx.export.torch_export import export_torch
+    from normonnx.torchfront.exporter import export_torch
 
     start = time.perf_counter()
     check_opset(opset)
@@ -138,7 +138,7 @@ def export_model(
     verify: bool = True,
 ) -> tuple[onnx.ModelProto, ExportReport]:
     """``MODULE:FACTORY`` (and a checkpoint) to ONNX; see export_module."""
-    from normonnx.export.torch_export import build
+    from normonnx.torchfront.exporter import build
 
     module, example = build(spec, input_shapes, checkpoint)
     return export_module(module, example, opset=opset, style=style, verify=verify, name=spec)

@@ -63,7 +63,7 @@ def build_module(spec: str, checkpoint: str | None = None):
     """(module in eval mode with the checkpoint loaded, the factory's example inputs or None)."""
     import torch
 
-    from normonnx.export.checkpoint import apply_checkpoint
+    from normonnx.torchfront.checkpoint import apply_checkpoint
 
     factory = load_factory(spec)
     try:

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from normonnx.errors import UnusableInputError
-from normonnx.exporting import DEFAULT_OPSET, export_module, torch_parity
+from normonnx.pipelines.export import DEFAULT_OPSET, export_module, torch_parity
 from normonnx.fileio import write_json_atomic, write_text_atomic
-from normonnx.foldreport import NormStatus
+from normonnx.pipelines.fold_report import NormStatus
 from normonnx.validate.latency import LatencyStats
 from normonnx.validate.parity import ParityResult
 
@@ -163,9 +163,9 @@ def convert(
     name: str | None = None,
     progress: Progress | None = None,
 ) -> ConvertReport:
-    from normonnx.export.strip import count_norms, strip_norms
-    from normonnx.export.torch_export import build
-    from normonnx.fold import fold
+    from normonnx.torchfront.strip import count_norms, strip_norms
+    from normonnx.torchfront.exporter import build
+    from normonnx.pipelines.fold import fold
     from normonnx.graph.modelio import save_model
 
     say = progress or (lambda _: None)
@@ -310,7 +310,7 @@ def convert_markdown(r: ConvertReport) -> str:
 
 
 def write_convert_report(folder: Path, r: ConvertReport) -> None:
-    from normonnx.report import plot_stats
+    from normonnx.reports.plots import plot_stats
 
     plot_stats(r.latency, folder / "latency.png", f"{r.name}: ORT CPU latency")
     write_text_atomic(folder / "report.md", convert_markdown(r))

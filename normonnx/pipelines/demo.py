@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from normonnx.convert import ConvertReport, convert
+from normonnx.pipelines.convert import ConvertReport, convert
 from normonnx.errors import NormonnxError, UnusableInputError
 from normonnx.fileio import write_json_atomic, write_text_atomic
 
@@ -180,7 +180,7 @@ def _markdown(table: str, reports, failures, opset: int, style: str) -> str:
 
 
 def _plot(reports: list[ConvertReport], path: Path) -> None:
-    from normonnx.report import pyplot, save_figure
+    from normonnx.reports.plots import pyplot, save_figure
 
     plt = pyplot()
     if plt is None or not reports:

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from normonnx.passes.base import PassContext
+from normonnx.passes._base import PassContext
 
 FLOAT32 = onnx.TensorProto.FLOAT
 _LOW_PRECISION = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
