@@ -12,6 +12,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The default ONNX domain, as protos and graphsurgeon spell it.
+DEFAULT_DOMAINS = (None, "", "ai.onnx")
+
+
+def is_default_domain(domain: str | None) -> bool:
+    return domain in DEFAULT_DOMAINS
+
+
+# The ops a constant per-channel affine folds into (their weights are constants).
+LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
 
 def _axes_from(x: np.ndarray, start: int) -> tuple[int, ...]:
     return tuple(range(start, x.ndim))
@@ -202,6 +213,14 @@ FAMILIES: tuple[Family, ...] = (
 
 BY_KEY: dict[str, Family] = {f.key: f for f in FAMILIES}
 BY_OP: dict[str, Family] = {f.onnx_op: f for f in FAMILIES if f.onnx_op}
+# The families with a standard ONNX op: what ``emit`` lowers and raises.
+WITH_OP: tuple[str, ...] = tuple(f.key for f in FAMILIES if f.onnx_op)
+
+
+def op_available(key: str, opset: int) -> bool:
+    """Whether the family's standard op exists at ``opset``."""
+    fam = family(key)
+    return fam.onnx_op is not None and fam.first_opset is not None and opset >= fam.first_opset
 
 
 def family(key: str) -> Family:

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from normonnx.validate.parity import Gate, ParityResult, compare
-from normonnx.validate.runner import SessionConfig, run, session
+from normonnx.validate.parity import Gate, ParityResult
+from normonnx.validate.verify import verify_parity
 
 _counter = itertools.count()
 
@@ -106,11 +106,8 @@ def feeds_for(model: onnx.ModelProto, seed: int = 0, shapes=None):
 def parity(
     reference: onnx.ModelProto, candidate: onnx.ModelProto, gate: Gate | None = None, shapes=None
 ) -> ParityResult:
-    """Both models on ORT CPU, optimizations off, three seeded inputs."""
-    config = SessionConfig(optimize=False)
-    feeds = feeds_for(reference, shapes=shapes)
-    rs, cs = session(reference, config), session(candidate, config)
-    return compare([run(rs, f) for f in feeds], [run(cs, f) for f in feeds], default=gate)
+    """Both models on ORT CPU, optimizations off, three seeded inputs, no noise-floor leniency."""
+    return verify_parity(reference, candidate, shapes=shapes, gate=gate, noise_floor=False)
 
 
 def assert_parity(reference, candidate, gate: Gate | None = None, shapes=None) -> ParityResult:
@@ -120,15 +117,14 @@ def assert_parity(reference, candidate, gate: Gate | None = None, shapes=None) -
 
 
 def apply(model: onnx.ModelProto, *passes, options=None):
-    """Run the given passes once each (in order) the way fold does; return (model, ctx)."""
-    from normonnx.pipelines.fold import prepare_graph
-    from normonnx.graph.bridge import to_model
-    from normonnx.passes._base import FoldOptions, PassContext
+    """Run the given passes (or rules) once each, in order, the way fold does; return (model, ctx)."""
+    from normonnx.graph.bridge import prepare_graph, to_model
+    from normonnx.passes._base import FoldOptions, PassContext, RulePass
 
     graph = prepare_graph(model)
     ctx = PassContext(graph, options or FoldOptions())
     for p in passes:
-        p.run(ctx)
+        (p if hasattr(p, "run") else RulePass(p)).run(ctx)
     return to_model(graph, model), ctx
 
 

@@ -113,11 +113,15 @@ def test_parity_failure_writes_nothing_and_exits_1(cli, conv_bn_path, tmp_path, 
 def test_both_parity_schedules_catch_a_planted_error(cli, conv_bn_path, tmp_path, monkeypatch, side_by_side):
     """Small models are verified with both runs side by side, large ones one after the other."""
     from normonnx.passes import _foldmath as foldmath
-    from normonnx.pipelines import fold
+    from normonnx.validate import verify
 
-    monkeypatch.setattr(fold, "CONCURRENT_PARITY_BYTES", 1 << 40 if side_by_side else 0)
+    monkeypatch.setattr(verify, "CONCURRENT_PARITY_BYTES", 1 << 40 if side_by_side else 0)
+    pools = []
+    real_pool = verify.ThreadPoolExecutor
+    monkeypatch.setattr(verify, "ThreadPoolExecutor", lambda n: pools.append(n) or real_pool(n))
     r = cli("fold", conv_bn_path, "-o", tmp_path / "good.onnx")
     assert r.code == 0 and r.out.strip().endswith("PASSED")
+    assert bool(pools) == side_by_side  # the schedule asked for is the one that ran
     real = foldmath.batchnorm_affine
     monkeypatch.setattr(
         "normonnx.passes._affine.fm.batchnorm_affine",

@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues
 
-DEFAULT_DOMAINS = (None, "", "ai.onnx")
-
+from normonnx.families import is_default_domain
+from normonnx.graph.bridge import stored_values
 
 def op_is(node: gs.Node | None, *ops: str) -> bool:
     """True for a node of the default ONNX domain whose op is one of ``ops``."""
-    return node is not None and node.op in ops and node.domain in DEFAULT_DOMAINS
+    return node is not None and node.op in ops and is_default_domain(node.domain)
 
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:
@@ -37,12 +37,10 @@ def is_empty(tensor: gs.Tensor) -> bool:
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     """The value of an initializer or of a Constant node's output; None otherwise.
 
-    Lazily loaded weights are read each time and not kept (graphsurgeon's own
-    ``values`` would pin every weight a pass looked at in memory).
+    Weights on disk are read each time and not kept (see ``bridge.stored_values``).
     """
     if isinstance(tensor, gs.Constant):
-        values = tensor._values
-        return np.asarray(values.load() if isinstance(values, LazyValues) else values)
+        return stored_values(tensor)
     node = producer(tensor)
     if not op_is(node, "Constant"):
         return None
@@ -56,6 +54,59 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
         if key in attrs:
             return np.array(list(attrs[key]), dtype=dtype)
     return None
+
+
+def shape_of(tensor: gs.Tensor) -> list | None:
+    """The tensor's (inferred) shape: ints, dim names or None per dim; None when unknown."""
+    shape = getattr(tensor, "shape", None)
+    return None if shape is None else list(shape)
+
+
+def rank_of(tensor: gs.Tensor) -> int | None:
+    shape = getattr(tensor, "shape", None)
+    return None if shape is None else len(shape)
+
+
+def _known(d) -> bool:
+    return isinstance(d, (int, np.integer)) and d >= 0
+
+
+def static_shape(tensor: gs.Tensor) -> list[int] | None:
+    """The shape when every dim is a known size (an initializer's always is)."""
+    if isinstance(tensor, gs.Constant):
+        return list(tensor.shape)
+    shape = shape_of(tensor)
+    return [int(d) for d in shape] if shape is not None and all(_known(d) for d in shape) else None
+
+
+def static_dims(tensor: gs.Tensor, axes) -> list[int] | None:
+    """The sizes of ``axes`` when all are known and positive."""
+    shape = shape_of(tensor)
+    if shape is None:
+        return None
+    dims = [shape[a] for a in axes]
+    return [int(d) for d in dims] if all(_known(d) and d > 0 for d in dims) else None
+
+
+def numpy_dtype(dtype) -> np.dtype | None:
+    """graphsurgeon's dtype (a numpy dtype, or an ONNX enum for types numpy lacks) as a numpy dtype."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, (int, np.integer)):
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(dtype)))
+    return np.dtype(dtype)
+
+
+def onnx_dtype(dtype) -> int | None:
+    """graphsurgeon's dtype as an ONNX TensorProto enum (None when unknown)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, (int, np.integer)):
+        return int(dtype)
+    try:
+        return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    except (TypeError, KeyError):
+        return None
 
 
 def is_constant(tensor: gs.Tensor) -> bool:

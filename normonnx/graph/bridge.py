@@ -1,21 +1,143 @@
-"""ModelProto <-> onnx-graphsurgeon Graph, keeping what graphsurgeon drops.
+"""The one bridge to onnx-graphsurgeon: ModelProto <-> Graph, and every graphsurgeon internal.
 
 graphsurgeon rebuilds the ModelProto from scratch; a deployment tool must
 hand back the user's model-level fields untouched: ir_version, every opset
 import, producer, model version, doc strings, metadata_props, and the exact
 ValueInfo of graph inputs and outputs (dim_params, denotations).
+
+Everything normonnx needs from graphsurgeon beyond its public API -- the
+lazily loaded values of a constant (read without pinning them in memory),
+its exporter for single nodes and tensors, its logger -- is used here and
+nowhere else, so an upgrade of graphsurgeon touches this one file.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.logger import G_LOGGER
+
+from normonnx.families import is_default_domain
 
 G_LOGGER.severity = G_LOGGER.ERROR
 log = logging.getLogger(__name__)
+
+
+def model_and_name(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, str]:
+    """A ModelProto (a path is loaded and validated) and how to name it in messages."""
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "<model>"
+    from normonnx.graph.modelio import load_model
+
+    return load_model(model), str(model)
+
+
+def prepare_graph(model: onnx.ModelProto, *, always_infer: bool = False) -> gs.Graph:
+    """A graphsurgeon graph of ``model`` with inferred dtypes and shapes (see annotate_shapes).
+
+    Weights on disk (absolute, validated locations) are read through normonnx's own reader.
+    """
+    from normonnx.graph.external import read_external
+    from normonnx.graph.shapes import annotate_shapes
+
+    graph = to_graph(model)
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and isinstance(t._values, LazyValues):
+            proto = t._values.tensor
+            if isinstance(proto, onnx.TensorProto) and proto.data_location == onnx.TensorProto.EXTERNAL:
+                t._values = _ReadBy(proto, read_external)
+    annotate_shapes(model, graph, always_infer)
+    return graph
+
+
+class _ReadBy(LazyValues):
+    """graphsurgeon's lazy values, read by a normonnx reader (from an absolute validated location)."""
+
+    def __init__(self, tensor: onnx.TensorProto, reader: Callable[[onnx.TensorProto], np.ndarray]) -> None:
+        super().__init__(tensor)
+        self._reader = reader
+
+    def load(self) -> np.ndarray:
+        return self._reader(self.tensor)
+
+
+def lazy_constant(name: str, proto: onnx.TensorProto, reader: Callable[[onnx.TensorProto], np.ndarray]) -> gs.Constant:
+    """A constant whose values stay on disk until ``reader`` is asked for them."""
+    return gs.Constant(name, _ReadBy(proto, reader))
+
+
+def stored_values(constant: gs.Constant) -> np.ndarray:
+    """A constant's values; lazily loaded weights are read each time and not kept
+    (graphsurgeon's own ``values`` would pin every weight a pass looked at in memory)."""
+    values = constant._values
+    return np.asarray(values.load() if isinstance(values, LazyValues) else values)
+
+
+def stored_nbytes(constant: gs.Constant) -> int:
+    """A constant's size in bytes, known without loading lazily loaded values."""
+    values = constant._values
+    return int(getattr(values, "nbytes", 0) or np.asarray(constant.values).nbytes)
+
+
+def graph_constant_bytes(graph: gs.Graph) -> int:
+    """Bytes of every constant, control-flow bodies included."""
+    tensors = {id(t): t for g in (graph, *graph.subgraphs(recursive=True)) for t in g.tensors().values()}
+    return sum(stored_nbytes(t) for t in tensors.values() if isinstance(t, gs.Constant))
+
+
+def node_proto(node: gs.Node) -> onnx.NodeProto:
+    """One graphsurgeon node as a NodeProto."""
+    return OnnxExporter.export_node(node)
+
+
+def tensor_proto(constant: gs.Constant) -> onnx.TensorProto:
+    """A constant as a self-contained TensorProto (weights on disk are read in)."""
+    proto = OnnxExporter.export_tensor_proto(constant)
+    if proto.data_location == onnx.TensorProto.EXTERNAL:
+        proto = onnx.numpy_helper.from_array(stored_values(constant), constant.name)
+    return proto
+
+
+def detach(nodes) -> None:
+    """Unhook nodes from every tensor; cleanup drops them."""
+    for n in nodes:
+        n.inputs.clear()
+        n.outputs.clear()
+
+
+def rename_inputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """The model with its graph inputs renamed, in order, to ``names``.
+
+    Renamed through graphsurgeon's tensors, so uses inside If/Loop/Scan bodies
+    follow; a tensor that already holds one of those names moves out of the way.
+    """
+    graph = to_graph(model)
+    if len(graph.inputs) != len(names) or [t.name for t in graph.inputs] == names:
+        return model
+    tensors = graph.tensors()
+    taken = set(tensors) | set(names)
+    for name in names:
+        holder = tensors.get(name)
+        if holder is not None and holder not in graph.inputs:
+            k = 0
+            while f"{name}_{k}" in taken:
+                k += 1
+            holder.name = f"{name}_{k}"
+            taken.add(holder.name)
+    for t, name in zip(graph.inputs, names, strict=True):
+        t.name = name
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(model)
+    for old, new in zip(renamed.graph.input, names, strict=True):
+        old.name = new
+    return to_model(graph, renamed, sort=False)
 
 
 def overridable_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -76,7 +198,7 @@ def to_model(
     imports = []
     seen = set()
     for op in template.opset_import:
-        version = opset if (opset is not None and op.domain in ("", "ai.onnx")) else op.version
+        version = opset if (opset is not None and is_default_domain(op.domain)) else op.version
         imports.append(onnx.helper.make_opsetid(op.domain, version))
         seen.add(op.domain)
     for op in model.opset_import:  # domains introduced by a pass (none today)

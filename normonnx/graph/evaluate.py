@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from normonnx.errors import first_line
+from normonnx.graph.bridge import tensor_proto
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,7 @@ def _build_model(
 ) -> onnx.ModelProto:
     graph = onnx.GraphProto(name="normonnx_constant_subgraph")
     graph.node.extend(nodes)
-    for leaf in leaves:
-        proto = OnnxExporter.export_tensor_proto(leaf)
-        if proto.data_location == onnx.TensorProto.EXTERNAL:  # weights on disk: evaluate on their values
-            proto = onnx.numpy_helper.from_array(np.asarray(leaf._values.load()), leaf.name)
-        graph.initializer.append(proto)
+    graph.initializer.extend(tensor_proto(leaf) for leaf in leaves)
     for t in outputs:
         graph.output.append(onnx.ValueInfoProto(name=t.name))
     model = onnx.helper.make_model(graph, opset_imports=list(opset_imports))

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx.external_data_helper import ExternalDataInfo, set_external_data
 
 from normonnx.errors import UnusableInputError
 from normonnx.fileio import temporary_sibling
@@ -25,46 +24,32 @@ from normonnx.fileio import temporary_sibling
 ALIGN = 4096
 
 
-def _fields(tensor: onnx.TensorProto) -> dict[str, str]:
-    return {e.key: e.value for e in tensor.external_data}
-
-
 def set_location(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Point ``tensor`` at bytes on disk (the fields written by onnx's own helper)."""
     del tensor.external_data[:]
+    tensor.raw_data = b""  # onnx's helper insists on the field; the bytes live on disk
+    set_external_data(tensor, location, offset, length)
+    tensor.ClearField("raw_data")
     tensor.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
 
 
 def read_external(tensor: onnx.TensorProto) -> np.ndarray:
-    """The tensor's values from its (absolute, validated) external location."""
-    fields = _fields(tensor)
+    """The tensor's values from its (absolute, validated) external location: normonnx's own guarded reader."""
+    info = ExternalDataInfo(tensor)
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
     count = int(np.prod(tensor.dims)) if tensor.dims else 1
     wanted = count * dtype.itemsize
     try:
-        fd = os.open(fields["location"], os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(info.location, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         try:
-            data = os.pread(fd, wanted, int(fields.get("offset", "0")))
+            data = os.pread(fd, wanted, int(info.offset or 0))
         finally:
             os.close(fd)
     except OSError as e:
-        raise UnusableInputError(
-            f"{fields['location']}: tensor '{tensor.name}' cannot be read ({e.strerror})"
-        ) from None
+        raise UnusableInputError(f"{info.location}: tensor '{tensor.name}' cannot be read ({e.strerror})") from None
     if len(data) != wanted:
-        raise UnusableInputError(
-            f"{fields['location']}: {len(data)} bytes of tensor '{tensor.name}', {wanted} expected"
-        )
+        raise UnusableInputError(f"{info.location}: {len(data)} bytes of tensor '{tensor.name}', {wanted} expected")
     return np.frombuffer(data, dtype=dtype).reshape(tuple(tensor.dims)).copy()
-
-
-class ExternalValues(LazyValues):
-    """graphsurgeon's lazy values, read by normonnx from an absolute validated location."""
-
-    def load(self) -> np.ndarray:
-        return read_external(self.tensor)
 
 
 def absolutize(model: onnx.ModelProto, model_path: str | os.PathLike) -> None:
@@ -77,15 +62,6 @@ def absolutize(model: onnx.ModelProto, model_path: str | os.PathLike) -> None:
             set_location(t, str(target), offset, length)
 
 
-def attach(graph: gs.Graph) -> None:
-    """Make graphsurgeon's lazily loaded external constants read through normonnx."""
-    for t in graph.tensors().values():
-        if isinstance(t, gs.Constant) and isinstance(t._values, LazyValues):
-            proto = t._values.tensor
-            if isinstance(proto, onnx.TensorProto) and proto.data_location == onnx.TensorProto.EXTERNAL:
-                t._values = ExternalValues(proto)
-
-
 class SpillStore:
     """An append-only file of computed weights next to the output, removed when closed."""
 
@@ -95,7 +71,8 @@ class SpillStore:
         self._file = open(self.path, "r+b")  # noqa: SIM115 (held open until close())
         self._offset = 0
 
-    def put(self, name: str, values: np.ndarray) -> ExternalValues:
+    def put(self, name: str, values: np.ndarray) -> onnx.TensorProto:
+        """Append ``values``; the returned tensor points at them (read them with ``read_external``)."""
         values = np.ascontiguousarray(values)
         pad = (-self._offset) % ALIGN
         self._file.seek(self._offset + pad)
@@ -105,7 +82,7 @@ class SpillStore:
         proto = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(values.dtype))
         proto.dims.extend(values.shape)
         set_location(proto, str(self.path), offset, values.nbytes)
-        return ExternalValues(proto)
+        return proto
 
     def close(self) -> None:
         self._file.close()

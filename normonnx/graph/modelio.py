@@ -21,12 +21,17 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import warnings
+
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
+from onnx.external_data_helper import ExternalDataInfo
 
+from normonnx.families import is_default_domain
 from normonnx.errors import ModelLoadError, OutputError, first_line
 from normonnx.fileio import regular_file_size, temporary_sibling
+from normonnx.graph.external import set_location
 
 PROTOBUF_LIMIT = 2**31 - 1
 _SUB_BYTE_TYPES = {
@@ -68,7 +73,7 @@ def _check_versions(path: Path, model: onnx.ModelProto) -> None:
             path, f"ir_version {model.ir_version} is not supported by onnx {onnx.__version__} (3..{onnx.IR_VERSION})"
         )
     newest = onnx.defs.onnx_opset_version()
-    default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    default = [o.version for o in model.opset_import if is_default_domain(o.domain)]
     if not default:
         raise _fail(path, "imports no version of the default ONNX opset")
     if not 1 <= default[0] <= newest:
@@ -112,8 +117,14 @@ def uses_external_data(tensor: onnx.TensorProto) -> bool:
     return tensor.data_location == onnx.TensorProto.EXTERNAL
 
 
-def _external_fields(tensor: onnx.TensorProto) -> dict[str, str]:
-    return {e.key: e.value for e in tensor.external_data}
+def external_info(tensor: onnx.TensorProto) -> ExternalDataInfo | str:
+    """The tensor's external-data fields, parsed by onnx's own helper, or what is wrong with them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unknown keys: onnx warns and ignores them, and so do we
+        try:
+            return ExternalDataInfo(tensor)
+        except ValueError as e:
+            return f"has an invalid offset or length ({first_line(e)})"
 
 
 def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
@@ -135,9 +146,11 @@ def resolve_external(path: Path, tensor: onnx.TensorProto) -> tuple[Path, int, i
     A missing length is the one the tensor's dims and type call for; the data
     must lie entirely inside the file.
     """
-    fields = _external_fields(tensor)
-    location = fields.get("location", "")
     what = f"tensor '{tensor.name}' external data"
+    info = external_info(tensor)
+    if isinstance(info, str):
+        raise _fail(path, f"{what} {info}")
+    location = info.location
     if not location:
         raise _fail(path, f"{what} has no location")
     if "\x00" in location:
@@ -163,13 +176,7 @@ def resolve_external(path: Path, tensor: onnx.TensorProto) -> tuple[Path, int, i
         raise _fail(path, f"{what} file '{location}' has {lst.st_nlink} hard links")
     if target.resolve().parent != base and base not in target.resolve().parents:
         raise _fail(path, f"{what} file '{location}' resolves outside the model's folder")
-    try:
-        offset = int(fields.get("offset", "0"))
-        length = int(fields["length"]) if "length" in fields else None
-    except ValueError:
-        raise _fail(path, f"{what} has a non-numeric offset or length") from None
-    if offset < 0 or (length is not None and length < 0):
-        raise _fail(path, f"{what} has a negative offset or length")
+    offset, length = info.offset or 0, info.length
     expected = _expected_bytes(tensor)
     if length is None and expected is None:
         raise _fail(path, f"{what} gives no length for a tensor without a fixed size")
@@ -202,10 +209,10 @@ _STUB_DOMAIN = "normonnx.deprecated"
 
 def _deprecated_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Main-graph nodes whose schema at the model's opset onnx marks deprecated (GroupNormalization-18)."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = next((o.version for o in model.opset_import if is_default_domain(o.domain)), 0)
     found = []
     for n in model.graph.node:
-        if n.domain in ("", "ai.onnx"):
+        if is_default_domain(n.domain):
             with contextlib.suppress(onnx.defs.SchemaError):
                 if onnx.defs.get_schema(n.op_type, opset).deprecated:
                     found.append(n)
@@ -272,7 +279,8 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
     total = 0
     for t in iter_tensors(model):
         if uses_external_data(t):
-            total += int(_external_fields(t).get("length", "0") or 0)
+            info = external_info(t)
+            total += 0 if isinstance(info, str) else int(info.length or 0)
         elif t.raw_data:
             total += len(t.raw_data)
         else:
@@ -294,9 +302,8 @@ def _external_locations(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
     """External-data locations a model file names (cached per file version: a run asks twice)."""
     with contextlib.suppress(Exception):
         m = onnx.load(path, load_external_data=False)
-        return tuple(
-            loc for t in iter_tensors(m) if uses_external_data(t) and (loc := _external_fields(t).get("location"))
-        )
+        infos = [external_info(t) for t in iter_tensors(m) if uses_external_data(t)]
+        return tuple(i.location for i in infos if not isinstance(i, str) and i.location)
     return ()
 
 
@@ -370,11 +377,11 @@ def _write_with_external_data(model: onnx.ModelProto, model_tmp: Path, data_tmp:
                 data.write(b"\0" * pad)
                 offset += pad
                 if on_disk:
-                    fields = _external_fields(t)
-                    if not os.path.isabs(fields["location"]):
+                    info = external_info(t)
+                    if isinstance(info, str) or not os.path.isabs(info.location):
                         raise OutputError(f"tensor '{t.name}': external data outside normonnx's validated store")
-                    length = int(fields.get("length") or 0)
-                    _copy_range(fields["location"], int(fields.get("offset", "0")), length, data)
+                    length = int(info.length or 0)
+                    _copy_range(info.location, int(info.offset or 0), length, data)
                     restore.append((t, [(e.key, e.value) for e in t.external_data]))
                 else:
                     raw = t.raw_data
@@ -382,11 +389,7 @@ def _write_with_external_data(model: onnx.ModelProto, model_tmp: Path, data_tmp:
                     data.write(raw)
                     restore.append((t, raw))
                     t.ClearField("raw_data")
-                del t.external_data[:]
-                t.data_location = onnx.TensorProto.EXTERNAL
-                for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
-                    entry = t.external_data.add()
-                    entry.key, entry.value = k, v
+                set_location(t, data_name, offset, length)
                 offset += length
             data.flush()
             os.fsync(data.fileno())

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import defs, numpy_helper
 
+from normonnx.families import is_default_domain
 from normonnx.errors import UnusableInputError, first_line
 
 _REDUCE_AXES_INPUT_SINCE = {
@@ -48,7 +49,7 @@ class OpsetError(UnusableInputError):
 
 
 def default_opset(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return next(o.version for o in model.opset_import if is_default_domain(o.domain))
 
 
 _CONSTANT_KINDS = {
@@ -125,7 +126,7 @@ class _Down:
         return None if t is None else numpy_helper.to_array(t)
 
     def node(self, node: onnx.NodeProto) -> None:
-        if node.domain not in ("", "ai.onnx"):
+        if not is_default_domain(node.domain):
             return
         try:
             src = defs.get_schema(node.op_type, self.src)
@@ -201,7 +202,7 @@ def _down(model: onnx.ModelProto, dst: int) -> onnx.ModelProto:
     for node in out.graph.node:
         rewriter.node(node)
     for op in out.opset_import:
-        if op.domain in ("", "ai.onnx"):
+        if is_default_domain(op.domain):
             op.version = dst
     # Old runtimes reject IR versions newer than their own: use the oldest the opset allows.
     out.ir_version = min(out.ir_version, max(7, onnx.helper.find_min_ir_version_for(list(out.opset_import), True)))

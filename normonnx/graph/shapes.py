@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from normonnx.families import is_default_domain
+
 log = logging.getLogger(__name__)
 
 _SMALL_TENSOR_BYTES = 4096
@@ -38,7 +40,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     g.output.extend(src.output)
     # Stored value_info can be stale (a tool edited the graph and left it): inference starts from
     # the inputs, trusting stored shapes only for what it cannot compute, custom-domain ops' outputs.
-    custom = {o for n in src.node if n.domain not in ("", "ai.onnx") for o in n.output}
+    custom = {o for n in src.node if not is_default_domain(n.domain) for o in n.output}
     g.value_info.extend(v for v in src.value_info if v.name in custom)
     for init in src.initializer:
         if len(init.raw_data) <= _SMALL_TENSOR_BYTES and init.data_location != onnx.TensorProto.EXTERNAL:

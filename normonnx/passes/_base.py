@@ -1,22 +1,37 @@
-"""What every pass shares: the context it works in and the decisions it records.
+"""What every pass shares: its context, the decisions it records, and how a rule runs.
 
-A pass is an object with a ``name`` and ``run(ctx) -> int`` (rewrites made).
-It works in place on ``ctx.graph`` and records, for each normalization it
-looked at, a :class:`Decision`: folded (and into what) or refused (and why).
-``inspect`` and the fold report show those decisions to the user.
+A pass has a ``name`` and ``run(ctx) -> int`` (rewrites made); it works in
+place on ``ctx.graph``. Most passes are *rules*, written as onnxscript's
+rewrite rules are, in three parts:
+
+* ``match(node, ctx)``: is this node the start of the pattern? (``None``: not
+  this rule's business, nothing is recorded);
+* ``check(match, ctx)``: can it be rewritten exactly? A :class:`Refusal`
+  says why not, naming the node; ``None`` means there is nothing to do; a
+  plan carries everything the rewrite needs (no state on the rule);
+* ``rewrite(plan, ctx)``: change the graph; returns what was done.
+
+``RulePass`` runs a rule over the graph and records, for every normalization
+it looked at, a :class:`Decision` under the rule's own name: folded (and
+into what) or refused (and why). ``inspect`` and the reports show them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from normonnx.graph.access import GraphOutputs, all_names, unique_name_factory
-from normonnx.graph.external import SpillStore
+from normonnx.graph.bridge import lazy_constant
+from normonnx.graph.external import SpillStore, read_external
+from normonnx.passes._foldmath import FoldMathError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,15 @@ class Decision:
     pass_name: str
     folded: bool
     detail: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a rule leaves a normalization as it is."""
+
+    node: str
+    family: str
+    reason: str
 
 
 @dataclass
@@ -76,7 +100,7 @@ class PassContext:
         """A new initializer with a name not used anywhere in the graph."""
         name = self.fresh(base)
         if self.store is not None and np.asarray(values).nbytes >= 1024:
-            return gs.Constant(name, self.store.put(name, np.asarray(values)))
+            return lazy_constant(name, self.store.put(name, np.asarray(values)), read_external)
         return gs.Constant(name, values)
 
 
@@ -86,15 +110,97 @@ class Pass(Protocol):
     def run(self, ctx: PassContext) -> int: ...
 
 
-def run_to_fixpoint(passes: list[Pass], ctx: PassContext, max_rounds: int = 8) -> dict[str, int]:
-    """Run the passes in order until a round changes nothing; return rewrites per pass."""
-    counts = {p.name: 0 for p in passes}
-    for _ in range(max_rounds):
-        changed = 0
-        for p in passes:
-            n = p.run(ctx)
-            counts[p.name] += n
-            changed += n
-        if not changed:
-            break
-    return counts
+class Plan(Protocol):
+    """What a rule's ``check`` hands to its ``rewrite``: at least the node it is about and its family."""
+
+    anchor: str
+    family: str
+
+
+class Rule(Protocol):
+    name: str
+
+    def match(self, node: gs.Node, ctx: PassContext) -> Any | None: ...
+
+    def check(self, match: Any, ctx: PassContext) -> Plan | Refusal | None: ...
+
+    def rewrite(self, plan: Any, ctx: PassContext) -> str: ...
+
+
+class RulePass:
+    """A rule applied to every node of the graph once (a pipeline repeats it to a fixpoint)."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.name = rule.name
+
+    def run(self, ctx: PassContext) -> int:
+        rule, rewrites = self.rule, 0
+        for node in list(ctx.graph.nodes):
+            if not node.outputs:  # detached by an earlier rewrite of this round
+                continue
+            match = rule.match(node, ctx)
+            if match is None:
+                continue
+            plan = rule.check(match, ctx)
+            if plan is None:
+                continue
+            if isinstance(plan, Refusal):
+                ctx.refused(plan.node, plan.family, self.name, plan.reason)
+                continue
+            try:
+                done = rule.rewrite(plan, ctx)
+            except FoldMathError as e:  # a value that would not survive the cast: the graph is untouched
+                ctx.refused(plan.anchor, plan.family, self.name, str(e))
+                continue
+            ctx.folded(plan.anchor, plan.family, self.name, done)
+            rewrites += 1
+        return rewrites
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Passes run in order, once or until a round changes nothing."""
+
+    passes: tuple[Pass, ...]
+    fixpoint: bool = False
+
+
+@dataclass
+class PipelineResult:
+    rewrites: dict[str, int]
+    converged: bool = True
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    stages: tuple[Stage, ...]
+    max_rounds: int = 8
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for s in self.stages for p in s.passes]
+
+    def run(self, ctx: PassContext) -> PipelineResult:
+        """Every stage in order; a fixpoint stage that still rewrites after ``max_rounds`` is reported."""
+        result = PipelineResult({name: 0 for name in self.names})
+        for stage in self.stages:
+            for round_ in range(self.max_rounds if stage.fixpoint else 1):
+                changed = 0
+                for p in stage.passes:
+                    n = p.run(ctx)
+                    result.rewrites[p.name] += n
+                    changed += n
+                if not changed:
+                    break
+            else:
+                if stage.fixpoint:
+                    names = ", ".join(p.name for p in stage.passes)
+                    result.converged = False
+                    result.note = (
+                        f"{names} still rewrote the graph after {round_ + 1} rounds; stopped there"
+                        " (the model is correct, but more may fold on another run)"
+                    )
+                    log.warning("%s", result.note)
+        return result

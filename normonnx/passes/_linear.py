@@ -16,10 +16,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from normonnx.passes import _foldmath as fm
-from normonnx.graph.access import constant_value, describe, input_or_none, op_is, sole_consumer
+from normonnx.graph.access import constant_value, describe, input_or_none, op_is, rank_of, sole_consumer
+from normonnx.families import LINEAR_OPS
 from normonnx.passes._base import PassContext
-
-LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass
@@ -70,11 +69,11 @@ class Linear:
             return self.weight.ndim
         if self.kind == "Gemm":
             return 2
-        shape = getattr(self.output, "shape", None) or getattr(self.node.outputs[0], "shape", None)
-        if shape is not None:
-            return len(shape)
-        a_shape = getattr(self.node.inputs[0], "shape", None)
-        return max(len(a_shape), 2) if a_shape is not None else None
+        rank = rank_of(self.output) or rank_of(self.node.outputs[0])
+        if rank is not None:
+            return rank
+        a_rank = rank_of(self.node.inputs[0])
+        return max(a_rank, 2) if a_rank is not None else None
 
     def output_feature_axis(self) -> int | None:
         """The axis of the output that carries output features (None if unknown)."""

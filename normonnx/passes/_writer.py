@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from normonnx.graph.access import numpy_dtype
 from normonnx.passes._base import PassContext
 
 FLOAT32 = onnx.TensorProto.FLOAT
@@ -66,24 +67,9 @@ class Writer:
         return self.const(name, np.array(value, dtype=dtype))
 
 
-def numpy_dtype(dtype) -> np.dtype | None:
-    """graphsurgeon's dtype (a numpy dtype, or an ONNX enum for types numpy lacks) as a numpy dtype."""
-    if dtype is None:
-        return None
-    if isinstance(dtype, (int, np.integer)):
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(dtype)))
-    return np.dtype(dtype)
-
-
 def needs_fp32_island(dtype, stash_type: int) -> bool:
     """fp16/bf16 data with statistics stashed in float32 (stash_type=1, the default)."""
     return dtype is not None and numpy_dtype(dtype) in _LOW_PRECISION and stash_type == 1
-
-
-def onnx_dtype(dtype) -> int:
-    if isinstance(dtype, (int, np.integer)):
-        return int(dtype)
-    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 def channel_shape(rank: int) -> list[int]:
@@ -108,10 +94,3 @@ def contained(nodes: Sequence[gs.Node], output: gs.Tensor, graph_outputs) -> str
             if outside:
                 return f"'{t.name}' inside it is also used by {outside[0].op}"
     return None
-
-
-def detach(nodes: Sequence[gs.Node]) -> None:
-    """Unhook nodes from every tensor; cleanup drops them."""
-    for n in nodes:
-        n.inputs.clear()
-        n.outputs.clear()

@@ -31,7 +31,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from normonnx.graph.access import DEFAULT_DOMAINS, constant_value, describe, is_empty, producer
+from normonnx.families import LINEAR_OPS, is_default_domain
+from normonnx.graph.access import constant_value, describe, is_empty, onnx_dtype, producer, static_shape
+from normonnx.graph.bridge import node_proto, stored_nbytes
 from normonnx.graph.evaluate import EvaluationError, evaluate_protos
 from normonnx.passes._base import PassContext
 from normonnx.recognize.scan import weight_family
@@ -64,24 +66,6 @@ _NOT_FOLDABLE = {
 }
 # Ops whose output can be far larger than their inputs: their size is checked before evaluation.
 _EXPANDING = {"Expand": 1, "ConstantOfShape": 0, "Tile": 1}
-_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
-
-
-def _static_shape(tensor: gs.Tensor) -> list[int] | None:
-    shape = getattr(tensor, "shape", None)
-    if shape is None or any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
-        return None
-    return [int(d) for d in shape]
-
-
-def _onnx_dtype(tensor: gs.Tensor) -> int | None:
-    dtype = getattr(tensor, "dtype", None)
-    if dtype is None:
-        return None
-    try:
-        return int(dtype) if isinstance(dtype, int) else onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    except (TypeError, KeyError):
-        return None
 
 
 class _Plan:
@@ -93,7 +77,7 @@ class _Plan:
         const: set[int] = set()
         opset = ctx.graph.opset
         for node in ctx.graph.nodes:
-            if id(node) in excluded or node.domain not in DEFAULT_DOMAINS or node.op in _NOT_FOLDABLE:
+            if id(node) in excluded or not is_default_domain(node.domain) or node.op in _NOT_FOLDABLE:
                 continue
             if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
                 continue
@@ -110,13 +94,11 @@ class _Plan:
         return is_empty(t) or isinstance(t, gs.Constant) or id(t) in const
 
     def _proto(self, ctx: PassContext, node: gs.Node, const: set[int], opset: int) -> onnx.NodeProto | None:
-        from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
-
         if node.op == "Constant":
-            return OnnxExporter.export_node(node) if constant_value(node.outputs[0]) is not None else None
+            return node_proto(node) if constant_value(node.outputs[0]) is not None else None
         if node.op in ("Shape", "Size") and ctx.options.fold_static_shapes and node.inputs:
             src = node.inputs[0]
-            shape = np.asarray(src.values).shape if isinstance(src, gs.Constant) else _static_shape(src)
+            shape = static_shape(src)
             if shape is None:
                 return None
             if node.op == "Size":
@@ -128,7 +110,7 @@ class _Plan:
                 "Constant", [], [node.outputs[0].name], value=onnx.numpy_helper.from_array(value)
             )
         if node.op == "CastLike" and len(node.inputs) == 2 and self._is_const(node.inputs[0], const):
-            to = _onnx_dtype(node.inputs[1])
+            to = onnx_dtype(getattr(node.inputs[1], "dtype", None))
             if to is None:
                 return None
             return onnx.helper.make_node("Cast", [node.inputs[0].name], [node.outputs[0].name], to=to)
@@ -136,7 +118,7 @@ class _Plan:
             return None
         if not node.inputs or not all(self._is_const(t, const) for t in node.inputs):
             return None
-        return OnnxExporter.export_node(node)
+        return node_proto(node)
 
 
 def _ancestors(tensor: gs.Tensor, plan: _Plan) -> tuple[list[gs.Node], list[gs.Constant]]:
@@ -162,11 +144,6 @@ def _ancestors(tensor: gs.Tensor, plan: _Plan) -> tuple[list[gs.Node], list[gs.C
     return ordered, list(leaves.values())
 
 
-def _nbytes(t: gs.Constant) -> int:
-    values = t._values  # LazyValues knows its size without loading
-    return int(getattr(values, "nbytes", 0) or np.asarray(t.values).nbytes)
-
-
 class FoldConstants:
     name = NAME
 
@@ -181,7 +158,7 @@ class FoldConstants:
         jobs = []
         for t in frontier:
             anc_nodes, anc_leaves = _ancestors(t, plan)
-            leaf_bytes = sum(_nbytes(c) for c in anc_leaves)
+            leaf_bytes = sum(stored_nbytes(c) for c in anc_leaves)
             jobs.append((t, anc_nodes, leaf_bytes))
             leaves.update((id(c), c) for c in anc_leaves)
         needed = {id(n) for _, anc, _ in jobs for n in anc}
@@ -209,7 +186,7 @@ class FoldConstants:
 
     @staticmethod
     def _record(ctx: PassContext, t: gs.Tensor, nodes: list[gs.Node], folded: bool, detail: str) -> None:
-        users = [u for u in t.outputs if _WEIGHT_INPUT.get(u.op) is not None]
+        users = [u for u in t.outputs if u.op in LINEAR_OPS]
         family = weight_family(nodes, ctx.graph.opset)
         if family is None or not nodes:
             return
@@ -260,7 +237,7 @@ class FoldConstants:
             elements = int(np.prod(np.maximum(sizes, 1)))
             if node.op == "Tile":
                 src = node.inputs[0]
-                src_shape = np.asarray(src.values).shape if isinstance(src, gs.Constant) else _static_shape(src)
+                src_shape = static_shape(src)
                 elements *= int(np.prod(src_shape)) if src_shape is not None else 1
             if elements * 8 > ctx.options.growth_limit_bytes:
                 excluded.add(id(node))

@@ -26,16 +26,17 @@ features.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx.passes import _foldmath as fm
-from normonnx.graph.access import describe, op_is, sole_consumer
+from normonnx.families import LINEAR_OPS
+from normonnx.graph.access import describe, op_is, rank_of, sole_consumer
+from normonnx.graph.bridge import detach
 from normonnx.passes._affine import AffineNode, read_affine
-from normonnx.passes._base import PassContext
-from normonnx.passes._linear import LINEAR_OPS, Linear, fold_affine_before, read_linear
-
-NAME = "fold-into-consumer"
+from normonnx.passes._base import PassContext, Refusal
+from normonnx.passes._linear import Linear, fold_affine_before, read_linear
 
 
 def pads_reach_data(conv: gs.Node) -> bool:
@@ -54,42 +55,37 @@ def pads_reach_data(conv: gs.Node) -> bool:
     return False
 
 
-def _input_rank(tensor: gs.Tensor) -> int | None:
-    shape = getattr(tensor, "shape", None)
-    return None if shape is None else len(shape)
+@dataclass(frozen=True)
+class _Plan:
+    anchor: str
+    family: str
+    node: gs.Node
+    lin: Linear
+    affine: AffineNode
 
 
 class FoldIntoConsumer:
-    name = NAME
+    name = "fold-into-consumer"
 
-    def run(self, ctx: PassContext) -> int:
-        rewrites = 0
-        for node in list(ctx.graph.nodes):
-            if not node.outputs or not op_is(node, "BatchNormalization"):
-                continue
-            result = self._check(node, ctx)
-            if isinstance(result, str):
-                ctx.refused(describe(node), "batchnorm", NAME, result)
-                continue
-            lin, affine = result
-            x = node.inputs[0]
+    def match(self, node: gs.Node, ctx: PassContext) -> gs.Node | None:
+        return node if op_is(node, "BatchNormalization") else None
 
-            def detach(node: gs.Node = node, lin: Linear = lin, x: gs.Tensor = x) -> None:
-                node.inputs.clear()
-                node.outputs.clear()
-                lin.node.inputs[0] = x
+    def check(self, node: gs.Node, ctx: PassContext) -> _Plan | Refusal:
+        why = self._problem(node, ctx)
+        return why if isinstance(why, _Plan) else Refusal(describe(node), "batchnorm", why)
 
-            try:
-                fold_affine_before(lin, affine.affine, ctx, detach)
-            except fm.FoldMathError as e:
-                ctx.refused(describe(node), "batchnorm", NAME, str(e))
-                continue
-            ctx.folded(describe(node), "batchnorm", NAME, f"into the following {lin.kind} {lin.name}")
-            rewrites += 1
-        return rewrites
+    def rewrite(self, plan: _Plan, ctx: PassContext) -> str:
+        x = plan.node.inputs[0]
+
+        def unhook() -> None:
+            detach([plan.node])
+            plan.lin.node.inputs[0] = x
+
+        fold_affine_before(plan.lin, plan.affine.affine, ctx, unhook)
+        return f"into the following {plan.lin.kind} {plan.lin.name}"
 
     @staticmethod
-    def _check(node: gs.Node, ctx: PassContext) -> tuple[Linear, AffineNode] | str:
+    def _problem(node: gs.Node, ctx: PassContext) -> _Plan | str:
         user = sole_consumer(node.outputs[0], ctx.outputs)
         if isinstance(user, str):
             return f"output {user}"
@@ -100,7 +96,7 @@ class FoldIntoConsumer:
         lin = read_linear(user, ctx)
         if isinstance(lin, str):
             return lin
-        rank = _input_rank(node.inputs[0]) or _input_rank(node.outputs[0])
+        rank = rank_of(node.inputs[0]) or rank_of(node.outputs[0])
         if lin.kind in ("Conv", "ConvTranspose"):
             rank = lin.weight.ndim
         elif lin.kind == "Gemm":
@@ -121,4 +117,4 @@ class FoldIntoConsumer:
                     f" auto_pad={user.attrs.get('auto_pad', 'NOTSET')}): the border would see the shift as 0;"
                     " exact only without padding"
                 )
-        return lin, affine
+        return _Plan(describe(node), "batchnorm", node, lin, affine)

@@ -24,15 +24,35 @@ Mul) fold one after another, because the folded op takes over z.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx_graphsurgeon as gs
 
-from normonnx.passes import _foldmath as fm
+from normonnx.families import LINEAR_OPS
 from normonnx.graph.access import constant_value, describe, op_is, producer, sole_consumer
+from normonnx.graph.bridge import detach
 from normonnx.passes._affine import ARITHMETIC_OPS, AffineNode, read_affine
-from normonnx.passes._base import PassContext
-from normonnx.passes._linear import LINEAR_OPS, Linear, fold_affine_after, read_linear
+from normonnx.passes._base import PassContext, Refusal
+from normonnx.passes._linear import Linear, fold_affine_after, read_linear
 
-NAME = "fold-into-producer"
+
+@dataclass(frozen=True)
+class _Match:
+    node: gs.Node
+    data: gs.Tensor  # the affine's non-constant input
+
+    @property
+    def family(self) -> str:
+        return "batchnorm" if self.node.op == "BatchNormalization" else "affine"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    anchor: str
+    family: str
+    node: gs.Node
+    lin: Linear
+    affine: AffineNode
 
 
 def _linear_behind(tensor: gs.Tensor, ctx: PassContext) -> Linear | str | None:
@@ -52,67 +72,46 @@ def _linear_behind(tensor: gs.Tensor, ctx: PassContext) -> Linear | str | None:
     return None
 
 
-def _data_inputs(node: gs.Node) -> list[gs.Tensor]:
-    if node.op == "BatchNormalization":
-        return [node.inputs[0]]
-    return [t for t in node.inputs if constant_value(t) is None]
-
-
 class FoldIntoProducer:
-    name = NAME
+    name = "fold-into-producer"
 
-    def run(self, ctx: PassContext) -> int:
-        rewrites = 0
-        for node in list(ctx.graph.nodes):
-            if not node.outputs or not op_is(node, "BatchNormalization", *ARITHMETIC_OPS):
-                continue
-            data = _data_inputs(node)
-            if len(data) != 1:
-                continue
-            lin = _linear_behind(data[0], ctx)
-            is_bn = node.op == "BatchNormalization"
-            if lin is None:
-                if is_bn:
-                    src = producer(data[0])
-                    what = f"{src.op} {describe(src)}" if src else "a graph input"
-                    ctx.refused(describe(node), "batchnorm", NAME, f"its input comes from {what}, not a linear op")
-                continue
-            family = "batchnorm" if is_bn else "affine"
-            if isinstance(lin, str):
-                ctx.refused(describe(node), family, NAME, lin)
-                continue
-            if lin.bias_add is node:
-                continue  # the MatMul's own bias
-            result = self._check(node, lin, ctx)
-            if isinstance(result, str):
-                ctx.refused(describe(node), family, NAME, result)
-                continue
-            if result is None:
-                continue
-            out = node.outputs[0]
+    def match(self, node: gs.Node, ctx: PassContext) -> _Match | None:
+        if not op_is(node, "BatchNormalization", *ARITHMETIC_OPS):
+            return None
+        if node.op == "BatchNormalization":
+            data = [node.inputs[0]]
+        else:
+            data = [t for t in node.inputs if constant_value(t) is None]
+        return _Match(node, data[0]) if len(data) == 1 else None
 
-            def detach(node: gs.Node = node) -> None:
-                node.inputs.clear()
-                node.outputs.clear()
-
-            try:
-                fold_affine_after(lin, result.affine, ctx, out, detach)
-            except fm.FoldMathError as e:
-                ctx.refused(describe(node), family, NAME, str(e))
-                continue
-            ctx.folded(describe(node), result.family, NAME, f"into {lin.kind} {lin.name}")
-            rewrites += 1
-        return rewrites
-
-    @staticmethod
-    def _check(node: gs.Node, lin: Linear, ctx: PassContext) -> AffineNode | str | None:
+    def check(self, m: _Match, ctx: PassContext) -> _Plan | Refusal | None:
+        anchor = describe(m.node)
+        lin = _linear_behind(m.data, ctx)
+        if lin is None:
+            if m.family != "batchnorm":
+                return None  # arithmetic after something else: not a normalization
+            src = producer(m.data)
+            what = f"{src.op} {describe(src)}" if src else "a graph input"
+            return Refusal(anchor, m.family, f"its input comes from {what}, not a linear op")
+        if isinstance(lin, str):
+            return Refusal(anchor, m.family, lin)
+        if lin.bias_add is m.node:
+            return None  # the MatMul's own bias
         user = sole_consumer(lin.output, ctx.outputs)
         if isinstance(user, str):
-            return f"output of {lin.kind} {lin.name}: {user}"
-        if user is not node:
+            return Refusal(anchor, m.family, f"output of {lin.kind} {lin.name}: {user}")
+        if user is not m.node:
             return None
         axis = lin.output_feature_axis()
-        rank = lin.output_rank()
         if axis is None and lin.kind == "MatMul":
             axis = -1
-        return read_affine(node, lin.output, ctx.graph.opset, rank, axis, lin.out_channels)
+        affine = read_affine(m.node, lin.output, ctx.graph.opset, lin.output_rank(), axis, lin.out_channels)
+        if affine is None:
+            return None
+        if isinstance(affine, str):
+            return Refusal(anchor, m.family, affine)
+        return _Plan(anchor, affine.family, m.node, lin, affine)
+
+    def rewrite(self, plan: _Plan, ctx: PassContext) -> str:
+        fold_affine_after(plan.lin, plan.affine.affine, ctx, plan.node.outputs[0], lambda: detach([plan.node]))
+        return f"into {plan.lin.kind} {plan.lin.name}"

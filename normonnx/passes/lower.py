@@ -23,28 +23,18 @@ with constant, finite parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from normonnx.families import family
+from normonnx.graph.access import constant_value, describe, input_or_none, numpy_dtype, onnx_dtype, op_is, rank_of
 from normonnx.passes import _foldmath as fm
-from normonnx.graph.access import constant_value, describe, input_or_none, op_is, producer
 from normonnx.passes._affine import batchnorm_problem
-from normonnx.passes._base import PassContext
-from normonnx.passes._writer import FLOAT32, Writer, channel_shape, needs_fp32_island, numpy_dtype, onnx_dtype
-
-FAMILY_OF_OP = {
-    "LayerNormalization": "layernorm",
-    "RMSNormalization": "rmsnorm",
-    "InstanceNormalization": "instancenorm",
-    "GroupNormalization": "groupnorm",
-    "BatchNormalization": "batchnorm",
-}
-
-
-def _rank(t: gs.Tensor) -> int | None:
-    shape = getattr(t, "shape", None)
-    return None if shape is None else len(shape)
+from normonnx.passes._base import PassContext, Refusal
+from normonnx.passes._writer import FLOAT32, Writer, channel_shape, needs_fp32_island
+from normonnx.recognize.classify import instancenorm_view
 
 
 def _dtype(t: gs.Tensor) -> np.dtype | None:
@@ -105,15 +95,9 @@ def _unused_stat_outputs(node: gs.Node, ctx: PassContext) -> str | None:
 Write = Callable[[Writer, gs.Tensor], None]
 
 
-def inside_groupnorm(node: gs.Node) -> bool:
-    """An InstanceNormalization between Reshapes: the core of a decomposed GroupNorm."""
-    pre, users = producer(node.inputs[0]), node.outputs[0].outputs
-    return op_is(pre, "Reshape") and len(users) == 1 and op_is(users[0], "Reshape")
-
-
 def _axes(node: gs.Node) -> list[int] | str:
     axis = int(node.attrs.get("axis", -1))
-    rank = _rank(node.inputs[0])
+    rank = rank_of(node.inputs[0])
     if axis >= 0 and rank is None:
         return f"{describe(node)}: axis {axis} with an unknown input rank"
     return list(range(axis, 0)) if axis < 0 else list(range(axis, rank))
@@ -140,7 +124,7 @@ def lower_rmsnorm(node: gs.Node, ctx: PassContext) -> Write | str:
 
 def lower_instancenorm(node: gs.Node, ctx: PassContext) -> Write | str:
     x, scale, bias = node.inputs[0], node.inputs[1], node.inputs[2]
-    rank = _rank(x)
+    rank = rank_of(x)
     if rank is None:
         return f"{describe(node)}: the input rank is unknown"
     eps = float(node.attrs.get("epsilon", 1e-5))
@@ -154,7 +138,7 @@ def lower_instancenorm(node: gs.Node, ctx: PassContext) -> Write | str:
 
 def lower_groupnorm(node: gs.Node, ctx: PassContext) -> Write | str:
     x, scale, bias = node.inputs[0], node.inputs[1], node.inputs[2]
-    rank = _rank(x)
+    rank = rank_of(x)
     if rank is None:
         return f"{describe(node)}: the input rank is unknown"
     groups = int(node.attrs["num_groups"])
@@ -190,7 +174,7 @@ def lower_batchnorm(node: gs.Node, ctx: PassContext) -> Write | str:
     if problem:
         return problem
     x = node.inputs[0]
-    rank = _rank(x)
+    rank = rank_of(x)
     if rank is None:
         return f"{describe(node)}: the input rank is unknown"
     gamma, beta, mean, var = (constant_value(t) for t in node.inputs[1:5])
@@ -213,30 +197,38 @@ LOWERINGS: dict[str, Callable[[gs.Node, PassContext], Write | str]] = {
 }
 
 
+@dataclass(frozen=True)
+class _Plan:
+    anchor: str
+    family: str
+    node: gs.Node
+    write: Write
+
+
 class Lower:
-    """Replace every ``op`` node by its exact subgraph, written in the graph's opset."""
+    """Replace every node of one family's standard op by its exact subgraph, written in the graph's opset."""
 
-    def __init__(self, op: str) -> None:
-        self.op = op
-        self.name = f"lower-{FAMILY_OF_OP[op]}"
+    def __init__(self, family_key: str) -> None:
+        self.family = family_key
+        self.op = family(family_key).onnx_op
+        self.name = f"lower-{family_key}"
 
-    def run(self, ctx: PassContext) -> int:
-        rewrites = 0
-        family = FAMILY_OF_OP[self.op]
-        for node in list(ctx.graph.nodes):
-            if not node.outputs or not op_is(node, self.op):
-                continue
-            if self.op == "InstanceNormalization" and inside_groupnorm(node):
-                continue  # the core of a decomposed GroupNorm, not an InstanceNorm of its own
-            name = describe(node)
-            write = _unused_stat_outputs(node, ctx) or _known_dtype(node) or LOWERINGS[self.op](node, ctx)
-            if isinstance(write, str):
-                ctx.refused(name, family, self.name, write)
-                continue
-            out = node.outputs[0]
-            node.outputs.clear()
-            write(Writer(ctx, name), out)
-            node.inputs.clear()
-            ctx.folded(name, family, self.name, "lowered to its exact subgraph")
-            rewrites += 1
-        return rewrites
+    def match(self, node: gs.Node, ctx: PassContext) -> gs.Node | None:
+        if not op_is(node, self.op):
+            return None
+        if self.op == "InstanceNormalization" and instancenorm_view(node) is not None:
+            return None  # the core of a decomposed GroupNorm, not an InstanceNorm of its own
+        return node
+
+    def check(self, node: gs.Node, ctx: PassContext) -> _Plan | Refusal:
+        write = _unused_stat_outputs(node, ctx) or _known_dtype(node) or LOWERINGS[self.op](node, ctx)
+        if isinstance(write, str):
+            return Refusal(describe(node), self.family, write)
+        return _Plan(describe(node), self.family, node, write)
+
+    def rewrite(self, plan: _Plan, ctx: PassContext) -> str:
+        out = plan.node.outputs[0]
+        plan.node.outputs.clear()
+        plan.write(Writer(ctx, plan.anchor), out)
+        plan.node.inputs.clear()
+        return "lowered to its exact subgraph"

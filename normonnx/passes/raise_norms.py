@@ -29,27 +29,38 @@ along the normalized (LayerNorm, RMSNorm) or channel axes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx.graph.access import constant_value, describe, op_is, producer
-from normonnx.passes._base import PassContext
-from normonnx.passes._writer import Writer, contained, detach
+from normonnx.families import op_available
+from normonnx.graph.access import constant_value, describe, op_is, producer, rank_of, shape_of, static_dims
+from normonnx.graph.bridge import detach
+from normonnx.passes._base import PassContext, Refusal
+from normonnx.passes._writer import Writer, contained
+from normonnx.recognize.classify import (
+    CHANNELS_FIRST,
+    GROUPED,
+    RMS,
+    SPATIAL,
+    GroupedView,
+    classify,
+    instancenorm_view,
+    view_groups,
+)
 from normonnx.recognize.moments import Affine, MomentNorm, following_affine, match_core
 
-FIRST_OPSET = {"layernorm": 17, "rmsnorm": 23, "instancenorm": 1, "groupnorm": 21}
 
 
-def _shape(t: gs.Tensor) -> list | None:
-    return getattr(t, "shape", None)
 
-
-def _static_dims(t: gs.Tensor, axes: list[int]) -> list[int] | None:
-    shape = _shape(t)
-    if shape is None:
-        return None
-    dims = [shape[a] for a in axes]
-    return [int(d) for d in dims] if all(isinstance(d, (int, np.integer)) and d > 0 for d in dims) else None
+@dataclass(frozen=True)
+class _Plan:
+    anchor: str
+    family: str
+    nodes: list[gs.Node]
+    output: gs.Tensor
+    build: object  # Callable[[Writer], None]
 
 
 def _param_over(
@@ -69,100 +80,67 @@ def _param_over(
         return f"affine constant of shape {list(value.shape)} does not match the normalized dims {dims}"
 
 
-def grouped_view(pre: gs.Node) -> int | str:
-    """Groups G when ``pre`` reshapes x to [N, G, -1] keeping each sample apart, else why not."""
-    target = constant_value(pre.inputs[1])
-    if target is None or target.size != 3:
-        return "the grouped view's shape is not a constant [N, G, -1]"
-    n, groups, rest = (int(v) for v in target.reshape(-1))
-    if groups <= 0 or rest != -1:
-        return f"the grouped view's shape {[n, groups, rest]} is not [N, G, -1] with G > 0"
-    batch = (_shape(pre.inputs[0]) or [None])[0]
-    if n != 0 and n != batch:  # a baked batch that is not x's would mix samples
-        return f"the grouped view's batch {n} is not the input's ({batch})"
-    return groups
+
+def _plan_or_refusal(anchor: str, family: str, built, ctx: PassContext) -> _Plan | Refusal:
+    if isinstance(built, str):
+        return Refusal(anchor, family, built)
+    nodes, output, build = built
+    why = contained(nodes, output, ctx.outputs)
+    return Refusal(anchor, family, why) if why else _Plan(anchor, family, nodes, output, build)
 
 
-def _group_view(core: MomentNorm) -> tuple[gs.Node, gs.Node, int | str] | None:
-    """(Reshape in, Reshape out, groups or why not) when the core runs on a reshaped view of x."""
-    pre = producer(core.x)
-    if not op_is(pre, "Reshape") or len(core.y.outputs) != 1 or not op_is(core.y.outputs[0], "Reshape"):
-        return None
-    return pre, core.y.outputs[0], grouped_view(pre)
+def _replace(plan: _Plan, ctx: PassContext) -> str:
+    detach(plan.nodes)
+    plan.build(Writer(ctx, plan.anchor))
+    return "raised to the standard op"
 
 
-class _Raiser:
-    """Shared plumbing: check containment, write the op, detach the old nodes, record."""
-
-    name = "raise-norms"
-
-    def __init__(self, families: set[str]) -> None:
-        self.families = families
-
-    def _replace(self, ctx: PassContext, family: str, anchor: str, nodes, output, build) -> int:
-        why = contained(nodes, output, ctx.outputs)
-        if why:
-            ctx.refused(anchor, family, f"raise-{family}", why)
-            return 0
-        detach(nodes)
-        build(Writer(ctx, anchor))
-        ctx.folded(anchor, family, f"raise-{family}", "raised to the standard op")
-        return 1
-
-
-class RaiseMoments(_Raiser):
+class RaiseMoments:
     """LayerNorm (last axes or channels-first), RMSNorm, InstanceNorm, GroupNorm (ReduceMean form)."""
 
-    def run(self, ctx: PassContext) -> int:
-        rewrites = 0
-        for node in list(ctx.graph.nodes):
-            if not node.outputs or not op_is(node, "Div", "Mul"):
-                continue
-            core = match_core(node)
-            if core is None or constant_value(core.x) is not None:
-                continue
-            family, plan = self._plan(core, ctx)
-            if family not in self.families or FIRST_OPSET[family] > ctx.graph.opset:
-                continue
-            anchor = describe(node)
-            if isinstance(plan, str):
-                ctx.refused(anchor, family, f"raise-{family}", plan)
-                continue
-            nodes, output, build = plan
-            rewrites += self._replace(ctx, family, anchor, nodes, output, build)
-        return rewrites
+    name = "raise-moments"
 
-    def _plan(self, core: MomentNorm, ctx: PassContext):
-        group = _group_view(core) if core.centered else None
-        if group is not None:
-            return "groupnorm", self._groupnorm(core, *group)
-        rank = core.rank()
-        axes = core.normalized_axes()
-        if not core.centered:
-            return "rmsnorm", self._lastaxes(core, "RMSNormalization")
-        if rank is not None and axes == tuple(range(2, rank)) and rank >= 3:
+    def __init__(self, families: frozenset[str]) -> None:
+        self.families = families
+
+    def match(self, node: gs.Node, ctx: PassContext) -> MomentNorm | None:
+        if not op_is(node, "Div", "Mul"):
+            return None
+        core = match_core(node)
+        return None if core is None or constant_value(core.x) is not None else core
+
+    def check(self, core: MomentNorm, ctx: PassContext) -> _Plan | Refusal | None:
+        kind = classify(core)
+        if kind.family not in self.families or not op_available(kind.family, ctx.graph.opset):
+            return None
+        anchor = describe(core.anchor)
+        if core.eps_in_std:
+            return Refusal(anchor, kind.family, "eps is added to the standard deviation; no standard op computes that")
+        if kind.layout == GROUPED:
+            built = self._groupnorm(core, kind.view)
+        elif kind.layout == RMS:
+            built = self._lastaxes(core, "RMSNormalization")
+        elif kind.layout == SPATIAL:
             affine = following_affine(core.y)
-            param = affine.scale if affine.scale is not None else affine.bias
-            if (param is not None and param.ndim >= 2 and param.shape[-1] == 1) or (param is None and rank >= 4):
-                return "instancenorm", self._instancenorm(core, affine, rank)
-        if rank is not None and axes == (1,) and rank >= 3:
-            return "layernorm", self._channels_first(core, rank)
-        return "layernorm", self._lastaxes(core, "LayerNormalization")
+            built = _instancenorm_plan(core.x, core.eps, affine, core.rank(), [*core.nodes, *affine.nodes])
+        elif kind.layout == CHANNELS_FIRST:
+            built = self._channels_first(core, core.rank())
+        else:
+            built = self._lastaxes(core, "LayerNormalization")
+        return _plan_or_refusal(anchor, kind.family, built, ctx)
+
+    def rewrite(self, plan: _Plan, ctx: PassContext) -> str:
+        return _replace(plan, ctx)
 
     @staticmethod
-    def _eps_problem(core: MomentNorm) -> str | None:
-        return "eps is added to the standard deviation; no standard op computes that" if core.eps_in_std else None
-
-    def _lastaxes(self, core: MomentNorm, op: str):
-        if problem := self._eps_problem(core):
-            return problem
+    def _lastaxes(core: MomentNorm, op: str):
         rank = core.rank()
         axes = core.normalized_axes()
         if rank is None or axes is None:
             return "the input rank is unknown"
         if axes != tuple(range(rank - len(axes), rank)):
             return f"axes {list(axes)} are not the last axes"
-        dims = _static_dims(core.x, list(axes))
+        dims = static_dims(core.x, list(axes))
         if dims is None:
             return f"the normalized dims of '{core.x.name}' are not static"
         affine = following_affine(core.y)
@@ -185,10 +163,9 @@ class RaiseMoments(_Raiser):
 
         return [*core.nodes, *used], output, build
 
-    def _channels_first(self, core: MomentNorm, rank: int):
-        if problem := self._eps_problem(core):
-            return problem
-        dims = _static_dims(core.x, [1])
+    @staticmethod
+    def _channels_first(core: MomentNorm, rank: int):
+        dims = static_dims(core.x, [1])
         if dims is None:
             return f"the channel dim of '{core.x.name}' is not static"
         affine = following_affine(core.y)
@@ -214,19 +191,14 @@ class RaiseMoments(_Raiser):
 
         return [*core.nodes, *affine.nodes], output, build
 
-    def _instancenorm(self, core: MomentNorm, affine: Affine, rank: int):
-        if problem := self._eps_problem(core):
-            return problem
-        return _instancenorm_plan(core.x, core.eps, affine, rank, [*core.nodes, *affine.nodes])
-
-    def _groupnorm(self, core: MomentNorm, pre: gs.Node, post: gs.Node, groups: int | str):
+    @staticmethod
+    def _groupnorm(core: MomentNorm, view: GroupedView):
+        groups = view_groups(view.pre)
         if isinstance(groups, str):
             return groups
-        if problem := self._eps_problem(core):
-            return problem
         if core.axes not in ((-1,), (2,)):
             return f"axes {list(core.axes)} of the grouped view are not its last axis"
-        return _groupnorm_plan(pre, post, groups, core.eps, [*core.nodes], None)
+        return _groupnorm_plan(view.pre, view.post, groups, core.eps, [*core.nodes], None)
 
 
 def _per_channel(value: np.ndarray | None, rank: int, channels: int, default: float) -> np.ndarray | str:
@@ -234,7 +206,7 @@ def _per_channel(value: np.ndarray | None, rank: int, channels: int, default: fl
 
 
 def _instancenorm_plan(x: gs.Tensor, eps: float, affine: Affine, rank: int, nodes: list[gs.Node]):
-    channels = _static_dims(x, [1])
+    channels = static_dims(x, [1])
     if channels is None:
         return f"the channel dim of '{x.name}' is not static"
     scale = _per_channel(affine.scale, rank, channels[0], 1.0)
@@ -255,8 +227,8 @@ def _instancenorm_plan(x: gs.Tensor, eps: float, affine: Affine, rank: int, node
 def _groupnorm_plan(pre: gs.Node, post: gs.Node, groups: int, eps: float, inner: list, group_affine):
     """GroupNormalization for x -> Reshape(pre) -> <inner> -> Reshape(post) -> affine."""
     x = pre.inputs[0]
-    rank = len(_shape(x)) if _shape(x) is not None else None
-    channels = _static_dims(x, [1])
+    rank = rank_of(x)
+    channels = static_dims(x, [1])
     if rank is None or channels is None:
         return f"the rank or channel dim of '{x.name}' is not static"
     c = channels[0]
@@ -264,7 +236,7 @@ def _groupnorm_plan(pre: gs.Node, post: gs.Node, groups: int, eps: float, inner:
         return f"{c} channels do not split into {groups} groups"
     back = producer(post.inputs[1])
     back_value = constant_value(post.inputs[1])
-    static = _shape(x)
+    static = shape_of(x)
     if not (
         op_is(back, "Shape") and back.inputs[0] is x and not back.attrs.get("start") and back.attrs.get("end") is None
     ) and (back_value is None or list(back_value) != list(static)):
@@ -290,31 +262,35 @@ def _groupnorm_plan(pre: gs.Node, post: gs.Node, groups: int, eps: float, inner:
     return nodes, output, build
 
 
-class RaiseGroupNormInstanceNorm(_Raiser):
+
+class RaiseGroupedInstanceNorm:
     """Reshape([N, G, -1]) -> InstanceNormalization -> Reshape(back) [-> Mul -> Add] -> GroupNormalization."""
 
-    def run(self, ctx: PassContext) -> int:
-        if "groupnorm" not in self.families or ctx.graph.opset < FIRST_OPSET["groupnorm"]:
-            return 0
-        rewrites = 0
-        for node in list(ctx.graph.nodes):
-            if not node.outputs or not op_is(node, "InstanceNormalization"):
-                continue
-            pre, users = producer(node.inputs[0]), node.outputs[0].outputs
-            if not op_is(pre, "Reshape") or len(users) != 1 or not op_is(users[0], "Reshape"):
-                continue
-            groups = grouped_view(pre)
-            anchor = describe(node)
-            if isinstance(groups, str):
-                ctx.refused(anchor, "groupnorm", "raise-groupnorm", groups)
-                continue
-            sg, bg = constant_value(node.inputs[1]), constant_value(node.inputs[2])
-            if sg is None or bg is None:
-                ctx.refused(anchor, "groupnorm", "raise-groupnorm", "the per-group scale or bias is not a constant")
-                continue
-            plan = _groupnorm_plan(pre, users[0], groups, float(node.attrs.get("epsilon", 1e-5)), [node], (sg, bg))
-            if isinstance(plan, str):
-                ctx.refused(anchor, "groupnorm", "raise-groupnorm", plan)
-                continue
-            rewrites += self._replace(ctx, "groupnorm", anchor, *plan)
-        return rewrites
+    name = "raise-grouped-instancenorm"
+
+    def __init__(self, families: frozenset[str]) -> None:
+        self.families = families
+
+    def match(self, node: gs.Node, ctx: PassContext) -> tuple[gs.Node, GroupedView] | None:
+        if not op_is(node, "InstanceNormalization"):
+            return None
+        view = instancenorm_view(node)
+        return None if view is None else (node, view)
+
+    def check(self, match: tuple[gs.Node, GroupedView], ctx: PassContext) -> _Plan | Refusal | None:
+        if "groupnorm" not in self.families or not op_available("groupnorm", ctx.graph.opset):
+            return None
+        node, view = match
+        anchor = describe(node)
+        groups = view_groups(view.pre)
+        if isinstance(groups, str):
+            return Refusal(anchor, "groupnorm", groups)
+        sg, bg = constant_value(node.inputs[1]), constant_value(node.inputs[2])
+        if sg is None or bg is None:
+            return Refusal(anchor, "groupnorm", "the per-group scale or bias is not a constant")
+        eps = float(node.attrs.get("epsilon", 1e-5))
+        built = _groupnorm_plan(view.pre, view.post, groups, eps, [node], (sg, bg))
+        return _plan_or_refusal(anchor, "groupnorm", built, ctx)
+
+    def rewrite(self, plan: _Plan, ctx: PassContext) -> str:
+        return _replace(plan, ctx)

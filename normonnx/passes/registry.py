@@ -1,22 +1,42 @@
-"""The passes, listed explicitly: no registration by import side effect."""
+"""The passes and the pipelines they form, listed explicitly: no registration by import side effect.
+
+Every pipeline a command runs is built here: ``fold``'s, the constant folding
+``export`` applies before emitting, and ``emit``'s lowering and raising.
+"""
 
 from __future__ import annotations
 
-from normonnx.passes._base import FoldOptions, Pass
+from collections.abc import Iterable
+
+from normonnx.passes._base import FoldOptions, Pipeline, RulePass, Stage
 from normonnx.passes.fold_constants import FoldConstants
 from normonnx.passes.fold_into_consumer import FoldIntoConsumer
 from normonnx.passes.fold_into_producer import FoldIntoProducer
 from normonnx.passes.fold_norm_affine import FoldNormAffine
+from normonnx.passes.lower import Lower
+from normonnx.passes.raise_norms import RaiseGroupedInstanceNorm, RaiseMoments
 
 
-def fold_prelude() -> list[Pass]:
-    """Run once first: makes computed weights constant so the folds can see them."""
-    return [FoldConstants()]
+def constants_pipeline() -> Pipeline:
+    """Only the constant folding: computed weights become initializers, every normalization stays."""
+    return Pipeline((Stage((FoldConstants(),)),))
 
 
-def fold_fixpoint(options: FoldOptions) -> list[Pass]:
-    """Run until nothing changes: each fold can expose the next (Conv -> BN -> BN)."""
-    passes: list[Pass] = [FoldIntoProducer(), FoldIntoConsumer()]
+def fold_pipeline(options: FoldOptions) -> Pipeline:
+    """Constants first (so the folds see computed weights), then the folds until nothing changes:
+    each fold can expose the next (Conv -> BN -> BN)."""
+    folds = [RulePass(FoldIntoProducer()), RulePass(FoldIntoConsumer())]
     if options.fold_norm_affine:
-        passes.append(FoldNormAffine())
-    return passes
+        folds.append(RulePass(FoldNormAffine()))
+    return Pipeline((Stage((FoldConstants(),)), Stage(tuple(folds), fixpoint=True)))
+
+
+def lower_pipeline(families: Iterable[str]) -> Pipeline:
+    """Each family's standard op replaced by its exact subgraph."""
+    return Pipeline((Stage(tuple(RulePass(Lower(f)) for f in families)),))
+
+
+def raise_pipeline(families: Iterable[str]) -> Pipeline:
+    """Decomposed subgraphs of these families replaced by their standard op, where the opset has it."""
+    wanted = frozenset(families)
+    return Pipeline((Stage((RulePass(RaiseMoments(wanted)), RulePass(RaiseGroupedInstanceNorm(wanted)))),))

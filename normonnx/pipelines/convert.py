@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.errors import UnusableInputError
 from normonnx.pipelines.export import DEFAULT_OPSET, export_module, torch_parity
 from normonnx.fileio import write_json_atomic, write_text_atomic
@@ -83,7 +84,7 @@ class ConvertReport:
 
     def to_dict(self) -> dict:
         return {
-            "schema": 1,
+            "schema": SCHEMA_VERSION,
             "name": self.name,
             "spec": self.spec,
             "checkpoint": self.checkpoint,

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.pipelines.convert import ConvertReport, convert
 from normonnx.errors import NormonnxError, UnusableInputError
 from normonnx.fileio import write_json_atomic, write_text_atomic
@@ -150,7 +151,7 @@ def run_demo(
     write_text_atomic(out / "report.md", _markdown(table, reports, failures, opset, style))
     write_json_atomic(
         out / "report.json",
-        {"schema": 1, "opset": opset, "style": style, "models": [r.to_dict() for r in reports], "failures": failures},
+        {"schema": SCHEMA_VERSION, "opset": opset, "style": style, "models": [r.to_dict() for r in reports], "failures": failures},
     )
     _plot(reports, out / "summary.png")
     return reports, failures

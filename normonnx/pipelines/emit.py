@@ -22,21 +22,18 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
+from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.errors import UnusableInputError
-from normonnx.families import BY_KEY
-from normonnx.pipelines.fold import as_model, prepare_graph
-from normonnx.graph.bridge import to_model
+from normonnx.families import BY_KEY, WITH_OP, is_default_domain, op_available
+from normonnx.graph.bridge import model_and_name, prepare_graph, to_model
 from normonnx.graph.opsets import OpsetError, convert_opset, default_opset
-from normonnx.passes._base import Decision, FoldOptions, PassContext
-from normonnx.passes.lower import FAMILY_OF_OP, Lower
-from normonnx.passes.raise_norms import RaiseGroupNormInstanceNorm, RaiseMoments
+from normonnx.passes._base import Decision, PassContext, Pipeline
+from normonnx.passes.registry import lower_pipeline, raise_pipeline
 from normonnx.recognize.scan import scan, summarize
 from normonnx.validate.parity import ParityResult
 
 STYLES = ("auto", "op", "decomposed")
 MIN_OPSET = 11
-OP_OF_FAMILY = {family: op for op, family in FAMILY_OF_OP.items()}
-EMITTED_FAMILIES = tuple(OP_OF_FAMILY)
 
 
 def newest_opset() -> int:
@@ -51,11 +48,6 @@ def check_opset(opset: int) -> None:
 def check_style(style: str) -> None:
     if style not in STYLES:
         raise UnusableInputError(f"--norm-style {style!r}: choose one of {', '.join(STYLES)}")
-
-
-def op_available(family: str, opset: int) -> bool:
-    fam = BY_KEY[family]
-    return fam.onnx_op is not None and fam.first_opset is not None and opset >= fam.first_opset
 
 
 def planned_form(family: str, opset: int, style: str) -> str:
@@ -88,7 +80,7 @@ class EmitReport:
 
     def to_dict(self) -> dict:
         return {
-            "schema": 1,
+            "schema": SCHEMA_VERSION,
             "source": self.source,
             "output": self.output,
             "source_opset": self.source_opset,
@@ -103,17 +95,16 @@ class EmitReport:
         }
 
 
-def _run(model: onnx.ModelProto, passes, decisions: list[Decision]) -> onnx.ModelProto:
+def _run(model: onnx.ModelProto, pipeline: Pipeline, decisions: list[Decision]) -> onnx.ModelProto:
     graph = prepare_graph(model, always_infer=True)
-    ctx = PassContext(graph, FoldOptions())
-    for p in passes:
-        p.run(ctx)
+    ctx = PassContext(graph)
+    pipeline.run(ctx)
     decisions.extend(ctx.decisions)
     return to_model(graph, model, sort=True)
 
 
 def _ops_in(model: onnx.ModelProto) -> set[str]:
-    return {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
+    return {n.op_type for n in model.graph.node if is_default_domain(n.domain)}
 
 
 def emit(
@@ -126,32 +117,31 @@ def emit(
 ) -> tuple[onnx.ModelProto, EmitReport]:
     """Every normalization of ``model`` in the form ``style`` wants at ``opset`` (default: the model's)."""
     start = time.perf_counter()
-    proto, source = as_model(model)
+    proto, source = model_and_name(model)
     src = default_opset(proto)
     target = src if opset is None else opset
     check_opset(target)
     check_style(style)
-    forms = {f: planned_form(f, target, style) for f in EMITTED_FAMILIES}
+    forms = {f: planned_form(f, target, style) for f in WITH_OP}
     before = summarize(scan(prepare_graph(proto)))
     decisions: list[Decision] = []
     out = proto
     # At the source opset: lower what the target lacks or the style does not want,
     # and GroupNormalization-18 before the converter mislabels it as 21.
-    lower_first = [f for f in EMITTED_FAMILIES if forms[f] == "decomposed"]
+    lower_first = [f for f in WITH_OP if forms[f] == "decomposed"]
     if src < 21 <= target and "GroupNormalization" in _ops_in(out) and "groupnorm" not in lower_first:
         lower_first.append("groupnorm")
     if lower_first:
-        out = _run(out, [Lower(OP_OF_FAMILY[f]) for f in lower_first], decisions)
+        out = _run(out, lower_pipeline(lower_first), decisions)
     if target != src:
         try:
             out = convert_opset(out, target)
         except OpsetError as e:
             raise OpsetError(f"{source}: {e}") from None
-    raise_families = {f for f in EMITTED_FAMILIES if forms[f] == "op"}
-    out = _run(out, [RaiseMoments(raise_families), RaiseGroupNormInstanceNorm(raise_families)], decisions)
+    out = _run(out, raise_pipeline(f for f in WITH_OP if forms[f] == "op"), decisions)
     report = EmitReport(source, src, target, style, forms, before, summarize(scan(prepare_graph(out))), decisions)
     if verify:
-        from normonnx.pipelines.fold import verify_parity
+        from normonnx.validate.verify import verify_parity
 
         report.parity = verify_parity(proto, out, shapes=shapes)
     report.seconds = time.perf_counter() - start

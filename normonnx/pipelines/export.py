@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from normonnx.pipelines.emit import EmitReport, check_opset, check_style, emit
 from normonnx.errors import ExportError
-from normonnx.pipelines.fold import prepare_graph
-from normonnx.graph.bridge import to_model
-from normonnx.passes._base import FoldOptions, PassContext
-from normonnx.passes.fold_constants import FoldConstants
+from normonnx.graph.bridge import prepare_graph, to_model
+from normonnx.passes._base import PassContext
+from normonnx.passes.registry import constants_pipeline
+from normonnx.pipelines.emit import EmitReport, check_opset, check_style, emit
+from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate.parity import ParityResult
 
 DEFAULT_OPSET = 18
@@ -39,7 +39,7 @@ class ExportReport:
 
     def to_dict(self) -> dict:
         return {
-            "schema": 1,
+            "schema": SCHEMA_VERSION,
             "factory": self.factory,
             "exporter": self.exporter,
             "output": self.output,
@@ -52,7 +52,7 @@ class ExportReport:
 def fold_weight_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Only the constant folding of fold: emission keeps every normalization, folding is ``fold``'s job."""
     graph = prepare_graph(model)
-    FoldConstants().run(PassContext(graph, FoldOptions()))
+    constants_pipeline().run(PassContext(graph))
     return to_model(graph, model, sort=False)
 
 
@@ -61,33 +61,22 @@ def torch_parity(module, model: onnx.ModelProto, example: Sequence, samples: int
     import torch
 
     from normonnx.validate.parity import compare
-    from normonnx.validate.runner import SessionConfig, run, session
+    from normonnx.validate.torch_reference import torch_outputs
+    from normonnx.validate.verify import onnx_outputs
 
-    sess = session(model, SessionConfig(optimize=False))
-    names = [i.name for i in sess.get_inputs()]
-    refs, cands = [], []
+    names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    refs, feeds = [], []
     for k in range(samples):
         g = torch.Generator().manual_seed(seed + k)
         xs = [torch.randn(x.shape, generator=g, dtype=x.dtype) if x.is_floating_point() else x for x in example]
-        with torch.no_grad():
-            outs = _tensor_leaves(module(*xs))
-        got = run(sess, _feeds(module, names, xs))
-        if len(got) != len(outs):
-            raise ExportError(f"the export has {len(got)} outputs, the module returns {len(outs)} tensors")
-        refs.append({f"output_{i}": o.detach().numpy() for i, o in enumerate(outs)})
+        refs.append(torch_outputs(module, xs))
+        feeds.append(_feeds(module, names, xs))
+    cands = []
+    for ref, got in zip(refs, onnx_outputs(model, feeds), strict=True):
+        if len(got) != len(ref):
+            raise ExportError(f"the export has {len(got)} outputs, the module returns {len(ref)} tensors")
         cands.append({f"output_{i}": np.asarray(v) for i, v in enumerate(got.values())})
     return compare(refs, cands)
-
-
-def _tensor_leaves(value) -> list:
-    """A module's outputs flattened the way the exporters flatten them: tuples, lists, dict values."""
-    if isinstance(value, (tuple, list)):
-        return [leaf for v in value for leaf in _tensor_leaves(v)]
-    if isinstance(value, dict):
-        return [leaf for v in value.values() for leaf in _tensor_leaves(v)]
-    if not hasattr(value, "detach"):
-        raise ExportError(f"the module returns a {type(value).__name__}, not tensors")
-    return [value]
 
 
 def _feeds(module, names: list[str], xs: list) -> dict:

@@ -11,10 +11,11 @@ from dataclasses import asdict, dataclass, field
 
 from normonnx.families import BY_KEY
 from normonnx.passes._base import Decision
+from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.recognize.scan import SUBGRAPH_NOTE, Found
 from normonnx.validate.parity import ParityResult
 
-SCHEMA_VERSION = 1
+
 
 
 @dataclass
@@ -47,6 +48,7 @@ class FoldReport:
     parity: ParityResult | None = None
     output: str | None = None
     stale_files: list[str] = field(default_factory=list)  # weights the replaced output used; never deleted
+    notes: list[str] = field(default_factory=list)  # e.g. a fixpoint that did not converge
 
     @property
     def folded(self) -> list[NormStatus]:
@@ -70,6 +72,7 @@ class FoldReport:
             "seconds": round(self.seconds, 4),
             "parity": self.parity.to_dict() if self.parity else None,
             "stale_files": self.stale_files,
+            "notes": self.notes,
         }
 
 

@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
-from normonnx.pipelines.fold import as_model, fold
-from normonnx.pipelines.fold_report import SCHEMA_VERSION, NormStatus
+from normonnx.graph.bridge import model_and_name
+from normonnx.pipelines.fold import fold
+from normonnx.pipelines.fold_report import NormStatus
+from normonnx.reports.schema import SCHEMA_VERSION
 
 
 @dataclass
@@ -40,7 +42,7 @@ class Inspection:
 
 
 def inspect_model(model: onnx.ModelProto | str | os.PathLike) -> Inspection:
-    proto, source = as_model(model)
+    proto, source = model_and_name(model)
     _, report = fold(proto)
     producer = f"{proto.producer_name} {proto.producer_version}".strip()
     opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx.families import BY_OP
+from normonnx.families import BY_OP, LINEAR_OPS, is_default_domain
 from normonnx.graph.access import (
-    DEFAULT_DOMAINS,
     constant_value,
     describe,
     is_constant,
@@ -27,9 +26,8 @@ from normonnx.graph.access import (
     op_is,
     producer,
 )
-from normonnx.recognize.moments import MomentNorm, following_affine, match_core
-
-_WEIGHT_INPUT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+from normonnx.recognize.classify import classify, instancenorm_view
+from normonnx.recognize.moments import following_affine, match_core
 _MAX_WEIGHT_SUBGRAPH = 64
 
 
@@ -48,47 +46,6 @@ class Found:
 
 def _names(nodes) -> tuple[str, ...]:
     return tuple(describe(n) for n in nodes)
-
-
-def _group_reshapes(x: gs.Tensor, y: gs.Tensor) -> tuple[gs.Node, gs.Node] | None:
-    """(Reshape in, Reshape out) when a normalization runs on a [N, G, -1] view of a tensor."""
-    pre = producer(x)
-    if not op_is(pre, "Reshape") or len(y.outputs) != 1:
-        return None
-    post = y.outputs[0]
-    if not op_is(post, "Reshape"):
-        return None
-    return pre, post
-
-
-def _classify(core: MomentNorm) -> tuple[str, str]:
-    """(family, detail) of a matched core."""
-    axes = core.normalized_axes()
-    rank = core.rank()
-    shown = list(axes) if axes is not None else list(core.axes)
-    eps = f"eps {core.eps:g}{' in std' if core.eps_in_std else ''}"
-    if not core.centered:
-        return "rmsnorm", f"axes {shown}, {eps}"
-    if _group_reshapes(core.x, core.y) is not None:
-        return "groupnorm", f"ReduceMean form over a grouped view, {eps}"
-    if rank is not None and axes is not None:
-        trailing = axes == tuple(range(rank - len(axes), rank))
-        if axes == (1,) and rank >= 3:
-            return "layernorm", f"channels-first over axis 1, {eps}"
-        if axes == tuple(range(2, rank)) and rank >= 3:
-            # Same math as a LayerNorm over the trailing axes: the affine's shape
-            # tells them apart ([C, 1, ...] is per channel); without one, rank 3
-            # is the transformer LayerNorm, rank 4+ the InstanceNorm.
-            affine = following_affine(core.y)
-            param = affine.scale if affine.scale is not None else affine.bias
-            per_channel = param is not None and param.ndim >= 2 and param.shape[-1] == 1
-            if per_channel or (param is None and rank >= 4):
-                return "instancenorm", f"over spatial axes {list(axes)}, {eps}"
-        if trailing:
-            return "layernorm", f"over the last {len(axes)} axes, {eps}"
-    elif all(a < 0 for a in core.axes):
-        return "layernorm", f"over axes {list(core.axes)}, {eps}"
-    return "layernorm", f"over axes {shown}, {eps}"
 
 
 def _weight_subgraph(t: gs.Tensor) -> tuple[list[gs.Node], bool] | None:
@@ -141,7 +98,7 @@ def scan(graph: gs.Graph) -> list[Found]:
     claimed: set[int] = set()
 
     for node in graph.nodes:
-        if not op_is(node, *_WEIGHT_INPUT_OPS) or len(node.inputs) < 2:
+        if not op_is(node, *LINEAR_OPS) or len(node.inputs) < 2:
             continue
         w = node.inputs[1]
         if is_constant(w):
@@ -167,7 +124,7 @@ def scan(graph: gs.Graph) -> list[Found]:
         )
 
     for node in graph.nodes:
-        if id(node) in claimed or node.domain not in DEFAULT_DOMAINS:
+        if id(node) in claimed or not is_default_domain(node.domain):
             continue
         if node.op in BY_OP:
             item, nodes = _standard(node, graph.opset)
@@ -177,16 +134,13 @@ def scan(graph: gs.Graph) -> list[Found]:
         core = match_core(node) if node.op in ("Div", "Mul") else None
         if core is None or any(id(n) in claimed for n in core.nodes):
             continue
-        family, detail = _classify(core)
-        extra = []
-        reshapes = _group_reshapes(core.x, core.y) if family == "groupnorm" else None
-        if reshapes:
-            extra = list(reshapes)
-        affine = following_affine(reshapes[1].outputs[0] if reshapes else core.y)
-        nodes = [*core.nodes, *extra, *affine.nodes]
+        kind = classify(core)
+        view = kind.view
+        affine = following_affine(view.post.outputs[0] if view else core.y)
+        nodes = [*core.nodes, *((view.pre, view.post) if view else ()), *affine.nodes]
         claimed.update(id(n) for n in nodes)
         affine_note = ", affine" if affine.nodes else ""
-        found.append(Found(family, "decomposed", describe(core.anchor), _names(nodes), detail + affine_note))
+        found.append(Found(kind.family, "decomposed", describe(core.anchor), _names(nodes), kind.detail + affine_note))
 
     for node in graph.nodes:
         if id(node) in claimed or not op_is(node, "Mul") or len(node.inputs) != 2:
@@ -225,7 +179,7 @@ def _in_subgraphs(graph: gs.Graph) -> list[Found]:
             for body in (b for b in bodies if isinstance(b, gs.Graph)):
                 where = f"{SUBGRAPH_NOTE} ({attr} of {node.op} {describe(node)})"
                 for sub in body.nodes:
-                    if sub.op in BY_OP and sub.domain in DEFAULT_DOMAINS:
+                    if sub.op in BY_OP and is_default_domain(sub.domain):
                         fam = BY_OP[sub.op]
                         found.append(Found(fam.key, "op", describe(sub), (describe(sub),), where))
                 found.extend(_in_subgraphs(body))
@@ -242,19 +196,18 @@ def _standard(node: gs.Node, opset: int) -> tuple[Found, list[gs.Node]]:
             else f"eps {float(node.attrs.get('epsilon', 1e-5)):g}"
         )
         return Found("batchnorm", "op", describe(node), (describe(node),), mode), [node]
-    if node.op == "InstanceNormalization":
-        pre, post = producer(node.inputs[0]), node.outputs[0].outputs
-        if op_is(pre, "Reshape") and len(post) == 1 and op_is(post[0], "Reshape"):
-            affine = following_affine(post[0].outputs[0])
-            nodes = [pre, node, post[0], *affine.nodes]
-            found = Found(
-                "groupnorm",
-                "Reshape/InstanceNormalization/Reshape",
-                describe(node),
-                _names(nodes),
-                "GroupNorm as InstanceNormalization over a [N, G, -1] view",
-            )
-            return found, nodes
+    view = instancenorm_view(node) if node.op == "InstanceNormalization" else None
+    if view is not None:
+        affine = following_affine(view.post.outputs[0])
+        nodes = [view.pre, node, view.post, *affine.nodes]
+        found = Found(
+            "groupnorm",
+            "Reshape/InstanceNormalization/Reshape",
+            describe(node),
+            _names(nodes),
+            "GroupNorm as InstanceNormalization over a [N, G, -1] view",
+        )
+        return found, nodes
     detail = ", ".join(
         f"{k} {v}" for k, v in node.attrs.items() if k in ("axis", "epsilon", "num_groups", "stash_type")
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate.inputs import input_specs, random_inputs
 from normonnx.validate.isolation import call_isolated
 from normonnx.validate.latency import LatencyStats, Speedup, measure, speedup
@@ -32,7 +33,7 @@ class BenchReport:
 
     def to_dict(self, with_times: bool = False) -> dict:
         return {
-            "schema": 1,
+            "schema": SCHEMA_VERSION,
             "models": self.models,
             "provider": self.provider,
             "threads": self.threads,

@@ -22,6 +22,7 @@ import onnx
 
 from normonnx.errors import UnusableInputError
 from normonnx.graph.modelio import has_external_data, load_model
+from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate import execute
 from normonnx.validate.inputs import input_specs, load_npz, random_inputs
 from normonnx.validate.isolation import call_isolated
@@ -51,7 +52,7 @@ class CheckReport:
 
     def to_dict(self) -> dict:
         return {
-            "schema": 1,
+            "schema": SCHEMA_VERSION,
             "candidate": self.candidate,
             "reference": self.reference,
             "reference_kind": self.reference_kind,
@@ -96,29 +97,12 @@ def _match_outputs(refs: list[dict], cands: list[dict], notes: list[str]) -> lis
 
 
 def _torch_reference(spec: str, checkpoint: str | None, feeds: list[dict], names: list[str]) -> list[dict]:
-    import torch
-
-    module = _factory_module(spec, checkpoint)
-    refs = []
-    for f in feeds:
-        xs = [torch.from_numpy(np.ascontiguousarray(f[n])) for n in names]
-        with torch.no_grad():
-            out = module(*xs)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        refs.append(
-            {
-                f"output_{i}": o.detach().float().numpy() if o.dtype == torch.bfloat16 else o.detach().numpy()
-                for i, o in enumerate(outs)
-            }
-        )
-    return refs
-
-
-def _factory_module(spec: str, checkpoint: str | None):
-    """The torch module of a factory; the check's feeds replace its example inputs."""
+    """The factory's module (the check's feeds replace its example inputs) in torch eager."""
     from normonnx.torchfront.exporter import build_module
+    from normonnx.validate.torch_reference import torch_outputs
 
-    return build_module(spec, checkpoint)[0]
+    module = build_module(spec, checkpoint)[0]
+    return [torch_outputs(module, [f[n] for n in names]) for f in feeds]
 
 
 def check(

@@ -8,10 +8,11 @@ import pytest
 
 from normonnx.pipelines.emit import emit
 from normonnx.passes.lower import Lower
-from normonnx.passes.raise_norms import RaiseGroupNormInstanceNorm, RaiseMoments
+from normonnx.families import BY_OP
+from normonnx.passes.raise_norms import RaiseGroupedInstanceNorm, RaiseMoments
 from tests.builders import GraphBuilder, apply, assert_parity, decomposed_norm, op_types, refusals
 
-ALL = {"layernorm", "rmsnorm", "instancenorm", "groupnorm"}
+ALL = frozenset({"layernorm", "rmsnorm", "instancenorm", "groupnorm"})
 
 
 def _rng(seed=0):
@@ -50,7 +51,7 @@ def _op_model(op: str, opset: int, **attrs):
 @pytest.mark.parametrize("opset,axis", [(17, -1), (17, -2), (18, -1), (18, 1)])
 def test_layernorm_lower_then_raise_round_trip(opset, axis):
     model = _ln_model(opset, axis)
-    low, _ = apply(model, Lower("LayerNormalization"))
+    low, _ = apply(model, Lower("layernorm"))
     assert "LayerNormalization" not in op_types(low) and "ReduceMean" in op_types(low)
     assert_parity(model, low)
     high, _ = apply(low, RaiseMoments(ALL))
@@ -65,7 +66,7 @@ def test_layernorm_lower_then_raise_round_trip(opset, axis):
 )
 def test_lowering_is_exact(op, opset):
     model = _op_model(op, opset)
-    low, ctx = apply(model, Lower(op))
+    low, ctx = apply(model, Lower(BY_OP[op].key))
     onnx.checker.check_model(low, full_check=True)
     assert op not in op_types(low), refusals(ctx)
     assert_parity(model, low)
@@ -76,15 +77,15 @@ def test_lowering_is_exact(op, opset):
 )
 def test_raise_after_lower_gives_back_the_op(op, opset):
     model = _op_model(op, opset)
-    low, _ = apply(model, Lower(op))
-    high, _ = apply(low, RaiseMoments(ALL), RaiseGroupNormInstanceNorm(ALL))
+    low, _ = apply(model, Lower(BY_OP[op].key))
+    high, _ = apply(low, RaiseMoments(ALL), RaiseGroupedInstanceNorm(ALL))
     assert op_types(high) == [op]
     assert_parity(model, high)
 
 
 def test_batchnorm_lowers_to_one_mul_and_one_add():
     model = _op_model("BatchNormalization", 15)
-    low, _ = apply(model, Lower("BatchNormalization"))
+    low, _ = apply(model, Lower("batchnorm"))
     assert op_types(low) == ["Mul", "Add"]
     assert_parity(model, low)
 
@@ -155,7 +156,7 @@ def test_groupnorm_instancenorm_form_with_per_group_affine_raises_exactly():
         b.node("Add", [b.node("Mul", [y, b.weight(rng.uniform(0.5, 2, (6, 1, 1)))]), b.weight(np.ones((6, 1, 1)))])
     )
     model = b.model()
-    out, _ = apply(model, RaiseGroupNormInstanceNorm(ALL))
+    out, _ = apply(model, RaiseGroupedInstanceNorm(ALL))
     assert op_types(out) == ["GroupNormalization"]
     assert_parity(model, out)
 
@@ -199,7 +200,7 @@ def test_layernorm_with_used_statistics_output_is_not_lowered():
     y, mean, _ = b.node("LayerNormalization", [x, b.weight(np.ones(8))], n_out=3, name="ln")
     b.output(y)
     b.output(mean)
-    out, ctx = apply(b.model(), Lower("LayerNormalization"))
+    out, ctx = apply(b.model(), Lower("layernorm"))
     assert "LayerNormalization" in op_types(out)
     assert "statistics outputs are used" in refusals(ctx)["ln"][0]
 
@@ -216,7 +217,7 @@ def test_fp16_lowering_keeps_statistics_in_fp32():
     x = b.input("x", [2, 8])
     b.output(b.node("LayerNormalization", [x, b.weight(np.ones(8)), b.weight(np.zeros(8))], axis=-1))
     model = b.model()
-    low, _ = apply(model, Lower("LayerNormalization"))
+    low, _ = apply(model, Lower("layernorm"))
     assert op_types(low).count("Cast") == 2
     naive = GraphBuilder(opset=17, dtype=np.float16)
     xn = naive.input("x", [2, 8])
@@ -242,7 +243,7 @@ def test_grouped_views_that_are_not_groupnorm_are_refused(target, reason):
     y = b.node("Reshape", [n, b.node("Shape", [x])])
     b.output(b.node("Mul", [y, b.weight(rng.uniform(0.5, 2, (6, 1, 1)))]), shape=[2, 6, 4, 4])
     model = b.model()
-    out, ctx = apply(model, RaiseGroupNormInstanceNorm(ALL))
+    out, ctx = apply(model, RaiseGroupedInstanceNorm(ALL))
     assert "GroupNormalization" not in op_types(out)
     assert reason in refusals(ctx)["in"][0]
 
@@ -253,7 +254,7 @@ def test_bf16_lowering_keeps_statistics_in_fp32():
     b = GraphBuilder(opset=18, dtype=ml_dtypes.bfloat16)
     x = b.input("x", [2, 8])
     b.output(b.node("LayerNormalization", [x, b.weight(np.ones(8)), b.weight(np.zeros(8))], axis=-1), shape=[2, 8])
-    low, _ = apply(b.model(), Lower("LayerNormalization"))
+    low, _ = apply(b.model(), Lower("layernorm"))
     casts = [n for n in low.graph.node if n.op_type == "Cast"]
     assert [onnx.helper.get_attribute_value(c.attribute[0]) for c in casts] == [
         onnx.TensorProto.FLOAT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normonnx.pipelines.fold import prepare_graph
+from normonnx.graph.bridge import prepare_graph
 from normonnx.recognize.scan import scan
 from tests.builders import GraphBuilder, decomposed_norm
 

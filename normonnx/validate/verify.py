@@ -1,0 +1,86 @@
+"""The one verification driver: a rewritten model against its original, on seeded inputs.
+
+Both models run on onnxruntime CPU with graph optimizations off, on the same
+seeded inputs, and are compared by ``parity.compare``. Models given as paths
+run in isolated child processes (a model that crashes onnxruntime cannot take
+normonnx down), side by side when they are small; models in memory run here.
+When the gate fails, the reference is also run with onnxruntime's own
+optimizations to measure its float32 noise floor (see validate.parity).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from normonnx.validate.parity import Gate, ParityResult, compare, rejudge_with_noise
+from normonnx.validate.runner import SessionConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+# Below this much weight on disk (both models together), the two isolated runs go side by side.
+CONCURRENT_PARITY_BYTES = 1 << 30
+
+
+def onnx_outputs(model, feeds: list[dict[str, np.ndarray]], config: SessionConfig = SessionConfig()) -> list[dict]:
+    """A model's outputs for every feed: in this process for a ModelProto, in an isolated one for a path."""
+    if isinstance(model, str | os.PathLike):
+        from normonnx.validate import execute
+        from normonnx.validate.isolation import call_isolated
+
+        return call_isolated(execute.run_outputs, str(model), feeds, config, label=str(model))
+    from normonnx.validate.runner import run, session
+
+    sess = session(model, config)
+    wanted = {i.name for i in sess.get_inputs()}
+    return [run(sess, {k: v for k, v in f.items() if k in wanted}) for f in feeds]
+
+
+def verify_parity(
+    reference: onnx.ModelProto | str | os.PathLike,
+    candidate: onnx.ModelProto | str | os.PathLike,
+    *,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    samples: int = 3,
+    gate: Gate | None = None,
+    noise_floor: bool = True,
+    reference_proto: onnx.ModelProto | None = None,
+    candidate_bytes: int | None = None,
+) -> ParityResult:
+    """``candidate`` against ``reference``; ``gate`` replaces the default one (and then no noise floor applies).
+
+    ``reference_proto`` (the reference already in memory) and ``candidate_bytes`` (what a
+    candidate path holds on disk) spare parsing those files again.
+    """
+    from normonnx.graph.modelio import disk_bytes, load_model
+    from normonnx.validate.inputs import seeded_input_sets
+
+    on_disk = isinstance(reference, str | os.PathLike) and isinstance(candidate, str | os.PathLike)
+    specs = reference_proto
+    if specs is None:
+        specs = load_model(reference, load_weights=False) if isinstance(reference, str | os.PathLike) else reference
+    feeds = seeded_input_sets(specs, samples, shapes)
+    sharing: dict = {}
+    side_by_side = False
+    if on_disk:
+        cores = os.cpu_count() or 1
+        size = disk_bytes(reference) + (disk_bytes(candidate) if candidate_bytes is None else candidate_bytes)
+        side_by_side = cores > 1 and size < CONCURRENT_PARITY_BYTES
+        # Side by side, each run gets half the cores and no spin-waiting threads, which
+        # would otherwise steal the cores the other run is computing on.
+        if side_by_side:
+            sharing = {"threads": max(1, cores // 2), "spin": False}
+    config = SessionConfig(optimize=False, **sharing)
+    if side_by_side:
+        with ThreadPoolExecutor(2) as pool:
+            refs, cands = pool.map(lambda m: onnx_outputs(m, feeds, config), (reference, candidate))
+    else:
+        refs, cands = (onnx_outputs(m, feeds, config) for m in (reference, candidate))
+    result = compare(refs, cands, default=gate)
+    if not result.passed and noise_floor and gate is None:
+        noisy = onnx_outputs(reference, feeds, SessionConfig(optimize=True, **sharing))
+        result = rejudge_with_noise(result, compare(refs, noisy))
+    return result
