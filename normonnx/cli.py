@@ -60,9 +60,9 @@ def _check_report_path(report: str | None, *protected: str | None) -> None:
 
 
 def cmd_fold(args: argparse.Namespace) -> int:
-    from normonnx.pipelines.fold import fold_file
-    from normonnx.pipelines.fold_report import render
     from normonnx.passes._base import FoldOptions
+    from normonnx.pipelines.fold import fold_file
+    from normonnx.reports.text import render_fold
     from normonnx.validate.inputs import parse_shape_overrides
 
     _check_report_path(args.report, args.input, args.output)
@@ -78,12 +78,13 @@ def cmd_fold(args: argparse.Namespace) -> int:
         _out(json.dumps(report.to_dict(), indent=2))
     else:
         _out(f"normonnx fold {args.input} -> {args.output}")
-        _out(render(report))
+        _out(render_fold(report))
     return _finish(args, args.output, report, report.output is not None, args.input)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from normonnx.pipelines.inspect import inspect_model, render_inspection
+    from normonnx.pipelines.inspect import inspect_model
+    from normonnx.reports.text import render_inspection
 
     report = inspect_model(args.input)
     if args.json:
@@ -105,9 +106,9 @@ def _finish(args: argparse.Namespace, output: str, report, written: bool, what: 
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from normonnx.pipelines.emit import render_emit
-    from normonnx.torchfront.exporter import parse_input_shape
     from normonnx.pipelines.export import export_file
+    from normonnx.reports.text import render_emit
+    from normonnx.torchfront.exporter import parse_input_shape
 
     _check_report_path(args.report, args.output, args.checkpoint)
     report = export_file(
@@ -132,8 +133,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
-    from normonnx.pipelines.emit import emit, render_emit
     from normonnx.graph.modelio import check_output_path, save_model
+    from normonnx.pipelines.emit import emit
+    from normonnx.reports.text import render_emit
     from normonnx.validate.inputs import parse_shape_overrides
 
     check_output_path(args.output, [args.input])
@@ -173,40 +175,6 @@ def _parse_tolerances(items: list[str] | None):
     return gates
 
 
-def _render_check(report) -> str:
-    lines = [
-        f"normonnx check {report.candidate} against {report.reference_kind} {report.reference}"
-        f" on {report.provider}, {report.parity.samples} input sets ({report.inputs})"
-    ]
-    w = max([len(o.name) for o in report.parity.outputs] + [6]) + 2
-    lines.append(f"{'output':{w}}{'max abs':>11}{'max rel':>11}{'cosine':>14}{'p99 abs':>11}{'threshold':>11}  result")
-    for o in report.parity.outputs:
-        verdict = "pass" if o.passed else "FAIL"
-        if o.judged_by != "gate":
-            verdict += f" ({o.judged_by})"
-        lines.append(
-            f"{o.name:{w}}{o.max_abs:>11.3g}{o.max_rel:>11.3g}{o.cosine:>14.9f}{o.p99_abs:>11.3g}"
-            f"{o.threshold:>11.3g}  {verdict}{': ' + o.reason if o.reason else ''}"
-        )
-    if report.fp16_baseline is not None:
-        base = ", ".join(f"{o.name} {o.max_abs:.3g}" for o in report.fp16_baseline.outputs)
-        lines.append(f"unmodified fp16 model's error: {base} (the candidate may be at most 2x)")
-    loc = report.localization
-    if loc is not None:
-        if loc.first:
-            d = loc.first
-            lines.append(
-                f"first divergence: node {d.node} ({d.op}) output {d.tensor}: max|diff| {d.max_abs:.3g}"
-                f" > {d.threshold:.3g} ({loc.compared} shared tensors compared)"
-            )
-        else:
-            lines.append(
-                f"localization: {loc.note or 'no shared intermediate tensor diverges'} ({loc.compared} compared)"
-            )
-    lines += [f"note: {n}" for n in report.notes]
-    return "\n".join(lines)
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     from normonnx.validate.check import check, read_renames
     from normonnx.validate.inputs import parse_shape_overrides
@@ -235,35 +203,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         renames=read_renames(args.map),
     )
     if args.report:
-        from normonnx.reports.plots import write_report
+        from normonnx.reports.folder import write_report
 
         write_report(args.report, check=report)
     if args.json:
         _out(json.dumps(report.to_dict(), indent=2))
     else:
-        _out(_render_check(report))
+        from normonnx.reports.text import render_check
+
+        _out(render_check(report))
     _verdict(args, "PASSED" if report.passed else "FAILED")
     return EXIT_OK if report.passed else EXIT_VERIFY_FAILED
-
-
-def _render_bench(report) -> str:
-    lines = [
-        f"normonnx bench on {report.provider}"
-        + (f", {report.threads} threads" if report.threads else "")
-        + f", inputs {report.input_shapes}"
-    ]
-    w = max(len(n) for n in report.stats) + 2
-    lines.append(f"{'model':{w}}{'runs':>6}{'median ms':>12}{'p10 ms':>10}{'p90 ms':>10}{'per second':>12}")
-    for name, st in report.stats.items():
-        lines.append(
-            f"{name:{w}}{st.runs:>6}{st.median_ms:>12.3f}{st.p10_ms:>10.3f}{st.p90_ms:>10.3f}{st.throughput:>12.1f}"
-        )
-    if report.speedup:
-        sp = report.speedup
-        lines.append(
-            f"speed-up of {sp.candidate} over {sp.baseline}: {sp.median:.3f}x (p10 {sp.p10:.3f}, p90 {sp.p90:.3f})"
-        )
-    return "\n".join(lines)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -280,10 +230,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         shapes=parse_shape_overrides(args.shape),
     )
     if args.report:
-        from normonnx.reports.plots import write_report
+        from normonnx.reports.folder import write_report
 
         write_report(args.report, bench=report)
-    _out(json.dumps(report.to_dict(), indent=2) if args.json else _render_bench(report))
+    if args.json:
+        _out(json.dumps(report.to_dict(), indent=2))
+    else:
+        from normonnx.reports.text import render_bench
+
+        _out(render_bench(report))
     return EXIT_OK
 
 
@@ -325,7 +280,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from normonnx.pipelines.convert import convert, convert_markdown, load_data
+    from normonnx.pipelines.convert import convert, load_data
+    from normonnx.reports.markdown import convert_markdown
     from normonnx.torchfront.exporter import parse_input_shape
 
     report = convert(
@@ -347,7 +303,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from normonnx.pipelines.demo import run_demo, summary_table
+    from normonnx.pipelines.demo import run_demo
+    from normonnx.reports.text import render_demo
 
     reports, failures = run_demo(
         args.output,
@@ -358,7 +315,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     from models.zoo import ZOO
 
-    _out(summary_table(reports, {n: e.families for n, e in ZOO.items()}))
+    _out(render_demo(reports, {n: e.families for n, e in ZOO.items()}))
     for f in failures:
         _out(f"FAILED {f}")
     _out(f"report: {args.output}/report.md")

@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    from normonnx.pipelines.emit import emit
     from normonnx.families import BY_KEY
+    from normonnx.pipelines.emit import emit
     from normonnx.pipelines.fold import verify_parity
     from normonnx.validate.latency import measure, speedup
 

@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 from normonnx.families import is_default_domain
 from normonnx.graph.bridge import stored_values
 
+
 def op_is(node: gs.Node | None, *ops: str) -> bool:
     """True for a node of the default ONNX domain whose op is one of ``ops``."""
     return node is not None and node.op in ops and is_default_domain(node.domain)

@@ -18,18 +18,17 @@ import contextlib
 import functools
 import os
 import stat
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-
-import warnings
 
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo
 
-from normonnx.families import is_default_domain
 from normonnx.errors import ModelLoadError, OutputError, first_line
+from normonnx.families import is_default_domain
 from normonnx.fileio import regular_file_size, temporary_sibling
 from normonnx.graph.external import set_location
 

@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 from onnx import defs, numpy_helper
 
-from normonnx.families import is_default_domain
 from normonnx.errors import UnusableInputError, first_line
+from normonnx.families import is_default_domain
 
 _REDUCE_AXES_INPUT_SINCE = {
     "ReduceSum": 13,

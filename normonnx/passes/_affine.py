@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx.passes import _foldmath as fm
 from normonnx.graph.access import constant_value, describe, is_constant, is_empty, is_training_batchnorm, op_is
+from normonnx.passes import _foldmath as fm
 
 ARITHMETIC_OPS = ("Mul", "Add", "Sub", "Div")
 

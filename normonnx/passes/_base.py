@@ -186,7 +186,8 @@ class Pipeline:
         """Every stage in order; a fixpoint stage that still rewrites after ``max_rounds`` is reported."""
         result = PipelineResult({name: 0 for name in self.names})
         for stage in self.stages:
-            for round_ in range(self.max_rounds if stage.fixpoint else 1):
+            rounds = self.max_rounds if stage.fixpoint else 1
+            for _ in range(rounds):
                 changed = 0
                 for p in stage.passes:
                     n = p.run(ctx)
@@ -199,7 +200,7 @@ class Pipeline:
                     names = ", ".join(p.name for p in stage.passes)
                     result.converged = False
                     result.note = (
-                        f"{names} still rewrote the graph after {round_ + 1} rounds; stopped there"
+                        f"{names} still rewrote the graph after {rounds} rounds; stopped there"
                         " (the model is correct, but more may fold on another run)"
                     )
                     log.warning("%s", result.note)

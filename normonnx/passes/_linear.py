@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx.passes import _foldmath as fm
-from normonnx.graph.access import constant_value, describe, input_or_none, op_is, rank_of, sole_consumer
 from normonnx.families import LINEAR_OPS
+from normonnx.graph.access import constant_value, describe, input_or_none, op_is, rank_of, sole_consumer
+from normonnx.passes import _foldmath as fm
 from normonnx.passes._base import PassContext
 
 

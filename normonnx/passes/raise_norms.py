@@ -52,8 +52,6 @@ from normonnx.recognize.classify import (
 from normonnx.recognize.moments import Affine, MomentNorm, following_affine, match_core
 
 
-
-
 @dataclass(frozen=True)
 class _Plan:
     anchor: str
@@ -78,7 +76,6 @@ def _param_over(
         return np.broadcast_to(np.reshape(value, [aligned[a] for a in axes]), dims).copy()
     except ValueError:
         return f"affine constant of shape {list(value.shape)} does not match the normalized dims {dims}"
-
 
 
 def _plan_or_refusal(anchor: str, family: str, built, ctx: PassContext) -> _Plan | Refusal:
@@ -260,7 +257,6 @@ def _groupnorm_plan(pre: gs.Node, post: gs.Node, groups: int, eps: float, inner:
         w.op("GroupNormalization", ins, {"num_groups": groups, "epsilon": float(eps)}, out=output)
 
     return nodes, output, build
-
 
 
 class RaiseGroupedInstanceNorm:

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.errors import UnusableInputError
 from normonnx.pipelines.export import DEFAULT_OPSET, export_module, torch_parity
-from normonnx.fileio import write_json_atomic, write_text_atomic
 from normonnx.pipelines.fold_report import NormStatus
+from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate.latency import LatencyStats
 from normonnx.validate.parity import ParityResult
 
@@ -140,14 +139,13 @@ def top1_agreement(module, model_path: str | os.PathLike, data: np.ndarray, batc
 
 def load_data(path: str | os.PathLike) -> np.ndarray:
     """Held-out inputs from an .npz: the array named 'images' or 'inputs', else the first."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            key = next((k for k in ("images", "inputs") if k in data.files), data.files[0] if data.files else None)
-            if key is None:
-                raise UnusableInputError(f"{path}: the .npz holds no array")
-            return np.asarray(data[key], dtype=np.float32)
-    except (OSError, ValueError) as e:
-        raise UnusableInputError(f"{path}: not a readable .npz ({e})") from None
+    from normonnx.validate.inputs import read_npz
+
+    arrays = read_npz(path)
+    key = next((k for k in ("images", "inputs") if k in arrays), next(iter(arrays), None))
+    if key is None:
+        raise UnusableInputError(f"{path}: the .npz holds no array")
+    return np.asarray(arrays[key], dtype=np.float32)
 
 
 def convert(
@@ -164,10 +162,12 @@ def convert(
     name: str | None = None,
     progress: Progress | None = None,
 ) -> ConvertReport:
-    from normonnx.torchfront.strip import count_norms, strip_norms
-    from normonnx.torchfront.exporter import build
-    from normonnx.pipelines.fold import fold
+    from normonnx.graph.bridge import rename_inputs
     from normonnx.graph.modelio import save_model
+    from normonnx.pipelines.fold import fold
+    from normonnx.reports.folder import write_convert_report
+    from normonnx.torchfront.exporter import build
+    from normonnx.torchfront.strip import count_norms, strip_norms
 
     say = progress or (lambda _: None)
     start = time.perf_counter()
@@ -202,7 +202,7 @@ def convert(
             say("floor")
             files["floor"] = out / "model.floor.onnx"
             floor_model, _ = export_module(strip_norms(module), example, opset=opset, style=style, verify=False)
-            floor_model = _rename_inputs(fold(floor_model)[0], [i.name for i in folded.graph.input])
+            floor_model = rename_inputs(fold(floor_model)[0], [i.name for i in folded.graph.input])
             save_model(floor_model, files["floor"])
             models["floor"] = files["floor"]
         say("bench")
@@ -214,34 +214,6 @@ def convert(
         _remove_partial(out, files.values(), created)
         raise
     return report
-
-
-def _rename_inputs(model, names: list[str]):
-    """The model with its graph inputs renamed, in order, to ``names`` (the exporter may name a
-    re-traced module's inputs differently; the bench feeds every model the same inputs). A tensor
-    that already holds one of those names is renamed out of the way first."""
-    old = [i.name for i in model.graph.input]
-    if len(old) != len(names) or old == names:
-        return model
-    graph = model.graph
-    used = {t for n in graph.node for t in (*n.input, *n.output)} | {t.name for t in graph.initializer}
-    rename = {}
-    for name in names:
-        if name in used and name not in old:
-            k = 0
-            while f"{name}_{k}" in used or f"{name}_{k}" in names:
-                k += 1
-            rename[name] = f"{name}_{k}"
-    rename.update(zip(old, names, strict=True))
-    for vi in (*graph.input, *graph.output, *graph.value_info):
-        vi.name = rename.get(vi.name, vi.name)
-    for t in graph.initializer:
-        t.name = rename.get(t.name, t.name)
-    for n in graph.node:
-        for names_of in (n.input, n.output):
-            for k, name in enumerate(names_of):
-                names_of[k] = rename.get(name, name)
-    return model
 
 
 def _remove_partial(out: Path, files, created: bool) -> None:
@@ -270,49 +242,3 @@ def _bench(report: ConvertReport, models: dict[str, Path], runs: int) -> None:
     if "floor" in stats:
         fl = speedup(stats, "folded", "floor")  # folded time / floor time
         report.floor_ratio, report.floor_spread = fl.median, (fl.p10, fl.p90)
-
-
-def convert_markdown(r: ConvertReport) -> str:
-    verdict = "PASSED" if r.passed else "FAILED"
-    lines = [
-        f"# {r.name}: {verdict}",
-        "",
-        f"`{r.spec}`" + (f" with `{r.checkpoint}`" if r.checkpoint else "") + f", {r.exporter}, style {r.style}.",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| normalization layers in the torch model | {r.layer_count} ({r.layer_summary()}) |",
-        f"| found in the export / folded by normonnx | {len(r.norms)} / {r.folded} |",
-        f"| left in the deployed model | {r.left}: {r.kept_forms()} |",
-        f"| max error vs torch | {r.max_error:.3g} |" if r.max_error is not None else "| max error vs torch | - |",
-        f"| top-1 agreement with torch | {r.top1:.4%} on {r.top1_samples} held-out inputs |"
-        if r.top1 is not None
-        else "| top-1 agreement | not measured (no data) |",
-    ]
-    if r.speedup is not None:
-        lines.append(
-            f"| speed-up vs unfolded export (ORT CPU) | {r.speedup:.3f}x [{r.speedup_spread[0]:.3f},"
-            f" {r.speedup_spread[1]:.3f}] |"
-        )
-    if r.floor_ratio is not None:
-        lines.append(
-            f"| latency / no-normalization floor | {r.floor_ratio:.3f} [{r.floor_spread[0]:.3f},"
-            f" {r.floor_spread[1]:.3f}] |"
-        )
-    lines += ["", "| normalization | form | node | result |", "|---|---|---|---|"]
-    for n in r.norms:
-        lines.append(
-            f"| {n.family} | {n.form} | `{n.anchor}` | {'folded ' + n.why if n.folded else 'kept: ' + n.why} |"
-        )
-    lines += [f"- {n}" for n in r.notes]
-    if (Path(r.files.get("model", ".")).parent / "latency.png").exists():
-        lines += ["", "![latency](latency.png)"]
-    return "\n".join(lines) + "\n"
-
-
-def write_convert_report(folder: Path, r: ConvertReport) -> None:
-    from normonnx.reports.plots import plot_stats
-
-    plot_stats(r.latency, folder / "latency.png", f"{r.name}: ORT CPU latency")
-    write_text_atomic(folder / "report.md", convert_markdown(r))
-    write_json_atomic(folder / "report.json", r.to_dict())

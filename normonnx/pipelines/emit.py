@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
-from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.errors import UnusableInputError
 from normonnx.families import BY_KEY, WITH_OP, is_default_domain, op_available
 from normonnx.graph.bridge import model_and_name, prepare_graph, to_model
@@ -30,6 +29,7 @@ from normonnx.graph.opsets import OpsetError, convert_opset, default_opset
 from normonnx.passes._base import Decision, PassContext, Pipeline
 from normonnx.passes.registry import lower_pipeline, raise_pipeline
 from normonnx.recognize.scan import scan, summarize
+from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate.parity import ParityResult
 
 STYLES = ("auto", "op", "decomposed")
@@ -146,19 +146,3 @@ def emit(
         report.parity = verify_parity(proto, out, shapes=shapes)
     report.seconds = time.perf_counter() - start
     return out, report
-
-
-def render_emit(report: EmitReport) -> str:
-    lines = [f"opset {report.source_opset} -> {report.opset}, style {report.style}"]
-    wanted = ", ".join(f"{fam} {form}" for fam, form in report.forms.items())
-    lines.append(f"forms: {wanted}")
-    keys = sorted(set(report.norms_before) | set(report.norms_after))
-    w = max([len(k) for k in keys] + [12]) + 2
-    lines.append(f"{'':{w}}{'before':>8}{'after':>8}")
-    for k in keys:
-        lines.append(f"{k:{w}}{report.norms_before.get(k, 0):>8}{report.norms_after.get(k, 0):>8}")
-    for d in report.refused:
-        lines.append(f"  kept {d.family} {d.node} as it was: {d.detail}")
-    if report.parity is not None:
-        lines.append(report.parity.summary())
-    return "\n".join(lines)

@@ -6,16 +6,13 @@ the passes recorded, rendered as a terminal summary and as stable JSON.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from normonnx.families import BY_KEY
 from normonnx.passes._base import Decision
-from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.recognize.scan import SUBGRAPH_NOTE, Found
+from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate.parity import ParityResult
-
-
 
 
 @dataclass
@@ -113,37 +110,3 @@ def _default_reason(f: Found) -> str:
     if fam.foldable:
         return "no Conv/ConvTranspose/Gemm/MatMul next to it to fold into"
     return fam.fold_note
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
-def render(report: FoldReport, max_rows: int = 40) -> str:
-    """The terminal summary: before/after table, folds, refusals, parity."""
-    b, a = report.before, report.after
-    keys = sorted(set(b.norms) | set(a.norms))
-    w = max([len(k) for k in keys] + [12]) + 2
-    lines = [f"{'':{w}}{'before':>10}{'after':>10}", f"{'nodes':{w}}{b.nodes:>10}{a.nodes:>10}"]
-    for key in keys:
-        lines.append(f"{key:{w}}{b.norms.get(key, 0):>10}{a.norms.get(key, 0):>10}")
-    lines.append(f"{'tensor data':{w}}{_human_bytes(b.tensor_bytes):>10}{_human_bytes(a.tensor_bytes):>10}")
-    folded, kept = report.folded, report.kept
-    by_family = Counter(n.family for n in folded)
-    summary = ", ".join(f"{k} {v}" for k, v in sorted(by_family.items())) or "none"
-    lines.append(f"folded: {len(folded)} ({summary})")
-    for n in kept[:max_rows]:
-        lines.append(f"  kept {n.family} {n.anchor} [{n.form}]: {n.why}")
-    if len(kept) > max_rows:
-        lines.append(f"  ... {len(kept) - max_rows} more kept (see --report)")
-    if report.parity is not None:
-        lines.append(report.parity.summary())
-    for name in report.stale_files:
-        lines.append(
-            f"note: the replaced output's weight file {name} is no longer used; normonnx does not delete files"
-        )
-    return "\n".join(lines)

@@ -8,7 +8,6 @@ would do and, for what stays, every reason.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import onnx
@@ -47,23 +46,3 @@ def inspect_model(model: onnx.ModelProto | str | os.PathLike) -> Inspection:
     producer = f"{proto.producer_name} {proto.producer_version}".strip()
     opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
     return Inspection(source, proto.ir_version, opsets, producer, report.before.nodes, report.norms)
-
-
-def render_inspection(ins: Inspection) -> str:
-    opsets = ", ".join(f"{d} {v}" for d, v in ins.opsets.items())
-    lines = [
-        f"{ins.source}: {ins.nodes} nodes, ir_version {ins.ir_version}, opset {opsets}"
-        + (f", from {ins.producer}" if ins.producer else "")
-    ]
-    if not ins.norms:
-        lines.append("no normalization found")
-        return "\n".join(lines)
-    width = max(len(n.anchor) for n in ins.norms)
-    for n in ins.norms:
-        verdict = f"foldable: {n.why}" if n.folded else f"kept: {n.why}"
-        lines.append(f"  {n.family:<16} {n.form:<38} {n.anchor:<{width}}  {verdict}")
-    counts = Counter((n.family, n.folded) for n in ins.norms)
-    fams = sorted({f for f, _ in counts})
-    parts = [f"{f} {counts[(f, True)]}/{counts[(f, True)] + counts[(f, False)]}" for f in fams]
-    lines.append(f"{sum(n.folded for n in ins.norms)} of {len(ins.norms)} foldable ({', '.join(parts)})")
-    return "\n".join(lines)

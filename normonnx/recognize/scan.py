@@ -28,6 +28,7 @@ from normonnx.graph.access import (
 )
 from normonnx.recognize.classify import classify, instancenorm_view
 from normonnx.recognize.moments import following_affine, match_core
+
 _MAX_WEIGHT_SUBGRAPH = 64
 
 

@@ -1,19 +1,20 @@
-"""Reports a reviewer can paste: report.md, report.json and PNG plots in one folder.
+"""The PNG plots of the reports (matplotlib on the Agg backend, written atomically).
 
-Plots need matplotlib (``pip install normonnx[report]``); without it the
-markdown and JSON are still written and the markdown says the plots are
-missing.
+Plots need matplotlib (``pip install normonnx[report]``); without it every
+plot function returns False and the reports say the plots are missing.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from normonnx.fileio import write_json_atomic, write_text_atomic
-from normonnx.validate.benchmark import BenchReport
-from normonnx.validate.check import CheckReport
-from normonnx.validate.latency import LatencyStats
+if TYPE_CHECKING:
+    from normonnx.pipelines.convert import ConvertReport
+    from normonnx.validate.benchmark import BenchReport
+    from normonnx.validate.check import CheckReport
+    from normonnx.validate.latency import LatencyStats
 
 
 def pyplot():
@@ -84,84 +85,23 @@ def plot_latency(report: BenchReport, path: Path) -> bool:
     return plot_stats(report.stats, path, title)
 
 
-def check_markdown(report: CheckReport) -> str:
-    verdict = "PASSED" if report.passed else "FAILED"
-    lines = [
-        f"# check: {verdict}",
-        "",
-        f"Candidate `{report.candidate}` against {report.reference_kind} reference `{report.reference}` on"
-        f" {report.provider.upper()}, {report.parity.samples} input sets ({report.inputs}).",
-        "",
-        "| output | shape | max abs | max rel | cosine | p99 abs | threshold | judged by | result |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for o in report.parity.outputs:
-        lines.append(
-            f"| {o.name} | {o.shape} | {o.max_abs:.3g} | {o.max_rel:.3g} | {o.cosine:.9f} | {o.p99_abs:.3g} |"
-            f" {o.threshold:.3g} | {o.judged_by} | {'pass' if o.passed else 'FAIL: ' + o.reason} |"
-        )
-    loc = report.localization
-    if loc is not None:
-        lines += ["", f"Localization over {loc.compared} shared intermediate tensors:"]
-        if loc.first:
-            d = loc.first
-            lines.append(
-                f"first divergence at node `{d.node}` ({d.op}), tensor `{d.tensor}`:"
-                f" max|diff| {d.max_abs:.3g} > {d.threshold:.3g}"
-            )
-        else:
-            lines.append(loc.note or "no intermediate tensor diverges")
-    lines += [f"- {n}" for n in report.notes]
-    return "\n".join(lines) + "\n"
-
-
-def bench_markdown(report: BenchReport) -> str:
-    lines = [
-        f"# bench on {report.provider.upper()}" + (f", {report.threads} threads" if report.threads else ""),
-        "",
-        f"Inputs {report.input_shapes}; ORT_ENABLE_ALL; runs interleaved after warm-up.",
-        "",
-        "| model | runs | median ms | p10 ms | p90 ms | throughput /s |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, s in report.stats.items():
-        lines.append(
-            f"| {name} | {s.runs} | {s.median_ms:.3f} | {s.p10_ms:.3f} | {s.p90_ms:.3f} | {s.throughput:.1f} |"
-        )
-    if report.speedup:
-        sp = report.speedup
-        lines += [
-            "",
-            f"Speed-up of `{sp.candidate}` over `{sp.baseline}`: **{sp.median:.3f}x**"
-            f" (per-round ratio p10 {sp.p10:.3f}, p90 {sp.p90:.3f}).",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(folder: str | os.PathLike, check: CheckReport | None = None, bench: BenchReport | None = None) -> Path:
-    """report.md, report.json and the plots of a check and/or a bench run."""
-    from normonnx.errors import OutputError
-
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{folder}: cannot make the report folder ({e.strerror})") from None
-    parts, data, plots = [], {}, []
-    if check is not None:
-        parts.append(check_markdown(check))
-        data["check"] = check.to_dict()
-        if plot_output_errors(check, folder / "output_errors.png"):
-            plots.append("output_errors.png")
-    if bench is not None:
-        parts.append(bench_markdown(bench))
-        data["bench"] = bench.to_dict(with_times=True)
-        if plot_latency(bench, folder / "latency.png"):
-            plots.append("latency.png")
-    if plots:
-        parts.append("\n".join(f"![{p}]({p})" for p in plots) + "\n")
-    elif check is not None or bench is not None:
-        parts.append("(plots not drawn: matplotlib is not installed)\n")
-    write_text_atomic(folder / "report.md", "\n".join(parts))
-    write_json_atomic(folder / "report.json", data)
-    return folder
+def plot_demo_summary(reports: list[ConvertReport], path: Path) -> bool:
+    """Speed-up over the unfolded export and latency over the floor, one pair of bars per model."""
+    plt = pyplot()
+    if plt is None or not reports:
+        return False
+    names = [r.name for r in reports]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    xs = range(len(names))
+    speed = [r.speedup or 0 for r in reports]
+    floor = [r.floor_ratio or 0 for r in reports]
+    ax.bar([x - 0.2 for x in xs], speed, width=0.4, label="speed-up vs unfolded export")
+    ax.bar([x + 0.2 for x in xs], floor, width=0.4, label="latency / no-normalization floor")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
+    ax.set_title("onnxruntime CPU, interleaved runs (median of per-round ratios)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return True

@@ -50,12 +50,11 @@ def load_factory(spec: str):
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(d) for d in text.split(","))
-    except ValueError:
-        raise ExportError(f"--input-shape '{text}': expected comma-separated integers such as 1,3,224,224") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise ExportError(f"--input-shape '{text}': dims must be positive")
+    from normonnx.validate.inputs import parse_dims
+
+    dims = parse_dims(text)
+    if dims is None:
+        raise ExportError(f"--input-shape '{text}': expected positive comma-separated integers such as 1,3,224,224")
     return dims
 
 

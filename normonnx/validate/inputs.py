@@ -45,19 +45,24 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
+def parse_dims(text: str) -> tuple[int, ...] | None:
+    """``"1,3,224,224"`` -> ``(1, 3, 224, 224)``; None unless every dim is a positive integer."""
+    try:
+        dims = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        return None
+    return dims if dims and all(d > 0 for d in dims) else None
+
+
 def parse_shape_overrides(items: list[str] | None) -> dict[str, tuple[int, ...]]:
     """``["x:1,3,224,224"]`` -> ``{"x": (1, 3, 224, 224)}``."""
     result: dict[str, tuple[int, ...]] = {}
     for item in items or []:
-        name, sep, dims = item.rpartition(":")
-        try:
-            if not sep or not name:
-                raise ValueError
-            result[name] = tuple(int(d) for d in dims.split(","))
-            if any(d <= 0 for d in result[name]):
-                raise ValueError
-        except ValueError:
-            raise UnusableInputError(f"--shape '{item}': expected NAME:D0,D1,... with positive integer dims") from None
+        name, sep, text = item.rpartition(":")
+        dims = parse_dims(text) if sep and name else None
+        if dims is None:
+            raise UnusableInputError(f"--shape '{item}': expected NAME:D0,D1,... with positive integer dims")
+        result[name] = dims
     return result
 
 
@@ -108,14 +113,19 @@ def seeded_input_sets(
     return [random_inputs(specs, seed + k, overrides) for k in range(count)]
 
 
-def load_npz(path: str | os.PathLike, specs: list[InputSpec]) -> list[dict[str, np.ndarray]]:
-    """Real inputs: arrays named like the inputs; a leading extra axis means several sets."""
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, read without unpickling anything."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise UnusableInputError(f"{path}: not a readable .npz of arrays ({e})") from None
+
+
+def load_npz(path: str | os.PathLike, specs: list[InputSpec]) -> list[dict[str, np.ndarray]]:
+    """Real inputs: arrays named like the inputs; a leading extra axis means several sets."""
+    arrays = read_npz(path)
     if not specs:
         raise UnusableInputError(f"{path}: the model takes no inputs")
     missing = [s.name for s in specs if s.name not in arrays]

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 CONCURRENT_PARITY_BYTES = 1 << 30
 
 
-def onnx_outputs(model, feeds: list[dict[str, np.ndarray]], config: SessionConfig = SessionConfig()) -> list[dict]:
+def onnx_outputs(model, feeds: list[dict[str, np.ndarray]], config: SessionConfig | None = None) -> list[dict]:
     """A model's outputs for every feed: in this process for a ModelProto, in an isolated one for a path."""
+    config = config or SessionConfig()
     if isinstance(model, str | os.PathLike):
         from normonnx.validate import execute
         from normonnx.validate.isolation import call_isolated

@@ -34,7 +34,7 @@ ALL = ("batchnorm", "instancenorm", "groupnorm", "layernorm", "rmsnorm", "weight
 
 
 def _form(part: str, opset: int, style: str) -> str:
-    op, first, auto = TABLE[part]
+    _, first, auto = TABLE[part]
     if opset < first:
         return "decomposed"
     return auto if style == "auto" else style
@@ -64,8 +64,8 @@ def _cases():
 @pytest.fixture(scope="module")
 def torch_exports():
     """One torch export per (family, opset); the styles are emitted from it (export_model's own steps)."""
-    from normonnx.torchfront.exporter import build, export_torch
     from normonnx.pipelines.export import fold_weight_subgraphs
+    from normonnx.torchfront.exporter import build, export_torch
 
     cache = {}
 

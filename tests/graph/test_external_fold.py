@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from normonnx.pipelines.fold import fold_file
 from normonnx.graph.modelio import load_model
+from normonnx.pipelines.fold import fold_file
 from tests.builders import GraphBuilder, assert_parity
 
 

@@ -7,8 +7,8 @@ import onnx
 import pytest
 
 from normonnx.families import ref_weight_standardize
-from normonnx.pipelines.fold import fold
 from normonnx.passes.fold_constants import FoldConstants
+from normonnx.pipelines.fold import fold
 from tests.builders import GraphBuilder, apply, assert_parity, folded, op_types
 
 

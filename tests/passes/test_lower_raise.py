@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 
-from normonnx.pipelines.emit import emit
-from normonnx.passes.lower import Lower
 from normonnx.families import BY_OP
+from normonnx.passes.lower import Lower
 from normonnx.passes.raise_norms import RaiseGroupedInstanceNorm, RaiseMoments
+from normonnx.pipelines.emit import emit
 from tests.builders import GraphBuilder, apply, assert_parity, decomposed_norm, op_types, refusals
 
 ALL = frozenset({"layernorm", "rmsnorm", "instancenorm", "groupnorm"})

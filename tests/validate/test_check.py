@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from normonnx.pipelines.fold import fold
 from normonnx.graph.precision import to_float16
+from normonnx.pipelines.fold import fold
 from normonnx.validate.check import check
 from tests.builders import GraphBuilder
 from tests.conftest import conv_bn_model

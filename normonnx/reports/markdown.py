@@ -1,0 +1,128 @@
+"""Markdown for report files: what a reviewer pastes. Tables go through ``reports.table``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from normonnx.reports.table import table
+
+if TYPE_CHECKING:
+    from normonnx.pipelines.convert import ConvertReport
+    from normonnx.validate.benchmark import BenchReport
+    from normonnx.validate.check import CheckReport
+
+
+def check_markdown(report: CheckReport) -> str:
+    verdict = "PASSED" if report.passed else "FAILED"
+    lines = [
+        f"# check: {verdict}",
+        "",
+        f"Candidate `{report.candidate}` against {report.reference_kind} reference `{report.reference}` on"
+        f" {report.provider.upper()}, {report.parity.samples} input sets ({report.inputs}).",
+        "",
+    ]
+    rows = [
+        (o.name, o.shape, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.9f}", f"{o.p99_abs:.3g}",
+         f"{o.threshold:.3g}", o.judged_by, "pass" if o.passed else "FAIL: " + o.reason)
+        for o in report.parity.outputs
+    ]  # fmt: skip
+    head = ("output", "shape", "max abs", "max rel", "cosine", "p99 abs", "threshold", "judged by", "result")
+    lines.append(table(head, rows, markdown=True))
+    loc = report.localization
+    if loc is not None:
+        lines += ["", f"Localization over {loc.compared} shared intermediate tensors:"]
+        if loc.first:
+            d = loc.first
+            lines.append(
+                f"first divergence at node `{d.node}` ({d.op}), tensor `{d.tensor}`:"
+                f" max|diff| {d.max_abs:.3g} > {d.threshold:.3g}"
+            )
+        else:
+            lines.append(loc.note or "no intermediate tensor diverges")
+    lines += [f"- {n}" for n in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def bench_markdown(report: BenchReport) -> str:
+    lines = [
+        f"# bench on {report.provider.upper()}" + (f", {report.threads} threads" if report.threads else ""),
+        "",
+        f"Inputs {report.input_shapes}; ORT_ENABLE_ALL; runs interleaved after warm-up.",
+        "",
+    ]
+    rows = [
+        (name, s.runs, f"{s.median_ms:.3f}", f"{s.p10_ms:.3f}", f"{s.p90_ms:.3f}", f"{s.throughput:.1f}")
+        for name, s in report.stats.items()
+    ]
+    lines.append(table(("model", "runs", "median ms", "p10 ms", "p90 ms", "throughput /s"), rows, markdown=True))
+    if report.speedup:
+        sp = report.speedup
+        lines += [
+            "",
+            f"Speed-up of `{sp.candidate}` over `{sp.baseline}`: **{sp.median:.3f}x**"
+            f" (per-round ratio p10 {sp.p10:.3f}, p90 {sp.p90:.3f}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def convert_markdown(r: ConvertReport) -> str:
+    verdict = "PASSED" if r.passed else "FAILED"
+    rows = [
+        ("normalization layers in the torch model", f"{r.layer_count} ({r.layer_summary()})"),
+        ("found in the export / folded by normonnx", f"{len(r.norms)} / {r.folded}"),
+        ("left in the deployed model", f"{r.left}: {r.kept_forms()}"),
+        ("max error vs torch", f"{r.max_error:.3g}" if r.max_error is not None else "-"),
+        (
+            ("top-1 agreement with torch", f"{r.top1:.4%} on {r.top1_samples} held-out inputs")
+            if r.top1 is not None
+            else ("top-1 agreement", "not measured (no data)")
+        ),
+    ]
+    if r.speedup is not None:
+        rows.append(
+            ("speed-up vs unfolded export (ORT CPU)",
+             f"{r.speedup:.3f}x [{r.speedup_spread[0]:.3f}, {r.speedup_spread[1]:.3f}]")
+        )  # fmt: skip
+    if r.floor_ratio is not None:
+        rows.append(
+            ("latency / no-normalization floor",
+             f"{r.floor_ratio:.3f} [{r.floor_spread[0]:.3f}, {r.floor_spread[1]:.3f}]")
+        )  # fmt: skip
+    norms = [(n.family, n.form, f"`{n.anchor}`", "folded " + n.why if n.folded else "kept: " + n.why) for n in r.norms]
+    lines = [
+        f"# {r.name}: {verdict}",
+        "",
+        f"`{r.spec}`" + (f" with `{r.checkpoint}`" if r.checkpoint else "") + f", {r.exporter}, style {r.style}.",
+        "",
+        table(("", ""), rows, markdown=True),
+        "",
+        table(("normalization", "form", "node", "result"), norms, markdown=True),
+    ]
+    lines += [f"- {n}" for n in r.notes]
+    if (Path(r.files.get("model", ".")).parent / "latency.png").exists():
+        lines += ["", "![latency](latency.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def demo_markdown(summary: str, reports: list[ConvertReport], failures: list[str], opset: int, style: str) -> str:
+    lines = [
+        f"# normonnx demo: {'PASSED' if not failures else 'FAILED'}",
+        "",
+        f"Every reference model converted at opset {opset}, style {style}: exported, folded, checked against torch"
+        " eager, top-1 agreement on the held-out shapes, latency on onnxruntime CPU. Columns: normalization"
+        " layers of the torch model; normalizations in the export (torch's exporter already folds Conv->BN);"
+        " those normonnx folded; those left in the deployed model, and their form; max |error| against torch;"
+        " speed-up = the unfolded export's time over the folded model's; vs floor = the folded model's time over"
+        " the same network with its normalization layers removed (1.00 = nothing left to gain).",
+        "",
+        "```",
+        summary,
+        "```",
+        "",
+        *(f"- [{r.name}]({r.name}/report.md)" for r in reports),
+        *(f"- FAILED {f}" for f in failures),
+    ]
+    if reports:
+        lines += ["", "![summary](summary.png)"]
+    return "\n".join(lines) + "\n"

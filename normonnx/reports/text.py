@@ -1,0 +1,164 @@
+"""What each command prints on a terminal: plain text, tables through ``reports.table``.
+
+Renderers take the report objects the pipelines return and never compute
+anything the report does not hold, so ``--json`` and the terminal agree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from normonnx.reports.table import human_bytes, table
+
+if TYPE_CHECKING:
+    from normonnx.pipelines.convert import ConvertReport
+    from normonnx.pipelines.emit import EmitReport
+    from normonnx.pipelines.fold_report import FoldReport
+    from normonnx.pipelines.inspect import Inspection
+    from normonnx.validate.benchmark import BenchReport
+    from normonnx.validate.check import CheckReport
+
+
+def render_fold(report: FoldReport, max_rows: int = 40) -> str:
+    """The fold summary: before/after table, folds, refusals, parity."""
+    b, a = report.before, report.after
+    keys = sorted(set(b.norms) | set(a.norms))
+    rows = [("nodes", b.nodes, a.nodes)]
+    rows += [(key, b.norms.get(key, 0), a.norms.get(key, 0)) for key in keys]
+    rows.append(("tensor data", human_bytes(b.tensor_bytes), human_bytes(a.tensor_bytes)))
+    lines = [table(("", "before", "after"), rows)]
+    folded, kept = report.folded, report.kept
+    by_family = Counter(n.family for n in folded)
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(by_family.items())) or "none"
+    lines.append(f"folded: {len(folded)} ({summary})")
+    for n in kept[:max_rows]:
+        lines.append(f"  kept {n.family} {n.anchor} [{n.form}]: {n.why}")
+    if len(kept) > max_rows:
+        lines.append(f"  ... {len(kept) - max_rows} more kept (see --report)")
+    lines += [f"note: {n}" for n in report.notes]
+    if report.parity is not None:
+        lines.append(report.parity.summary())
+    for name in report.stale_files:
+        lines.append(
+            f"note: the replaced output's weight file {name} is no longer used; normonnx does not delete files"
+        )
+    return "\n".join(lines)
+
+
+def render_inspection(ins: Inspection) -> str:
+    opsets = ", ".join(f"{d} {v}" for d, v in ins.opsets.items())
+    lines = [
+        f"{ins.source}: {ins.nodes} nodes, ir_version {ins.ir_version}, opset {opsets}"
+        + (f", from {ins.producer}" if ins.producer else "")
+    ]
+    if not ins.norms:
+        lines.append("no normalization found")
+        return "\n".join(lines)
+    rows = [(n.family, n.form, n.anchor, f"foldable: {n.why}" if n.folded else f"kept: {n.why}") for n in ins.norms]
+    lines.append(table(("family", "form", "node", "verdict"), rows))
+    counts = Counter((n.family, n.folded) for n in ins.norms)
+    fams = sorted({f for f, _ in counts})
+    parts = [f"{f} {counts[(f, True)]}/{counts[(f, True)] + counts[(f, False)]}" for f in fams]
+    lines.append(f"{sum(n.folded for n in ins.norms)} of {len(ins.norms)} foldable ({', '.join(parts)})")
+    return "\n".join(lines)
+
+
+def render_emit(report: EmitReport) -> str:
+    lines = [f"opset {report.source_opset} -> {report.opset}, style {report.style}"]
+    lines.append("forms: " + ", ".join(f"{fam} {form}" for fam, form in report.forms.items()))
+    keys = sorted(set(report.norms_before) | set(report.norms_after))
+    if keys:
+        rows = [(k, report.norms_before.get(k, 0), report.norms_after.get(k, 0)) for k in keys]
+        lines.append(table(("", "before", "after"), rows))
+    for d in report.refused:
+        lines.append(f"  kept {d.family} {d.node} as it was: {d.detail}")
+    if report.parity is not None:
+        lines.append(report.parity.summary())
+    return "\n".join(lines)
+
+
+def render_check(report: CheckReport) -> str:
+    lines = [
+        f"normonnx check {report.candidate} against {report.reference_kind} {report.reference}"
+        f" on {report.provider}, {report.parity.samples} input sets ({report.inputs})"
+    ]
+    rows = []
+    for o in report.parity.outputs:
+        verdict = "pass" if o.passed else "FAIL"
+        if o.judged_by != "gate":
+            verdict += f" ({o.judged_by})"
+        rows.append(
+            (o.name, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.9f}", f"{o.p99_abs:.3g}",
+             f"{o.threshold:.3g}", verdict + (f": {o.reason}" if o.reason else ""))
+        )  # fmt: skip
+    lines.append(table(("output", "max abs", "max rel", "cosine", "p99 abs", "threshold", "result"), rows))
+    if report.fp16_baseline is not None:
+        base = ", ".join(f"{o.name} {o.max_abs:.3g}" for o in report.fp16_baseline.outputs)
+        lines.append(f"unmodified fp16 model's error: {base} (the candidate may be at most 2x)")
+    loc = report.localization
+    if loc is not None:
+        if loc.first:
+            d = loc.first
+            lines.append(
+                f"first divergence: node {d.node} ({d.op}) output {d.tensor}: max|diff| {d.max_abs:.3g}"
+                f" > {d.threshold:.3g} ({loc.compared} shared tensors compared)"
+            )
+        else:
+            lines.append(
+                f"localization: {loc.note or 'no shared intermediate tensor diverges'} ({loc.compared} compared)"
+            )
+    lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines)
+
+
+def render_bench(report: BenchReport) -> str:
+    lines = [
+        f"normonnx bench on {report.provider}"
+        + (f", {report.threads} threads" if report.threads else "")
+        + f", inputs {report.input_shapes}"
+    ]
+    rows = [
+        (name, st.runs, f"{st.median_ms:.3f}", f"{st.p10_ms:.3f}", f"{st.p90_ms:.3f}", f"{st.throughput:.1f}")
+        for name, st in report.stats.items()
+    ]
+    lines.append(table(("model", "runs", "median ms", "p10 ms", "p90 ms", "per second"), rows))
+    if report.speedup:
+        sp = report.speedup
+        lines.append(
+            f"speed-up of {sp.candidate} over {sp.baseline}: {sp.median:.3f}x (p10 {sp.p10:.3f}, p90 {sp.p90:.3f})"
+        )
+    return "\n".join(lines)
+
+
+def _short_forms(forms: dict[str, int]) -> str:
+    """{"groupnorm:Reshape/InstanceNormalization/Reshape": 7} -> "7 groupnorm (decomposed)"."""
+    parts = []
+    for key, n in sorted(forms.items()):
+        family, _, form = key.partition(":")
+        kind = "op" if form == "op" else "Mul/Add" if form == "Mul/Add per channel" else "decomposed"
+        parts.append(f"{n} {family} ({kind})")
+    return ", ".join(parts) or "0"
+
+
+def render_demo(reports: list[ConvertReport], families: dict[str, tuple[str, ...]]) -> str:
+    """One row per reference model: what was there, what folded, what is left, error, speed, verdict."""
+    head = ("model", "families", "layers", "in export", "normonnx folded", "left in model (form)", "max error",
+            "speed-up", "vs floor", "top-1", "")  # fmt: skip
+    rows = [
+        (
+            r.name,
+            "+".join(families.get(r.name, ())),
+            r.layer_count,
+            len(r.norms),
+            r.folded,
+            _short_forms(r.forms_after),
+            f"{r.max_error:.2g}" if r.max_error is not None else "-",
+            f"{r.speedup:.2f}x" if r.speedup is not None else "-",
+            f"{r.floor_ratio:.2f}" if r.floor_ratio is not None else "-",
+            f"{r.top1:.2%}" if r.top1 is not None else "-",
+            "PASSED" if r.passed else "FAILED",
+        )
+        for r in reports
+    ]
+    return table(head, rows)
