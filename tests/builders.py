@@ -173,3 +173,10 @@ def decomposed_norm(
     if inverse == "reciprocal":
         return b.node("Mul", [d, b.node("Reciprocal", [b.node("Sqrt", [ve])])], name="norm")
     return b.node("Mul", [d, b.node("Pow", [ve, b.const(np.array(-0.5, dt))])], name="norm")
+
+
+def run_model(model: onnx.ModelProto, feeds: dict) -> dict:
+    """One run on onnxruntime CPU (graph optimizations off): {output name: array}."""
+    from normonnx.validate.verify import onnx_outputs
+
+    return onnx_outputs(model, [feeds])[0]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-from torch import nn
+import json
 
-from normonnx.errors import UnusableInputError
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from normonnx.errors import UnusableInputError  # noqa: E402
 
 
 class _Outputs(nn.Module):
@@ -47,6 +50,19 @@ def test_dict_nested_outputs_and_unused_inputs_export_with_parity(cli, tmp_path,
     r = cli("export", f"tests.export.test_module_shapes:{factory}", "-o", tmp_path / "m.onnx", "--opset", opset)
     assert r.code == 0, r.err
     assert "parity vs torch eager PASSED" in r.out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("factory", "outputs"), [("dict_outputs", 2), ("nested_outputs", 3)])
+def test_check_against_torch_takes_dict_and_nested_outputs(cli, tmp_path, factory, outputs):
+    """check --torch flattens a module's outputs as the exporters do (it once crashed on a dict)."""
+    spec = f"tests.export.test_module_shapes:{factory}"
+    assert cli("export", spec, "-o", tmp_path / "m.onnx").code == 0
+    r = cli("check", tmp_path / "m.onnx", "--torch", spec, "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["passed"] and len(report["parity"]["outputs"]) == outputs
+    assert all(o["max_abs"] <= o["threshold"] for o in report["parity"]["outputs"])
 
 
 def test_a_failed_convert_leaves_no_folder(cli, tmp_path):
