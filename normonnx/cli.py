@@ -37,7 +37,20 @@ def _verdict(args: argparse.Namespace, text: str) -> None:
     print(text, file=sys.stderr if getattr(args, "json", False) else sys.stdout, flush=True)
 
 
-def _write_json(path: str, data: dict) -> None:
+def _show(args: argparse.Namespace, report, render: Callable[[object], str], title: str | None = None) -> None:
+    """The report on stdout: exactly one JSON document with --json, else ``title`` and the rendered text."""
+    if getattr(args, "json", False):
+        _out(json.dumps(report.to_dict(), indent=2))
+        return
+    if title:
+        _out(title)
+    _out(render(report))
+
+
+def _write_json(path: str | None, data: dict) -> None:
+    """--report REPORT.json, when given."""
+    if not path:
+        return
     from normonnx.fileio import write_json_atomic
 
     write_json_atomic(path, data)
@@ -72,13 +85,8 @@ def cmd_fold(args: argparse.Namespace) -> int:
     report = fold_file(
         args.input, args.output, options, verify=not args.no_verify, shapes=parse_shape_overrides(args.shape)
     )
-    if args.report:
-        _write_json(args.report, report.to_dict())
-    if args.json:
-        _out(json.dumps(report.to_dict(), indent=2))
-    else:
-        _out(f"normonnx fold {args.input} -> {args.output}")
-        _out(render_fold(report))
+    _write_json(args.report, report.to_dict())
+    _show(args, report, render_fold, f"normonnx fold {args.input} -> {args.output}")
     return _finish(args, args.output, report, report.output is not None, args.input)
 
 
@@ -87,10 +95,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from normonnx.reports.text import render_inspection
 
     report = inspect_model(args.input)
-    if args.json:
-        _out(json.dumps(report.to_dict(), indent=2))
-    else:
-        _out(render_inspection(report))
+    _show(args, report, render_inspection)
     return EXIT_OK
 
 
@@ -105,30 +110,26 @@ def _finish(args: argparse.Namespace, output: str, report, written: bool, what: 
     return EXIT_OK
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from normonnx.pipelines.export import export_file
-    from normonnx.reports.text import render_emit
+def _factory_options(args: argparse.Namespace) -> dict:
+    """What export and convert take from MODULE:FACTORY's options: weights, example shapes, target form."""
     from normonnx.torchfront.exporter import parse_input_shape
 
+    return {
+        "checkpoint": args.checkpoint,
+        "input_shapes": [parse_input_shape(s) for s in args.input_shape or []],
+        "opset": args.opset,
+        "style": args.norm_style,
+    }
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from normonnx.pipelines.export import export_file
+    from normonnx.reports.text import render_export
+
     _check_report_path(args.report, args.output, args.checkpoint)
-    report = export_file(
-        args.factory,
-        args.output,
-        checkpoint=args.checkpoint,
-        input_shapes=[parse_input_shape(s) for s in args.input_shape or []],
-        opset=args.opset,
-        style=args.norm_style,
-        verify=not args.no_verify,
-    )
-    if args.report:
-        _write_json(args.report, report.to_dict())
-    if args.json:
-        _out(json.dumps(report.to_dict(), indent=2))
-    else:
-        _out(f"normonnx export {args.factory} -> {args.output} with {report.exporter}")
-        _out(render_emit(report.emit))
-        if report.parity is not None:
-            _out(report.parity.summary(" vs torch eager"))
+    report = export_file(args.factory, args.output, **_factory_options(args), verify=not args.no_verify)
+    _write_json(args.report, report.to_dict())
+    _show(args, report, render_export, f"normonnx export {args.factory} -> {args.output} with {report.exporter}")
     return _finish(args, args.output, report, report.output is not None, "torch eager")
 
 
@@ -147,13 +148,8 @@ def cmd_emit(args: argparse.Namespace) -> int:
     if written:
         save_model(model, args.output, inputs=[args.input], no_stricter_than=args.input)
         report.output = args.output
-    if args.report:
-        _write_json(args.report, report.to_dict())
-    if args.json:
-        _out(json.dumps(report.to_dict(), indent=2))
-    else:
-        _out(f"normonnx emit {args.input} -> {args.output}")
-        _out(render_emit(report))
+    _write_json(args.report, report.to_dict())
+    _show(args, report, render_emit, f"normonnx emit {args.input} -> {args.output}")
     return _finish(args, args.output, report, written, args.input)
 
 
@@ -175,9 +171,23 @@ def _parse_tolerances(items: list[str] | None):
     return gates
 
 
+def _run_options(args: argparse.Namespace) -> dict:
+    """Where and on what shapes check and bench run the models."""
+    from normonnx.validate.inputs import parse_shape_overrides
+
+    return {"provider": args.provider, "shapes": parse_shape_overrides(args.shape)}
+
+
+def _write_report_folder(folder: str | None, **reports) -> None:
+    """--report DIR of check and bench: report.md, report.json and plots."""
+    if folder:
+        from normonnx.reports.folder import write_report
+
+        write_report(folder, **reports)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from normonnx.validate.check import check, read_renames
-    from normonnx.validate.inputs import parse_shape_overrides
     from normonnx.validate.parity import Gate
 
     for flag, value in (("--atol", args.atol), ("--rtol", args.rtol)):
@@ -192,54 +202,44 @@ def cmd_check(args: argparse.Namespace) -> int:
         torch_spec=args.torch,
         checkpoint=args.checkpoint,
         inputs_npz=args.inputs,
-        shapes=parse_shape_overrides(args.shape),
         samples=args.samples,
         gates=_parse_tolerances(args.tol),
         default_gate=default,
-        provider=args.provider,
         optimize=args.optimize,
         localize=True if args.localize else None,
         fp16_baseline=args.fp16_baseline,
         renames=read_renames(args.map),
+        **_run_options(args),
     )
-    if args.report:
-        from normonnx.reports.folder import write_report
+    _write_report_folder(args.report, check=report)
+    from normonnx.reports.text import render_check
 
-        write_report(args.report, check=report)
-    if args.json:
-        _out(json.dumps(report.to_dict(), indent=2))
-    else:
-        from normonnx.reports.text import render_check
-
-        _out(render_check(report))
+    _show(args, report, render_check)
     _verdict(args, "PASSED" if report.passed else "FAILED")
     return EXIT_OK if report.passed else EXIT_VERIFY_FAILED
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from normonnx.validate.benchmark import bench
-    from normonnx.validate.inputs import parse_shape_overrides
 
-    report = bench(
-        args.model,
-        args.vs,
-        provider=args.provider,
-        threads=args.threads,
-        runs=args.runs,
-        warmup=args.warmup,
-        shapes=parse_shape_overrides(args.shape),
-    )
-    if args.report:
-        from normonnx.reports.folder import write_report
+    report = bench(args.model, args.vs, threads=args.threads, runs=args.runs, warmup=args.warmup, **_run_options(args))
+    _write_report_folder(args.report, bench=report)
+    from normonnx.reports.text import render_bench
 
-        write_report(args.report, bench=report)
-    if args.json:
-        _out(json.dumps(report.to_dict(), indent=2))
-    else:
-        from normonnx.reports.text import render_bench
-
-        _out(render_bench(report))
+    _show(args, report, render_bench)
     return EXIT_OK
+
+
+def _add_shape_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shape", action="append", metavar="NAME:D0,D1,...", help="shape of a dynamic input")
+
+
+def _add_provider_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
+
+
+def _add_json_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=what)
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
@@ -250,18 +250,18 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
     ref.add_argument("--torch", metavar="MODULE:FACTORY", help="torch eager reference")
     p.add_argument("--checkpoint", help="weights for --torch")
     p.add_argument("--inputs", metavar="DATA.npz", help="real inputs: arrays named like the inputs")
-    p.add_argument("--shape", action="append", metavar="NAME:D0,D1,...", help="shape of a dynamic input")
+    _add_shape_option(p)
     p.add_argument("--samples", type=int, default=3, help="seeded input sets (default 3)")
     p.add_argument("--rtol", type=float, help="gate: max|diff| <= max(atol, rtol * max|ref|) (default 1e-5)")
     p.add_argument("--atol", type=float, help="see --rtol (default 1e-5; fp16 outputs: 5e-3 both)")
     p.add_argument("--tol", action="append", metavar="OUTPUT=ATOL[,RTOL]", help="gate for one output")
-    p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
+    _add_provider_option(p)
     p.add_argument("--optimize", action="store_true", help="run the candidate with ORT_ENABLE_ALL (as deployed)")
     p.add_argument("--localize", action="store_true", help="name the first diverging node even when parity holds")
     p.add_argument("--fp16-baseline", metavar="BASE.onnx", help="the unmodified fp16 model (default: derived)")
     p.add_argument("--map", metavar="RENAMES.json", help="candidate->reference tensor renames for localization")
     p.add_argument("--report", metavar="DIR", help="write report.md, report.json and plots")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_json_option(p, "print the result as JSON")
     p.set_defaults(handler=cmd_check)
 
 
@@ -269,34 +269,30 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency of a model, and its speed-up over another")
     p.add_argument("model", help="ONNX file")
     p.add_argument("--vs", metavar="OTHER.onnx", help="the model to compare against (speed-up = its time / model's)")
-    p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
+    _add_provider_option(p)
     p.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
     p.add_argument("--runs", type=int, default=100, help="timed runs per model (default 100)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up runs per model (default 10)")
-    p.add_argument("--shape", action="append", metavar="NAME:D0,D1,...", help="shape of a dynamic input")
+    _add_shape_option(p)
     p.add_argument("--report", metavar="DIR", help="write report.md, report.json and a latency plot")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_json_option(p, "print the result as JSON")
     p.set_defaults(handler=cmd_bench)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from normonnx.pipelines.convert import convert, load_data
     from normonnx.reports.markdown import convert_markdown
-    from normonnx.torchfront.exporter import parse_input_shape
 
     report = convert(
         args.factory,
         args.output,
-        checkpoint=args.checkpoint,
-        input_shapes=[parse_input_shape(s) for s in args.input_shape or []],
-        opset=args.opset,
-        style=args.norm_style,
+        **_factory_options(args),
         data=load_data(args.data) if args.data else None,
         floor=not args.no_floor,
         bench_runs=args.runs,
         progress=(lambda step: print(f"normonnx: {step}", file=sys.stderr)) if args.verbose else None,
     )
-    _out(json.dumps(report.to_dict(), indent=2) if args.json else convert_markdown(report).rstrip())
+    _show(args, report, lambda r: convert_markdown(r).rstrip())
     _verdict(args, f"report: {args.output}/report.md")
     _verdict(args, "PASSED" if report.passed else "FAILED")
     return EXIT_OK if report.passed else EXIT_VERIFY_FAILED
@@ -328,26 +324,27 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("convert", help="checkpoint -> export -> fold -> check -> bench -> one report folder")
     _add_factory_options(p, "report folder (model.onnx, report.md, ...)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"target opset (default {DEFAULT_OPSET})")
-    p.add_argument("--norm-style", choices=("auto", "op", "decomposed"), default="auto")
+    _add_form_options(p, DEFAULT_OPSET)
     p.add_argument("--data", metavar="HELDOUT.npz", help="held-out inputs for top-1 agreement with torch")
     p.add_argument("--no-floor", action="store_true", help="skip the no-normalization latency floor")
     p.add_argument("--runs", type=int, default=100, help="timed runs per model (default 100)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_json_option(p, "print the report as JSON")
     p.set_defaults(handler=cmd_convert)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from normonnx.pipelines.export import DEFAULT_OPSET
+
     p = sub.add_parser("demo", help="convert every bundled reference model (run from the repository root)")
     p.add_argument("-o", "--output", default="out/demo", metavar="DIR", help="report folder (default out/demo)")
-    p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--norm-style", choices=("auto", "op", "decomposed"), default="auto")
+    _add_form_options(p, DEFAULT_OPSET)
     p.add_argument("--only", metavar="NAME,NAME", help="a subset of the zoo")
     p.add_argument("--runs", type=int, default=200, help="timed runs per model (default 200)")
     p.set_defaults(handler=cmd_demo)
 
 
-def _add_style_options(p: argparse.ArgumentParser, default_opset: int | None) -> None:
+def _add_form_options(p: argparse.ArgumentParser, default_opset: int | None) -> None:
+    """--opset and --norm-style: the target every command that writes normalizations takes."""
     p.add_argument(
         "--opset",
         type=int,
@@ -361,9 +358,20 @@ def _add_style_options(p: argparse.ArgumentParser, default_opset: int | None) ->
         help="op: standard ops where the opset has them; decomposed: exact subgraphs;"
         " auto: the form measured fastest on onnxruntime CPU (default)",
     )
+
+
+def _add_style_options(p: argparse.ArgumentParser, default_opset: int | None) -> None:
+    _add_form_options(p, default_opset)
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
     p.add_argument("--report", metavar="REPORT.json", help="also write the report as JSON")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_json_option(p, "print the report as JSON")
+
+
+def _add_file_options(p: argparse.ArgumentParser, input_help: str, output_help: str) -> None:
+    """An ONNX file in, one out (never the same), and the shapes to verify it with."""
+    p.add_argument("input", help=input_help)
+    p.add_argument("-o", "--output", required=True, help=output_help)
+    _add_shape_option(p)
 
 
 def _add_factory_options(p: argparse.ArgumentParser, output_help: str) -> None:
@@ -384,20 +392,16 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _add_emit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("emit", help="re-emit every normalization of an ONNX file at an opset and style")
-    p.add_argument("input", help="ONNX file (never modified)")
-    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
-    p.add_argument("--shape", action="append", metavar="NAME:D0,D1,...", help="shape of a dynamic input")
+    _add_file_options(p, "ONNX file (never modified)", "ONNX file to write")
     _add_style_options(p, None)
     p.set_defaults(handler=cmd_emit)
 
 
 def _add_fold(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fold", help="fold every constant normalization of an ONNX file")
-    p.add_argument("input", help="ONNX file to fold (never modified)")
-    p.add_argument("-o", "--output", required=True, help="where to write the folded model")
+    _add_file_options(p, "ONNX file to fold (never modified)", "where to write the folded model")
     p.add_argument("--report", metavar="REPORT.json", help="also write the fold report as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check against the input")
-    p.add_argument("--shape", action="append", metavar="NAME:D0,D1,...", help="shape of a dynamic input")
     p.add_argument(
         "--norm-affine",
         action="store_true",
@@ -408,14 +412,14 @@ def _add_fold(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="treat weights also listed as graph inputs (ir_version >= 4) as constants and drop them from the inputs",
     )
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_json_option(p, "print the report as JSON")
     p.set_defaults(handler=cmd_fold)
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="list every normalization, its form, and whether it folds (or why not)")
     p.add_argument("input", help="ONNX file")
-    p.add_argument("--json", action="store_true", help="print as JSON")
+    _add_json_option(p, "print as JSON")
     p.set_defaults(handler=cmd_inspect)
 
 

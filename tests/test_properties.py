@@ -32,11 +32,11 @@ def _channel_const(b: GraphBuilder, rng, channels: int, rank: int, axis: int, po
 def _first_is_foldable(ops, axis: int, bare_matmul: bool = False) -> bool:
     """Whether the first op the chain writes is a constant affine on the feature axis that folds away
     (written by hand from the chain's construction: BN is written on axis 1 only; after a MatMul
-    without a bias, an Add *is* the bias and a Sub becomes one, so neither removes a node)."""
+    without a bias, an Add *is* the bias, and a Sub or a BN's shift becomes one, so none removes a node)."""
     written = [op for op in ops if not (op == "bn" and axis != 1)]
     if not written or written[0] == "relu":
         return False
-    return not (bare_matmul and written[0] in ("add", "sub"))
+    return not (bare_matmul and written[0] in ("add", "sub", "bn"))
 
 
 def _post_chain(b: GraphBuilder, y: str, ops, rng, channels: int, rank: int, axis: int) -> str:

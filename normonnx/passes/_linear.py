@@ -16,8 +16,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from normonnx.families import LINEAR_OPS
-from normonnx.graph.access import constant_value, describe, input_or_none, op_is, rank_of, sole_consumer
+from normonnx.graph.access import constant_value, describe, input_or_none, op_is, rank_of, shape_of, sole_consumer
 from normonnx.passes import _foldmath as fm
+from normonnx.passes._affine import AffineNode
 from normonnx.passes._base import PassContext
 
 
@@ -81,6 +82,17 @@ class Linear:
             return 1
         rank = self.output_rank()
         return None if rank is None else rank - 1
+
+
+@dataclass(frozen=True)
+class AffineFold:
+    """A checked fold of a channel affine node into a linear op: what the fold rules rewrite."""
+
+    anchor: str
+    family: str
+    node: gs.Node  # the affine (BatchNormalization, Mul, Add, ...)
+    lin: Linear
+    affine: AffineNode
 
 
 def read_linear(node: gs.Node, ctx: PassContext) -> Linear | str:
@@ -187,7 +199,7 @@ def write_linear(
     if b is None or not np.any(b):
         node.outputs = [output]
         return
-    scaled = gs.Variable(ctx.fresh(f"{output.name}_matmul"), dtype=output.dtype, shape=getattr(output, "shape", None))
+    scaled = gs.Variable(ctx.fresh(f"{output.name}_matmul"), dtype=output.dtype, shape=shape_of(output))
     node.outputs = [scaled]
     bias_const = ctx.constant(f"{describe(node)}_bias_folded", b)
     add = gs.Node("Add", name=ctx.fresh(f"{describe(node)}_bias"), inputs=[scaled, bias_const], outputs=[output])

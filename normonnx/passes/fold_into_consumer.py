@@ -26,17 +26,15 @@ features.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from normonnx.families import LINEAR_OPS
 from normonnx.graph.access import describe, op_is, rank_of, sole_consumer
 from normonnx.graph.bridge import detach
-from normonnx.passes._affine import AffineNode, read_affine
+from normonnx.passes._affine import read_affine
 from normonnx.passes._base import PassContext, Refusal
-from normonnx.passes._linear import Linear, fold_affine_before, read_linear
+from normonnx.passes._linear import AffineFold, fold_affine_before, read_linear
 
 
 def pads_reach_data(conv: gs.Node) -> bool:
@@ -55,26 +53,17 @@ def pads_reach_data(conv: gs.Node) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class _Plan:
-    anchor: str
-    family: str
-    node: gs.Node
-    lin: Linear
-    affine: AffineNode
-
-
 class FoldIntoConsumer:
     name = "fold-into-consumer"
 
     def match(self, node: gs.Node, ctx: PassContext) -> gs.Node | None:
         return node if op_is(node, "BatchNormalization") else None
 
-    def check(self, node: gs.Node, ctx: PassContext) -> _Plan | Refusal:
+    def check(self, node: gs.Node, ctx: PassContext) -> AffineFold | Refusal:
         why = self._problem(node, ctx)
-        return why if isinstance(why, _Plan) else Refusal(describe(node), "batchnorm", why)
+        return why if isinstance(why, AffineFold) else Refusal(describe(node), "batchnorm", why)
 
-    def rewrite(self, plan: _Plan, ctx: PassContext) -> str:
+    def rewrite(self, plan: AffineFold, ctx: PassContext) -> str:
         x = plan.node.inputs[0]
 
         def unhook() -> None:
@@ -85,7 +74,7 @@ class FoldIntoConsumer:
         return f"into the following {plan.lin.kind} {plan.lin.name}"
 
     @staticmethod
-    def _problem(node: gs.Node, ctx: PassContext) -> _Plan | str:
+    def _problem(node: gs.Node, ctx: PassContext) -> AffineFold | str:
         user = sole_consumer(node.outputs[0], ctx.outputs)
         if isinstance(user, str):
             return f"output {user}"
@@ -117,4 +106,4 @@ class FoldIntoConsumer:
                     f" auto_pad={user.attrs.get('auto_pad', 'NOTSET')}): the border would see the shift as 0;"
                     " exact only without padding"
                 )
-        return _Plan(describe(node), "batchnorm", node, lin, affine)
+        return AffineFold(describe(node), "batchnorm", node, lin, affine)

@@ -31,9 +31,9 @@ import onnx_graphsurgeon as gs
 from normonnx.families import LINEAR_OPS
 from normonnx.graph.access import constant_value, describe, op_is, producer, sole_consumer
 from normonnx.graph.bridge import detach
-from normonnx.passes._affine import ARITHMETIC_OPS, AffineNode, read_affine
+from normonnx.passes._affine import ARITHMETIC_OPS, read_affine
 from normonnx.passes._base import PassContext, Refusal
-from normonnx.passes._linear import Linear, fold_affine_after, read_linear
+from normonnx.passes._linear import AffineFold, Linear, fold_affine_after, read_linear
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,6 @@ class _Match:
     @property
     def family(self) -> str:
         return "batchnorm" if self.node.op == "BatchNormalization" else "affine"
-
-
-@dataclass(frozen=True)
-class _Plan:
-    anchor: str
-    family: str
-    node: gs.Node
-    lin: Linear
-    affine: AffineNode
 
 
 def _linear_behind(tensor: gs.Tensor, ctx: PassContext) -> Linear | str | None:
@@ -84,7 +75,7 @@ class FoldIntoProducer:
             data = [t for t in node.inputs if constant_value(t) is None]
         return _Match(node, data[0]) if len(data) == 1 else None
 
-    def check(self, m: _Match, ctx: PassContext) -> _Plan | Refusal | None:
+    def check(self, m: _Match, ctx: PassContext) -> AffineFold | Refusal | None:
         anchor = describe(m.node)
         lin = _linear_behind(m.data, ctx)
         if lin is None:
@@ -110,8 +101,8 @@ class FoldIntoProducer:
             return None
         if isinstance(affine, str):
             return Refusal(anchor, m.family, affine)
-        return _Plan(anchor, affine.family, m.node, lin, affine)
+        return AffineFold(anchor, affine.family, m.node, lin, affine)
 
-    def rewrite(self, plan: _Plan, ctx: PassContext) -> str:
+    def rewrite(self, plan: AffineFold, ctx: PassContext) -> str:
         fold_affine_after(plan.lin, plan.affine.affine, ctx, plan.node.outputs[0], lambda: detach([plan.node]))
         return f"into {plan.lin.kind} {plan.lin.name}"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx.families import BY_OP, LINEAR_OPS
+from normonnx.families import BY_KEY, BY_OP, LINEAR_OPS
 from normonnx.graph.access import constant_value, describe, input_or_none, op_is, producer, rank_of, sole_consumer
 from normonnx.graph.bridge import detach
 from normonnx.passes import _foldmath as fm
@@ -42,7 +42,8 @@ from normonnx.passes.fold_into_consumer import pads_reach_data
 from normonnx.recognize.classify import instancenorm_view
 from normonnx.recognize.moments import following_affine, match_core
 
-_OPS = ("LayerNormalization", "RMSNormalization", "GroupNormalization", "InstanceNormalization")
+# The standard ops whose statistics stay at inference: only their affine can move.
+_OPS = tuple(BY_KEY[k].onnx_op for k in ("layernorm", "rmsnorm", "groupnorm", "instancenorm"))
 
 
 @dataclass(frozen=True)

@@ -188,12 +188,13 @@ def lower_batchnorm(node: gs.Node, ctx: PassContext) -> Write | str:
     return lambda w, out: _affine(w, x, w.const("scale", s), w.const("shift", t), out)
 
 
+# family -> how its standard op is written out (every family with an op in families.py).
 LOWERINGS: dict[str, Callable[[gs.Node, PassContext], Write | str]] = {
-    "LayerNormalization": lower_layernorm,
-    "RMSNormalization": lower_rmsnorm,
-    "InstanceNormalization": lower_instancenorm,
-    "GroupNormalization": lower_groupnorm,
-    "BatchNormalization": lower_batchnorm,
+    "layernorm": lower_layernorm,
+    "rmsnorm": lower_rmsnorm,
+    "instancenorm": lower_instancenorm,
+    "groupnorm": lower_groupnorm,
+    "batchnorm": lower_batchnorm,
 }
 
 
@@ -221,7 +222,7 @@ class Lower:
         return node
 
     def check(self, node: gs.Node, ctx: PassContext) -> _Plan | Refusal:
-        write = _unused_stat_outputs(node, ctx) or _known_dtype(node) or LOWERINGS[self.op](node, ctx)
+        write = _unused_stat_outputs(node, ctx) or _known_dtype(node) or LOWERINGS[self.family](node, ctx)
         if isinstance(write, str):
             return Refusal(describe(node), self.family, write)
         return _Plan(describe(node), self.family, node, write)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx.graph.access import constant_value, op_is, producer
+from normonnx.graph.access import constant_value, op_is, producer, rank_of
 
 
 @dataclass
@@ -38,8 +38,7 @@ class MomentNorm:
     anchor: gs.Node | None = None  # the normalizing Div/Mul
 
     def rank(self) -> int | None:
-        shape = getattr(self.x, "shape", None)
-        return None if shape is None else len(shape)
+        return rank_of(self.x)
 
     def normalized_axes(self) -> tuple[int, ...] | None:
         """Axes as non-negative ints, when the rank is known (or the axes already are)."""

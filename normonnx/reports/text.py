@@ -14,6 +14,7 @@ from normonnx.reports.table import human_bytes, table
 if TYPE_CHECKING:
     from normonnx.pipelines.convert import ConvertReport
     from normonnx.pipelines.emit import EmitReport
+    from normonnx.pipelines.export import ExportReport
     from normonnx.pipelines.fold_report import FoldReport
     from normonnx.pipelines.inspect import Inspection
     from normonnx.validate.benchmark import BenchReport
@@ -75,6 +76,13 @@ def render_emit(report: EmitReport) -> str:
         lines.append(f"  kept {d.family} {d.node} as it was: {d.detail}")
     if report.parity is not None:
         lines.append(report.parity.summary())
+    return "\n".join(lines)
+
+
+def render_export(report: ExportReport) -> str:
+    lines = [render_emit(report.emit)]
+    if report.parity is not None:
+        lines.append(report.parity.summary(" vs torch eager"))
     return "\n".join(lines)
 
 
