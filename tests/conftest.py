@@ -1,7 +1,12 @@
-"""Shared fixtures: small saved models and a CLI runner that captures everything."""
+"""Shared fixtures: small saved models and a CLI runner that captures everything.
+
+The fast tier (``-m "not slow"``) runs without torch: tests that need it are
+marked ``requires_torch`` (or skip their module with ``pytest.importorskip``).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,6 +17,10 @@ import onnx
 import pytest
 
 from tests.builders import GraphBuilder
+
+requires_torch = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None, reason="torch is not installed (pip install 'normonnx[export]')"
+)
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -12,21 +11,18 @@ import onnx
 import pytest
 
 from tests.builders import assert_parity, op_types
-
-
-def _digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from tests.helpers import digest
 
 
 def test_fold_writes_a_folded_model_and_keeps_the_interface(cli, conv_bn_path, tmp_path):
-    before = _digest(conv_bn_path)
+    before = digest(conv_bn_path)
     out = tmp_path / "folded.onnx"
     report = tmp_path / "report.json"
     r = cli("fold", conv_bn_path, "-o", out, "--report", report)
     assert r.code == 0, r.err
     assert r.out.strip().splitlines()[-1] == "PASSED"
     assert "folded: 2 (batchnorm 2)" in r.out
-    assert _digest(conv_bn_path) == before
+    assert digest(conv_bn_path) == before
     src, dst = onnx.load(conv_bn_path), onnx.load(out)
     onnx.checker.check_model(dst, full_check=True)
     assert op_types(dst) == ["Conv", "Relu", "Conv"]
@@ -80,10 +76,10 @@ def test_bad_inputs_get_one_line_errors_and_exit_2(cli, tmp_path, conv_bn_path):
 
 
 def test_fold_refuses_to_overwrite_its_input(cli, conv_bn_path):
-    before = _digest(conv_bn_path)
+    before = digest(conv_bn_path)
     r = cli("fold", conv_bn_path, "-o", conv_bn_path)
     assert r.code == 2 and "refusing to write over the input" in r.err
-    assert _digest(conv_bn_path) == before
+    assert digest(conv_bn_path) == before
 
 
 def test_output_in_missing_folder_is_an_error(cli, conv_bn_path, tmp_path):

@@ -6,15 +6,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from normonnx.families import BY_KEY, BY_OP, FAMILIES
+from tests.conftest import requires_torch
 
-torch = pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@requires_torch
 def test_every_family_is_described_once_and_completely():
+
     assert len({f.key for f in FAMILIES}) == len(FAMILIES)
     for f in FAMILIES:
         assert f.title and f.torch_types and f.decomposition and f.fold_note
@@ -29,7 +30,10 @@ def test_every_family_is_described_once_and_completely():
     }
 
 
+@requires_torch
 def test_reference_functions_match_torch():
+    import torch
+
     from models.patterns import randomize_statistics
     from normonnx.torchfront.modules import BatchChannelNorm2d, WSConv2d
 

@@ -3,7 +3,6 @@ never a modified input, never a partial output."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.builders import GraphBuilder, bn_params
 from tests.conftest import conv_bn_model
+from tests.helpers import digest
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:
@@ -205,15 +205,11 @@ REFUSED = {
 }
 
 
-def _digest(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-
-
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_refused_with_one_line(cli, tmp_path, case):
     make, expected = REFUSED[case]
     src = make(tmp_path)
-    before = _digest(src) if src.exists() and src.is_file() and not src.is_fifo() else None
+    before = digest(src) if src.exists() and src.is_file() and not src.is_fifo() else None
     listing = sorted(p.name for p in tmp_path.iterdir())
     out = tmp_path / "out.onnx"
     r = cli("fold", src, "-o", out)
@@ -224,7 +220,7 @@ def test_refused_with_one_line(cli, tmp_path, case):
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == listing  # no temporaries, nothing deleted
     if before is not None:
-        assert _digest(src) == before
+        assert digest(src) == before
 
 
 def test_a_decoy_weight_file_in_the_working_directory_is_never_read(cli, tmp_path, monkeypatch):
@@ -277,13 +273,13 @@ EXPLAINED = {
 def test_numerical_hazards_are_explained_skips(cli, tmp_path, case):
     model, reason = EXPLAINED[case]
     src = _save(model, tmp_path / "m.onnx")
-    before = _digest(src)
+    before = digest(src)
     r = cli("inspect", src)
     assert r.code == 0 and "kept" in r.out and reason in r.out, r.out
     r = cli("fold", src, "-o", tmp_path / "out.onnx", "--no-verify")
     assert r.code == 0 and reason in r.out
     assert onnx.load(tmp_path / "out.onnx").graph.node[-1].op_type == "BatchNormalization"
-    assert _digest(src) == before
+    assert digest(src) == before
 
 
 def test_nan_in_conv_weights_is_named(cli, tmp_path):
@@ -323,7 +319,7 @@ def test_custom_domain_ops_are_left_untouched(cli, tmp_path):
 
 def test_writing_over_the_input_or_its_weights_is_refused(cli, tmp_path):
     src = _external(tmp_path)
-    before = (_digest(src), _digest(tmp_path / "weights.bin"))
+    before = (digest(src), digest(tmp_path / "weights.bin"))
     r = cli("fold", src, "-o", src)
     assert r.code == 2 and "refusing to write over the input" in r.err
     r = cli("fold", src, "-o", tmp_path / "out.onnx", "--report", src)
@@ -337,7 +333,7 @@ def test_writing_over_the_input_or_its_weights_is_refused(cli, tmp_path):
     onnx.save(m, src)
     r = cli("fold", src, "-o", tmp_path / "out.onnx")
     assert r.code == 0, r.err
-    assert _digest(tmp_path / "out.onnx.data") == before[1]  # the input's weights, untouched
+    assert digest(tmp_path / "out.onnx.data") == before[1]  # the input's weights, untouched
 
 
 CHECKPOINTS = [

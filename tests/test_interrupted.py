@@ -3,7 +3,6 @@ cleaned by the next run, and only its own."""
 
 from __future__ import annotations
 
-import hashlib
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import onnx
 import pytest
 
 from tests.builders import GraphBuilder
+from tests.helpers import digest
 
 pytestmark = pytest.mark.slow
 
@@ -30,16 +30,12 @@ def _model(blocks: int = 60, channels: int = 64) -> onnx.ModelProto:
     return b.model()
 
 
-def _digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_killed_runs_leave_input_and_previous_output_intact(tmp_path):
     src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(_model(), src)
     out.write_bytes(b"previous output")
     (tmp_path / ".someone-elses.tmp").write_bytes(b"not ours")
-    before = _digest(src)
+    before = digest(src)
     cmd = [sys.executable, "-m", "normonnx", "fold", str(src), "-o", str(out)]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
@@ -52,7 +48,7 @@ def test_killed_runs_leave_input_and_previous_output_intact(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         landed += proc.returncode == -signal.SIGKILL  # killed mid-run, not already finished
-        assert _digest(src) == before
+        assert digest(src) == before
         content = out.read_bytes()
         assert content == b"previous output" or onnx.load_from_string(content).graph.node  # old, or complete
         out.write_bytes(b"previous output")

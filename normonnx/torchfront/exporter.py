@@ -23,6 +23,7 @@ import onnx
 
 from normonnx.errors import ExportError, first_line
 from normonnx.graph.modelio import load_model
+from normonnx.torchfront import require_torch
 
 log = logging.getLogger(__name__)
 DYNAMO_MIN_OPSET = 18
@@ -60,11 +61,10 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
 
 def build_module(spec: str, checkpoint: str | None = None):
     """(module in eval mode with the checkpoint loaded, the factory's example inputs or None)."""
-    import torch
-
+    factory = load_factory(spec)
+    torch = require_torch()
     from normonnx.torchfront.checkpoint import apply_checkpoint
 
-    factory = load_factory(spec)
     try:
         made = factory()
     except Exception as e:
@@ -83,9 +83,8 @@ def build_module(spec: str, checkpoint: str | None = None):
 
 def build(spec: str, input_shapes: Sequence[tuple[int, ...]] = (), checkpoint: str | None = None, seed: int = 0):
     """(module in eval mode, example inputs) from a factory, a checkpoint and input shapes."""
-    import torch
-
     module, inputs = build_module(spec, checkpoint)
+    torch = require_torch()
     if input_shapes:
         g = torch.Generator().manual_seed(seed)
         inputs = tuple(torch.randn(s, generator=g) for s in input_shapes)

@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 from tests.builders import GraphBuilder, assert_parity, decomposed_norm, op_types
+from tests.conftest import requires_torch
 
 
 @pytest.fixture
@@ -104,7 +105,7 @@ def test_export_cli_end_to_end(cli, tmp_path):
     [
         ("nomodule", "expected MODULE:FACTORY"),
         ("no_such_module_xyz:f", "cannot import"),
-        ("tests.emit.family_nets:nothing", "has no attribute"),
+        pytest.param("tests.emit.family_nets:nothing", "has no attribute", marks=requires_torch),
     ],
 )
 def test_export_bad_factory_is_one_line(cli, tmp_path, spec, expected):
@@ -133,3 +134,13 @@ def test_groupnorm_18_files_load_and_emit_to_21_per_channel(cli, tmp_path):
     )
     assert per_channel.shape == (6,) and np.array_equal(per_channel, np.repeat(scale, 2))
     onnx.checker.check_model(out, full_check=True)
+
+
+def test_export_without_torch_names_the_extra_to_install(cli, tmp_path, monkeypatch):
+    """A machine with normonnx but not its export extra gets one line saying what to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    r = cli("export", "tests.builders:GraphBuilder", "-o", tmp_path / "o.onnx")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "pip install 'normonnx[export]'" in r.err and not (tmp_path / "o.onnx").exists()

@@ -17,8 +17,6 @@ from normonnx.graph.bridge import prepare_graph
 from normonnx.pipelines.emit import newest_opset, planned_form
 from normonnx.recognize.scan import scan
 
-pytest.importorskip("torch")
-
 OPSETS = (11, 13, 17, 18, 21, 23, newest_opset())
 # family -> (ONNX op, first opset of the op in its current form, the form ``auto`` prefers)
 TABLE = {
@@ -64,6 +62,7 @@ def _cases():
 @pytest.fixture(scope="module")
 def torch_exports():
     """One torch export per (family, opset); the styles are emitted from it (export_model's own steps)."""
+    pytest.importorskip("torch")
     from normonnx.pipelines.export import fold_weight_subgraphs
     from normonnx.torchfront.exporter import build, export_torch
 

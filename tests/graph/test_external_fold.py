@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import onnx
 import pytest
@@ -11,6 +9,7 @@ import pytest
 from normonnx.graph.modelio import load_model
 from normonnx.pipelines.fold import fold_file
 from tests.builders import GraphBuilder, assert_parity
+from tests.helpers import digest
 
 
 def _external_model(tmp_path, blocks: int = 4, channels: int = 32):
@@ -34,13 +33,9 @@ def _external_model(tmp_path, blocks: int = 4, channels: int = 32):
     return path
 
 
-def _digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_weights_on_disk_are_folded_into_a_new_data_file(tmp_path):
     src = _external_model(tmp_path)
-    before = (_digest(src), _digest(tmp_path / "big.onnx.data"))
+    before = (digest(src), digest(tmp_path / "big.onnx.data"))
     report = fold_file(src, tmp_path / "out.onnx")
     assert report.output and report.parity.passed
     assert report.after.norms == {}
@@ -48,7 +43,7 @@ def test_weights_on_disk_are_folded_into_a_new_data_file(tmp_path):
     locations = {e.value for t in out.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {"out.onnx.data"}
     assert_parity(load_model(src), load_model(tmp_path / "out.onnx"))
-    assert (_digest(src), _digest(tmp_path / "big.onnx.data")) == before
+    assert (digest(src), digest(tmp_path / "big.onnx.data")) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data", "out.onnx", "out.onnx.data"]
 
 

@@ -10,10 +10,7 @@ import pytest
 
 from normonnx.passes.fold_norm_affine import FoldNormAffine
 from tests.builders import GraphBuilder, apply, assert_parity, decomposed_norm, folded, op_types, refusals
-
-
-def _rng(seed=0):
-    return np.random.default_rng(seed)
+from tests.helpers import rng as seeded
 
 
 def _const_values(model: onnx.ModelProto, node_index: int, input_index: int) -> np.ndarray:
@@ -23,7 +20,7 @@ def _const_values(model: onnx.ModelProto, node_index: int, input_index: int) -> 
 
 @pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization"])
 def test_op_form_into_matmul(op):
-    rng = _rng()
+    rng = seeded()
     b = GraphBuilder(opset=23)
     x = b.input("x", [2, 5, 8])
     ins = [x, b.weight(rng.uniform(0.5, 2, 8))] + (
@@ -40,7 +37,7 @@ def test_op_form_into_matmul(op):
 
 
 def test_decomposed_layernorm_into_gemm():
-    rng = _rng(1)
+    rng = seeded(1)
     b = GraphBuilder(opset=17)
     x = b.input("x", [4, 8])
     y = decomposed_norm(b, x, [-1])
@@ -58,7 +55,7 @@ def test_decomposed_layernorm_into_gemm():
 )
 def test_per_channel_op_into_1x1_conv_keeps_its_parameter_shapes(op, opset, attrs, seed):
     """GroupNormalization-21 and InstanceNormalization take [C] scale and bias; the unit ones left behind too."""
-    rng = _rng(seed)
+    rng = seeded(seed)
     b = GraphBuilder(opset=opset)
     x = b.input("x", [2, 6, 5, 5])
     z = b.node(op, [x, b.weight(rng.uniform(0.5, 2, 6)), b.weight(rng.standard_normal(6))], name="norm", **attrs)
@@ -73,7 +70,7 @@ def test_per_channel_op_into_1x1_conv_keeps_its_parameter_shapes(op, opset, attr
 
 
 def test_groupnorm_instancenorm_form_into_conv():
-    rng = _rng(3)
+    rng = seeded(3)
     b = GraphBuilder(opset=17)
     x = b.input("x", [2, 6, 5, 5])
     r = b.node("Reshape", [x, b.const(np.array([0, 3, -1], np.int64))])
@@ -90,7 +87,7 @@ def test_groupnorm_instancenorm_form_into_conv():
 
 
 def test_refusals():
-    rng = _rng(4)
+    rng = seeded(4)
     b = GraphBuilder(opset=21)
     x = b.input("x", [2, 6, 5, 5])
     z = b.node(
@@ -112,7 +109,7 @@ def test_refusals():
 
 
 def test_fold_cli_flag(cli, tmp_path):
-    rng = _rng(5)
+    rng = seeded(5)
     b = GraphBuilder(opset=17)
     x = b.input("x", [2, 5, 8])
     z = b.node("LayerNormalization", [x, b.weight(rng.uniform(0.5, 2, 8)), b.weight(rng.standard_normal(8))], name="ln")
@@ -126,7 +123,7 @@ def test_fold_cli_flag(cli, tmp_path):
 
 
 def test_converges_and_never_detaches_a_graph_output():
-    rng = _rng(6)
+    rng = seeded(6)
     b = GraphBuilder(opset=17)
     x = b.input("x", [2, 5, 8])
     z = b.node("LayerNormalization", [x, b.weight(rng.uniform(0.5, 2, 8)), b.weight(rng.standard_normal(8))], name="ln")
@@ -148,7 +145,7 @@ def test_converges_and_never_detaches_a_graph_output():
 
 
 def test_a_width_wise_constant_is_not_taken_for_a_per_channel_one():
-    rng = _rng(7)
+    rng = seeded(7)
     b = GraphBuilder(opset=17)
     x = b.input("x", [2, 4, 4, 4])
     y = decomposed_norm(b, x, [2, 3])

@@ -11,26 +11,23 @@ from normonnx.passes.lower import Lower
 from normonnx.passes.raise_norms import RaiseGroupedInstanceNorm, RaiseMoments
 from normonnx.pipelines.emit import emit
 from tests.builders import GraphBuilder, apply, assert_parity, decomposed_norm, op_types, refusals
+from tests.helpers import rng as seeded
 
 ALL = frozenset({"layernorm", "rmsnorm", "instancenorm", "groupnorm"})
-
-
-def _rng(seed=0):
-    return np.random.default_rng(seed)
 
 
 def _ln_model(opset=17, axis=-1, shape=(2, 5, 8)):
     b = GraphBuilder(opset=opset)
     x = b.input("x", list(shape))
     norm_shape = shape[axis:]
-    g, beta = b.weight(_rng().uniform(0.5, 2, norm_shape)), b.weight(_rng(1).standard_normal(norm_shape))
+    g, beta = b.weight(seeded().uniform(0.5, 2, norm_shape)), b.weight(seeded(1).standard_normal(norm_shape))
     b.output(b.node("LayerNormalization", [x, g, beta], axis=axis, epsilon=1e-5))
     return b.model()
 
 
 def _op_model(op: str, opset: int, **attrs):
     b = GraphBuilder(opset=opset)
-    rng = _rng(2)
+    rng = seeded(2)
     if op == "RMSNormalization":
         x = b.input("x", [2, 5, 8])
         b.output(b.node(op, [x, b.weight(rng.uniform(0.5, 2, 8))], epsilon=1e-6), shape=[2, 5, 8])
@@ -96,7 +93,9 @@ def test_decomposed_layernorm_raises_and_lowers_back(inverse, opset):
     b = GraphBuilder(opset=opset)
     x = b.input("x", [2, 5, 8])
     y = decomposed_norm(b, x, [-1], inverse=inverse)
-    y = b.node("Add", [b.node("Mul", [y, b.weight(_rng().uniform(0.5, 2, 8))]), b.weight(_rng(1).standard_normal(8))])
+    y = b.node(
+        "Add", [b.node("Mul", [y, b.weight(seeded().uniform(0.5, 2, 8))]), b.weight(seeded(1).standard_normal(8))]
+    )
     b.output(y)
     model = b.model()
     up, _ = emit(model, 17 if opset < 17 else opset, "op")
@@ -111,7 +110,7 @@ def test_channels_first_layernorm_raises_with_transposes():
     b = GraphBuilder(opset=17)
     x = b.input("x", [2, 6, 4, 4])
     y = decomposed_norm(b, x, [1])
-    y = b.node("Add", [b.node("Mul", [y, b.weight(_rng().uniform(0.5, 2, (6, 1, 1)))]), b.weight(np.ones((6, 1, 1)))])
+    y = b.node("Add", [b.node("Mul", [y, b.weight(seeded().uniform(0.5, 2, (6, 1, 1)))]), b.weight(np.ones((6, 1, 1)))])
     b.output(y)
     model = b.model()
     out, _ = apply(model, RaiseMoments(ALL))
@@ -135,7 +134,7 @@ def test_groupnorm_reduce_mean_form_raises():
     x = b.input("x", [2, 6, 4, 4])
     r = b.node("Reshape", [x, b.const(np.array([2, 3, -1], np.int64))])
     y = b.node("Reshape", [decomposed_norm(b, r, [2]), b.node("Shape", [x])])
-    rng = _rng(3)
+    rng = seeded(3)
     b.output(
         b.node("Add", [b.node("Mul", [y, b.weight(rng.uniform(0.5, 2, (6, 1, 1)))]), b.weight(np.ones((6, 1, 1)))])
     )
@@ -146,7 +145,7 @@ def test_groupnorm_reduce_mean_form_raises():
 
 
 def test_groupnorm_instancenorm_form_with_per_group_affine_raises_exactly():
-    rng = _rng(4)
+    rng = seeded(4)
     b = GraphBuilder(opset=21)
     x = b.input("x", [2, 6, 4, 4])
     r = b.node("Reshape", [x, b.const(np.array([0, 3, -1], np.int64))])
@@ -235,7 +234,7 @@ def test_fp16_lowering_keeps_statistics_in_fp32():
 
 @pytest.mark.parametrize("target,reason", [([2, 0, -1], "G > 0"), ([1, 3, -1], "batch 1"), ([0, -1, 32], "G > 0")])
 def test_grouped_views_that_are_not_groupnorm_are_refused(target, reason):
-    rng = _rng(8)
+    rng = seeded(8)
     b = GraphBuilder(opset=21)
     x = b.input("x", [2, 6, 4, 4])
     r = b.node("Reshape", [x, b.const(np.array(target, np.int64))])
