@@ -20,7 +20,7 @@ _API = {
     "fold": ("normonnx.pipelines.fold", "fold"),
     "fold_file": ("normonnx.pipelines.fold", "fold_file"),
     "FoldOptions": ("normonnx.passes._base", "FoldOptions"),
-    "FoldReport": ("normonnx.pipelines.fold_report", "FoldReport"),
+    "FoldReport": ("normonnx.pipelines.fold", "FoldReport"),
     "inspect": ("normonnx.pipelines.inspect", "inspect_model"),
     "load_model": ("normonnx.graph.modelio", "load_model"),
     "save_model": ("normonnx.graph.modelio", "save_model"),

@@ -22,7 +22,7 @@ import numpy as np
 
 from normonnx.errors import UnusableInputError
 from normonnx.pipelines.export import DEFAULT_OPSET, export_module, torch_parity
-from normonnx.pipelines.fold_report import NormStatus
+from normonnx.pipelines.fold import NormStatus
 from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate.latency import LatencyStats
 from normonnx.validate.parity import ParityResult

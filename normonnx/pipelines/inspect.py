@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from normonnx.graph.bridge import model_and_name
-from normonnx.pipelines.fold import fold
-from normonnx.pipelines.fold_report import NormStatus
+from normonnx.pipelines.fold import NormStatus, fold
 from normonnx.reports.schema import SCHEMA_VERSION
 
 

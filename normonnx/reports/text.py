@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from normonnx.pipelines.convert import ConvertReport
     from normonnx.pipelines.emit import EmitReport
     from normonnx.pipelines.export import ExportReport
-    from normonnx.pipelines.fold_report import FoldReport
+    from normonnx.pipelines.fold import FoldReport
     from normonnx.pipelines.inspect import Inspection
     from normonnx.validate.benchmark import BenchReport
     from normonnx.validate.check import CheckReport

@@ -29,6 +29,7 @@ from normonnx.validate.isolation import call_isolated
 from normonnx.validate.localize import Localization, common_tensors, first_divergence
 from normonnx.validate.parity import FP16_GATE, Gate, ParityResult, compare, rejudge_with_noise
 from normonnx.validate.runner import SessionConfig, require_provider
+from normonnx.validate.verify import onnx_outputs
 
 FP16_BASELINE_FACTOR = 2.0
 
@@ -149,13 +150,11 @@ def check(
     cand_cfg = SessionConfig(provider=provider, optimize=optimize)
     if ref_src is not None:
         ref_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in specs})
-        refs = call_isolated(
-            execute.run_outputs, ref_src, ref_feeds, ref_cfg, label=f"{ref_name} (reference)", timeout=timeout
-        )
+        refs = onnx_outputs(ref_src, ref_feeds, ref_cfg, label=f"{ref_name} (reference)", timeout=timeout)
     else:
         refs = _torch_reference(torch_spec, checkpoint, feeds, [s.name for s in specs])
     cand_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in input_specs(cand_proto)})
-    cands = call_isolated(execute.run_outputs, cand_src, cand_feeds, cand_cfg, label=cand_name, timeout=timeout)
+    cands = onnx_outputs(cand_src, cand_feeds, cand_cfg, label=cand_name, timeout=timeout)
     try:
         cands = _match_outputs(refs, cands, notes)
     except UnusableInputError as e:
@@ -173,14 +172,8 @@ def check(
     if _has_fp16_outputs(cands) and not _has_fp16_outputs(refs):
         report.fp16_baseline = _fp16_baseline(report, ref_proto, fp16_baseline, feeds, refs, timeout)
     elif not result.passed and ref_src is not None and not optimize and default_gate is None:
-        noisy = call_isolated(
-            execute.run_outputs,
-            ref_src,
-            ref_feeds,
-            SessionConfig(optimize=True),
-            label=f"{ref_name} (noise floor)",
-            timeout=timeout,
-        )
+        noisy_cfg = SessionConfig(optimize=True)
+        noisy = onnx_outputs(ref_src, ref_feeds, noisy_cfg, label=f"{ref_name} (noise floor)", timeout=timeout)
         rejudge_with_noise(result, compare(refs, noisy), strict=frozenset(gates or ()))
     if ref_src is not None and (localize or (localize is None and not result.passed)):
         report.localization = _localize(
@@ -214,7 +207,7 @@ def _fp16_baseline(report: CheckReport, ref_proto, given, feeds, refs, timeout) 
         report.notes.append("no fp16 baseline for a torch reference; 5e-3 gate only")
         return None
     base_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in input_specs(proto)})
-    base = call_isolated(execute.run_outputs, src, base_feeds, SessionConfig(), label="fp16 baseline", timeout=timeout)
+    base = onnx_outputs(src, base_feeds, label="fp16 baseline", timeout=timeout)
     base_result = compare(refs, _match_outputs(refs, base, report.notes), default=FP16_GATE)
     limits = {o.name: o.max_abs for o in base_result.outputs}
     for o in report.parity.outputs:

@@ -25,14 +25,34 @@ if TYPE_CHECKING:
 CONCURRENT_PARITY_BYTES = 1 << 30
 
 
-def onnx_outputs(model, feeds: list[dict[str, np.ndarray]], config: SessionConfig | None = None) -> list[dict]:
-    """A model's outputs for every feed: in this process for a ModelProto, in an isolated one for a path."""
-    config = config or SessionConfig()
-    if isinstance(model, str | os.PathLike):
-        from normonnx.validate import execute
-        from normonnx.validate.isolation import call_isolated
+def onnx_outputs(
+    model: onnx.ModelProto | str | os.PathLike | bytes,
+    feeds: list[dict[str, np.ndarray]],
+    config: SessionConfig | None = None,
+    *,
+    label: str | None = None,
+    timeout: float | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """A model's outputs for every feed, the one way normonnx runs a model for its outputs.
 
-        return call_isolated(execute.run_outputs, str(model), feeds, config, label=str(model))
+    A path or serialized bytes run in an isolated child process (``label`` names it in
+    messages); a ModelProto already validated in memory runs in this process.
+    """
+    config = config or SessionConfig()
+    if isinstance(model, str | os.PathLike | bytes):
+        from normonnx.validate import execute
+        from normonnx.validate.isolation import DEFAULT_TIMEOUT, call_isolated
+
+        source = model if isinstance(model, bytes) else str(model)
+        name = label or (str(model) if not isinstance(model, bytes) else "model")
+        return call_isolated(
+            execute.run_outputs,
+            source,
+            feeds,
+            config,
+            label=name,
+            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+        )
     from normonnx.validate.runner import run, session
 
     sess = session(model, config)
