@@ -4,6 +4,8 @@ The public API mirrors the CLI::
 
     model, report = normonnx.fold("model.onnx")          # fold constant normalizations
     normonnx.inspect("model.onnx")                       # what is there, what folds, why not
+    model, report = normonnx.emit("model.onnx", 13)      # every normalization re-emitted at opset 13
+    report = normonnx.check("new.onnx", against="model.onnx")   # parity, localization
 
 Attributes load lazily, so ``import normonnx`` imports neither torch nor
 onnxruntime.
@@ -22,6 +24,11 @@ _API = {
     "FoldOptions": ("normonnx.passes._base", "FoldOptions"),
     "FoldReport": ("normonnx.pipelines.fold", "FoldReport"),
     "inspect": ("normonnx.pipelines.inspect", "inspect_model"),
+    "emit": ("normonnx.pipelines.emit", "emit"),
+    "export_model": ("normonnx.pipelines.export", "export_model"),
+    "convert": ("normonnx.pipelines.convert", "convert"),
+    "check": ("normonnx.validate.check", "check"),
+    "bench": ("normonnx.validate.benchmark", "bench"),
     "load_model": ("normonnx.graph.modelio", "load_model"),
     "save_model": ("normonnx.graph.modelio", "save_model"),
     "NormonnxError": ("normonnx.errors", "NormonnxError"),

@@ -375,7 +375,7 @@ def test_checkpoint_attacks_are_refused_by_export(cli, tmp_path, monkeypatch, ca
         path.write_text("weights: yes\n")
     else:
         path.write_bytes(struct.pack("<Q", 2**50) + b"{}")
-    r = cli("export", "tests.emit.family_nets:batchnorm", "-o", tmp_path / "out.onnx", "--checkpoint", path)
+    r = cli("export", "tests.torchfront.family_nets:batchnorm", "-o", tmp_path / "out.onnx", "--checkpoint", path)
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and str(path) in r.err, r.err
     assert "Traceback" not in r.err and not (tmp_path / "out.onnx").exists()
     assert not (tmp_path / "exploited").exists()

@@ -145,8 +145,8 @@ def test_torch_reference(tmp_path):
     pytest.importorskip("torch")
     from normonnx.pipelines.export import export_file
 
-    export_file("tests.emit.family_nets:groupnorm", tmp_path / "gn.onnx", opset=17)
-    result = check(tmp_path / "gn.onnx", torch_spec="tests.emit.family_nets:groupnorm")
+    export_file("tests.torchfront.family_nets:groupnorm", tmp_path / "gn.onnx", opset=17)
+    result = check(tmp_path / "gn.onnx", torch_spec="tests.torchfront.family_nets:groupnorm")
     assert result.passed and result.reference_kind == "torch"
 
 

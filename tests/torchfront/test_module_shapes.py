@@ -47,7 +47,7 @@ def raises():
 @pytest.mark.parametrize("opset", [13, 18])
 def test_dict_nested_outputs_and_unused_inputs_export_with_parity(cli, tmp_path, factory, opset):
     """TorchScript drops an input the graph never reads; both exporters flatten dicts and nested tuples."""
-    r = cli("export", f"tests.export.test_module_shapes:{factory}", "-o", tmp_path / "m.onnx", "--opset", opset)
+    r = cli("export", f"tests.torchfront.test_module_shapes:{factory}", "-o", tmp_path / "m.onnx", "--opset", opset)
     assert r.code == 0, r.err
     assert "parity vs torch eager PASSED" in r.out
 
@@ -56,7 +56,7 @@ def test_dict_nested_outputs_and_unused_inputs_export_with_parity(cli, tmp_path,
 @pytest.mark.parametrize(("factory", "outputs"), [("dict_outputs", 2), ("nested_outputs", 3)])
 def test_check_against_torch_takes_dict_and_nested_outputs(cli, tmp_path, factory, outputs):
     """check --torch flattens a module's outputs as the exporters do (it once crashed on a dict)."""
-    spec = f"tests.export.test_module_shapes:{factory}"
+    spec = f"tests.torchfront.test_module_shapes:{factory}"
     assert cli("export", spec, "-o", tmp_path / "m.onnx").code == 0
     r = cli("check", tmp_path / "m.onnx", "--torch", spec, "--json")
     assert r.code == 0, r.err
@@ -67,7 +67,7 @@ def test_check_against_torch_takes_dict_and_nested_outputs(cli, tmp_path, factor
 
 def test_a_failed_convert_leaves_no_folder(cli, tmp_path):
     out = tmp_path / "report"
-    r = cli("convert", "tests.export.test_module_shapes:raises", "-o", out)
+    r = cli("convert", "tests.torchfront.test_module_shapes:raises", "-o", out)
     assert r.code == 2 and "boom" in r.err
     assert not out.exists()
 
@@ -81,7 +81,7 @@ def test_convert_removes_what_it_wrote_when_a_late_step_fails(tmp_path, monkeypa
     monkeypatch.setattr(convert_module, "_bench", broken_bench)
     out = tmp_path / "report"
     with pytest.raises(UnusableInputError, match="bench exploded"):
-        convert_module.convert("tests.export.test_module_shapes:dict_outputs", out, opset=13, floor=False)
+        convert_module.convert("tests.torchfront.test_module_shapes:dict_outputs", out, opset=13, floor=False)
     assert not out.exists()
 
 
@@ -92,7 +92,7 @@ def conv_net():
 @pytest.mark.slow
 def test_an_export_failure_is_one_clean_line_with_torchs_reason(cli, tmp_path):
     """The dynamo exporter puts the cause after paragraphs of advice, in colour, and logs at ERROR."""
-    r = cli("export", "tests.export.test_module_shapes:conv_net", "--input-shape", "1,4,8,8", "-o", tmp_path / "m.onnx")
+    r = cli("export", "tests.torchfront.test_module_shapes:conv_net", "--input-shape", "1,4,8,8", "-o", tmp_path / "m.onnx")
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1
     assert "expected input[1, 4, 8, 8] to have 3 channels" in r.err and "\x1b[" not in r.err
     assert not (tmp_path / "m.onnx").exists()

@@ -69,7 +69,7 @@ def build(family: str, seed: int = 0):
     return module, (torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)),)
 
 
-# MODULE:FACTORY entry points, one per family, for `normonnx export tests.emit.family_nets:<family>`.
+# MODULE:FACTORY entry points, one per family, for `normonnx export tests.torchfront.family_nets:<family>`.
 def _make(family: str):
     return lambda: build(family)
 

@@ -70,7 +70,7 @@ def torch_exports():
 
     def get(family: str, opset: int):
         if (family, opset) not in cache:
-            module, example = build(f"tests.emit.family_nets:{family}")
+            module, example = build(f"tests.torchfront.family_nets:{family}")
             raw, _ = export_torch(module, example, opset)
             cache[(family, opset)] = (module, example, fold_weight_subgraphs(raw))
         return cache[(family, opset)]

@@ -94,7 +94,7 @@ def test_emit_down_conversion_drops_attributes_that_change_nothing(cli, tmp_path
 def test_export_cli_end_to_end(cli, tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "gn.onnx"
-    r = cli("export", "tests.emit.family_nets:groupnorm", "-o", out, "--opset", 21, "--norm-style", "op")
+    r = cli("export", "tests.torchfront.family_nets:groupnorm", "-o", out, "--opset", 21, "--norm-style", "op")
     assert r.code == 0, r.err
     assert "parity vs torch eager PASSED" in r.out
     assert op_types(onnx.load(out)).count("GroupNormalization") == 1
@@ -105,7 +105,7 @@ def test_export_cli_end_to_end(cli, tmp_path):
     [
         ("nomodule", "expected MODULE:FACTORY"),
         ("no_such_module_xyz:f", "cannot import"),
-        pytest.param("tests.emit.family_nets:nothing", "has no attribute", marks=requires_torch),
+        pytest.param("tests.torchfront.family_nets:nothing", "has no attribute", marks=requires_torch),
     ],
 )
 def test_export_bad_factory_is_one_line(cli, tmp_path, spec, expected):
