@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from normonnx.families import BY_KEY
     from normonnx.pipelines.emit import emit
-    from normonnx.pipelines.fold import verify_parity
+    from normonnx.validate.verify import verify_parity
     from normonnx.validate.latency import measure, speedup
 
     rows = []

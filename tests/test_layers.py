@@ -64,9 +64,10 @@ def test_no_module_imports_upward():
             if not target.startswith("normonnx."):
                 continue
             inner = target.removeprefix("normonnx.")
-            if not (PACKAGE / inner.replace(".", "/")).with_suffix(".py").exists() and not (
-                PACKAGE / inner.replace(".", "/")
-            ).is_dir():
+            if (
+                not (PACKAGE / inner.replace(".", "/")).with_suffix(".py").exists()
+                and not (PACKAGE / inner.replace(".", "/")).is_dir()
+            ):
                 continue  # `from normonnx.x import name`: the module itself is checked
             if _layer(inner) > mine:
                 problems.append(f"normonnx.{name}:{line} imports {target} from a higher layer")

@@ -1,4 +1,4 @@
-"""lower-<op>: a standard normalization op -> the exact subgraph of older opsets.
+"""lower-<family> (one rule per family with a standard op): the op -> the exact subgraph of older opsets.
 
 Before / After (``axes`` = the normalized axes; fp16 with stash_type=1 runs
 the statistics inside a Cast-to-float32 island, as the ops themselves do)::

@@ -1,4 +1,7 @@
-"""raise-<family>: decomposed normalization subgraphs -> the standard op.
+"""raise-moments and raise-grouped-instancenorm: decomposed normalization subgraphs -> the standard op.
+
+Which family a decomposed core is comes from recognize/classify.py, the
+classifier ``inspect`` uses too, so the two cannot disagree.
 
 Before (as exporters write them; see recognize/moments.py for the spellings)::
 

@@ -92,7 +92,9 @@ def conv_net():
 @pytest.mark.slow
 def test_an_export_failure_is_one_clean_line_with_torchs_reason(cli, tmp_path):
     """The dynamo exporter puts the cause after paragraphs of advice, in colour, and logs at ERROR."""
-    r = cli("export", "tests.torchfront.test_module_shapes:conv_net", "--input-shape", "1,4,8,8", "-o", tmp_path / "m.onnx")
+    r = cli(
+        "export", "tests.torchfront.test_module_shapes:conv_net", "--input-shape", "1,4,8,8", "-o", tmp_path / "m.onnx"
+    )
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1
     assert "expected input[1, 4, 8, 8] to have 3 channels" in r.err and "\x1b[" not in r.err
     assert not (tmp_path / "m.onnx").exists()
