@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from normonnx.families import BY_KEY
     from normonnx.pipelines.emit import emit
-    from normonnx.validate.verify import verify_parity
     from normonnx.validate.latency import measure, speedup
+    from normonnx.validate.verify import verify_parity
 
     rows = []
     for family, op, shape in CASES:

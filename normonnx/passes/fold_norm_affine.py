@@ -39,7 +39,7 @@ from normonnx.passes._base import PassContext, Refusal
 from normonnx.passes._linear import Linear, fold_affine_before, read_linear
 from normonnx.passes._writer import contained
 from normonnx.passes.fold_into_consumer import pads_reach_data
-from normonnx.recognize.classify import instancenorm_view
+from normonnx.recognize.classify import classify, instancenorm_view
 from normonnx.recognize.moments import following_affine, match_core
 
 # The standard ops whose statistics stay at inference: only their affine can move.
@@ -115,14 +115,12 @@ class FoldNormAffine:
             core = match_core(node)
             if core is None or constant_value(core.x) is not None:
                 return None
-            rank = core.rank()
+            kind, rank = classify(core), core.rank()
+            # Over the last axis only, the affine is per feature; otherwise it must be per channel.
             last = (rank is not None and core.normalized_axes() == (rank - 1,)) or core.axes == (-1,)
-            if last:
-                family = "layernorm" if core.centered else "rmsnorm"
-            elif op_is(producer(core.x), "Reshape"):
+            if not last and (kind.view is not None or op_is(producer(core.x), "Reshape")):
                 return None  # a grouped view: its affine, if any, comes after the reshape back
-            else:
-                family = "instancenorm"
+            family = kind.family
             result = self._unfold_affine(ctx, describe(node), family, core.y, per_channel=not last)
         return Refusal(describe(node), family, result) if isinstance(result, str) else result
 

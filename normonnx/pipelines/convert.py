@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from normonnx.errors import UnusableInputError
-from normonnx.pipelines.export import DEFAULT_OPSET, export_module, torch_parity
+from normonnx.pipelines.export import DEFAULT_OPSET, export_module
 from normonnx.pipelines.fold import NormStatus
 from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate.latency import LatencyStats
 from normonnx.validate.parity import ParityResult
+from normonnx.validate.torch_reference import torch_parity
 
 Progress = Callable[[str], None]
 

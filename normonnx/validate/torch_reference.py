@@ -8,10 +8,16 @@ tuple or a bfloat16 tensor is handled the same way everywhere.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from normonnx.errors import ExportError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from normonnx.validate.parity import ParityResult
 
 
 def tensor_leaves(value) -> list:
@@ -36,3 +42,39 @@ def torch_outputs(module, inputs: Sequence) -> dict[str, np.ndarray]:
         f"output_{i}": (o.detach().float() if o.dtype == torch.bfloat16 else o.detach()).numpy()
         for i, o in enumerate(leaves)
     }
+
+
+def torch_parity(module, model: onnx.ModelProto, example: Sequence, samples: int = 3, seed: int = 0) -> ParityResult:
+    """The ONNX model on onnxruntime (optimizations off) against torch eager, on inputs shaped like
+    ``example`` (floating tensors redrawn from a seed; integer and boolean ones kept as given)."""
+    import torch
+
+    from normonnx.validate.parity import compare
+    from normonnx.validate.verify import onnx_outputs
+
+    names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    refs, feeds = [], []
+    for k in range(samples):
+        g = torch.Generator().manual_seed(seed + k)
+        xs = [torch.randn(x.shape, generator=g, dtype=x.dtype) if x.is_floating_point() else x for x in example]
+        refs.append(torch_outputs(module, xs))
+        feeds.append(_feeds(module, names, xs))
+    cands = []
+    for ref, got in zip(refs, onnx_outputs(model, feeds), strict=True):
+        if len(got) != len(ref):
+            raise ExportError(f"the export has {len(got)} outputs, the module returns {len(ref)} tensors")
+        cands.append({f"output_{i}": np.asarray(v) for i, v in enumerate(got.values())})
+    return compare(refs, cands)
+
+
+def _feeds(module, names: list[str], xs: list) -> dict:
+    """The example tensors keyed by the export's input names (an exporter drops inputs the graph never reads)."""
+    if len(names) == len(xs):
+        return {n: x.numpy() for n, x in zip(names, xs, strict=True)}
+    from normonnx.torchfront.exporter import forward_names
+
+    params = forward_names(module, len(xs)) or []
+    by_name = dict(zip(params, xs, strict=False))
+    if not all(n in by_name for n in names):
+        raise ExportError(f"the export takes inputs {names}; the module's forward takes {params}")
+    return {n: by_name[n].numpy() for n in names}

@@ -82,7 +82,7 @@ def torch_exports():
 @pytest.mark.parametrize(("family", "opset", "style"), list(_cases()))
 def test_export(torch_exports, family, opset, style):
     from normonnx.pipelines.emit import emit
-    from normonnx.pipelines.export import torch_parity
+    from normonnx.validate.torch_reference import torch_parity
 
     module, example, exported = torch_exports(family, opset)
     model, _ = emit(exported, opset, style)
