@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 def reference_models() -> dict[str, tuple[str, str]]:
     """name -> (MODULE:FACTORY, checkpoint) of every trained reference network."""
-    from models.zoo import ZOO
+    from normonnx.zoo import ZOO
 
-    return {name: (f"models.zoo:{name}", str(entry.checkpoint)) for name, entry in ZOO.items()}
+    return {name: (f"normonnx.zoo:{name}", str(entry.checkpoint)) for name, entry in ZOO.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

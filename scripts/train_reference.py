@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Train the reference zoo on procedurally drawn shapes, deterministically, on CPU.
 
-Every network of models/zoo.py is trained from a fixed seed on
-models/data.py's training split and evaluated on its held-out split, so its
+Every network of normonnx/zoo/__init__.py is trained from a fixed seed on
+normonnx/zoo/data.py's training split and evaluated on its held-out split, so its
 BatchNorm statistics and affine parameters are real. Writes
-models/checkpoints/<name>.safetensors and <name>.json (how it was trained,
+normonnx/zoo/checkpoints/<name>.safetensors and <name>.json (how it was trained,
 the accuracy reached).
 
-    python scripts/train_reference.py [--only resnet_bn,vit_ln] [--out models/checkpoints]
+    python scripts/train_reference.py [--only resnet_bn,vit_ln] [--out normonnx/zoo/checkpoints]
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from models.data import HELDOUT_SEED, TRAIN_SEED, heldout_set, train_set  # noqa: E402
-from models.zoo import ZOO, FrozenBackbone, ResNetBN, ZooEntry  # noqa: E402
+from normonnx.zoo.data import HELDOUT_SEED, TRAIN_SEED, heldout_set, train_set  # noqa: E402
+from normonnx.zoo import ZOO, FrozenBackbone, ResNetBN, ZooEntry  # noqa: E402
 from normonnx.torchfront.modules import FrozenBatchNorm2d  # noqa: E402
 
 SEED = 0

@@ -34,7 +34,7 @@ def test_every_family_is_described_once_and_completely():
 def test_reference_functions_match_torch():
     import torch
 
-    from models.patterns import randomize_statistics
+    from tests.torchfront.patterns import randomize_statistics
     from normonnx.torchfront.modules import BatchChannelNorm2d, WSConv2d
 
     g = torch.Generator().manual_seed(0)

@@ -13,11 +13,11 @@ LAYERS = [
     {"graph"},
     {"recognize"},
     {"passes"},
-    {"validate", "torchfront", "reports"},
+    {"validate", "torchfront", "reports", "zoo"},
     {"pipelines"},
     {"cli", "__init__", "__main__"},
 ]
-TORCH_USERS = {"torchfront", "validate.torch_reference", "pipelines.export", "pipelines.convert"}
+TORCH_USERS = {"torchfront", "zoo", "validate.torch_reference", "pipelines.export", "pipelines.convert"}
 
 
 def _module_name(path: Path) -> str:

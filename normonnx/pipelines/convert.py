@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from normonnx.errors import UnusableInputError
+from normonnx.errors import OutputError, UnusableInputError
 from normonnx.pipelines.export import DEFAULT_OPSET, export_module
 from normonnx.pipelines.fold import NormStatus
 from normonnx.reports.schema import SCHEMA_VERSION
@@ -149,6 +149,15 @@ def load_data(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(arrays[key], dtype=np.float32)
 
 
+def _check_data(data: np.ndarray, example) -> None:
+    """Held-out data must be a batch of what the model takes: [N, *the example's per-sample shape]."""
+    sample = tuple(example[0].shape[1:])
+    if data.ndim != len(sample) + 1 or tuple(data.shape[1:]) != sample:
+        raise UnusableInputError(
+            f"--data: arrays of shape {list(data.shape)}; the model takes [N, {', '.join(map(str, sample))}]"
+        )
+
+
 def convert(
     spec: str,
     out_dir: str | os.PathLike,
@@ -173,10 +182,14 @@ def convert(
     say = progress or (lambda _: None)
     start = time.perf_counter()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder; convert writes a report folder")
     report = ConvertReport(name or spec.rpartition(":")[2], spec, checkpoint, opset, style)
     say("export")
     module, example = build(spec, input_shapes, checkpoint)
     report.layers = count_norms(module)
+    if data is not None:
+        _check_data(data, example)
     unfolded, exported = export_module(module, example, opset=opset, style=style, verify=False, name=spec)
     report.exporter = exported.exporter
     say("fold")

@@ -16,9 +16,11 @@ its scale to per channel.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import onnx
 
@@ -32,6 +34,7 @@ from normonnx.recognize.scan import scan, summarize
 from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate.parity import ParityResult
 
+log = logging.getLogger(__name__)
 STYLES = ("auto", "op", "decomposed")
 MIN_OPSET = 11
 
@@ -72,6 +75,8 @@ class EmitReport:
     parity: ParityResult | None = None
     seconds: float = 0.0
     output: str | None = None
+    nodes_before: int = 0
+    nodes_after: int = 0
 
     @property
     def refused(self) -> list[Decision]:
@@ -89,6 +94,8 @@ class EmitReport:
             "forms": self.forms,
             "before": self.norms_before,
             "after": self.norms_after,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
             "refused": [asdict(d) for d in self.refused],
             "parity": self.parity.to_dict() if self.parity else None,
             "seconds": round(self.seconds, 4),
@@ -140,9 +147,43 @@ def emit(
             raise OpsetError(f"{source}: {e}") from None
     out = _run(out, raise_pipeline(f for f in WITH_OP if forms[f] == "op"), decisions)
     report = EmitReport(source, src, target, style, forms, before, summarize(scan(prepare_graph(out))), decisions)
+    report.nodes_before, report.nodes_after = len(proto.graph.node), len(out.graph.node)
     if verify:
         from normonnx.validate.verify import verify_parity
 
         report.parity = verify_parity(proto, out, shapes=shapes)
     report.seconds = time.perf_counter() - start
     return out, report
+
+
+def emit_file(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    opset: int | None = None,
+    style: str = "auto",
+    *,
+    verify: bool = True,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> EmitReport:
+    """Re-emit ``src`` into ``dst``, written (atomically) only if parity holds.
+
+    As ``fold_file`` does, the result is staged beside ``dst``, verified from disk
+    against ``src`` in isolated processes (onnxruntime never runs in this one), then
+    committed; ``report.output`` is None when parity failed and nothing was written.
+    """
+    from normonnx.graph.modelio import check_output_path, staged_save
+    from normonnx.validate.verify import verify_parity
+
+    start = time.perf_counter()
+    check_output_path(Path(dst), [Path(src)])
+    log.info("%s: emitting at opset %s, style %s", src, opset or "of the model", style)
+    model, report = emit(src, opset, style)
+    with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:
+        if verify:
+            log.info("%s: verifying parity", src)
+            report.parity = verify_parity(src, staged.path, shapes=shapes, candidate_bytes=staged.disk_bytes())
+        if report.parity is None or report.parity.passed:
+            staged.commit()
+            report.output = str(dst)
+    report.seconds = time.perf_counter() - start
+    return report

@@ -212,10 +212,13 @@ def fold_file(
         external.absolutize(proto, src)
         store = external.SpillStore(dst)
     try:
+        log.info("%s: folding %d nodes", src, len(proto.graph.node))
         model, report = fold(proto, options, store=store)
         report.source = str(src)
+        log.info("%s: %d normalizations folded, %d kept; staging %s", src, len(report.folded), len(report.kept), dst)
         with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:
             if verify:
+                log.info("%s: verifying parity against the original (onnxruntime, child processes)", src)
                 report.parity = verify_parity(
                     src, staged.path, shapes=shapes, reference_proto=proto, candidate_bytes=staged.disk_bytes()
                 )

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from normonnx.reports.table import human_bytes, table
 
 if TYPE_CHECKING:
+    from normonnx.pipelines.batch import BatchReport
     from normonnx.pipelines.convert import ConvertReport
     from normonnx.pipelines.emit import EmitReport
     from normonnx.pipelines.export import ExportReport
@@ -28,7 +29,7 @@ def render_fold(report: FoldReport, max_rows: int = 40) -> str:
     rows = [("nodes", b.nodes, a.nodes)]
     rows += [(key, b.norms.get(key, 0), a.norms.get(key, 0)) for key in keys]
     rows.append(("tensor data", human_bytes(b.tensor_bytes), human_bytes(a.tensor_bytes)))
-    lines = [table(("", "before", "after"), rows)]
+    lines = [table(("", "before", "after"), rows), "", _op_table(b.ops, a.ops), ""]
     folded, kept = report.folded, report.kept
     by_family = Counter(n.family for n in folded)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(by_family.items())) or "none"
@@ -45,6 +46,16 @@ def render_fold(report: FoldReport, max_rows: int = 40) -> str:
             f"note: the replaced output's weight file {name} is no longer used; normonnx does not delete files"
         )
     return "\n".join(lines)
+
+
+def _op_table(before: dict[str, int], after: dict[str, int]) -> str:
+    """Nodes per op type before and after, most frequent first, what changed marked."""
+    ops = sorted(set(before) | set(after), key=lambda op: (-before.get(op, 0), op))
+    rows = []
+    for op in ops:
+        b, a = before.get(op, 0), after.get(op, 0)
+        rows.append((op, b, a, f"{a - b:+d}" if a != b else ""))
+    return table(("op", "before", "after", "change"), rows)
 
 
 def render_inspection(ins: Inspection) -> str:
@@ -137,6 +148,51 @@ def render_bench(report: BenchReport) -> str:
             f"speed-up of {sp.candidate} over {sp.baseline}: {sp.median:.3f}x (p10 {sp.p10:.3f}, p90 {sp.p90:.3f})"
         )
     return "\n".join(lines)
+
+
+def render_convert(r: ConvertReport) -> str:
+    """convert's result for a terminal (report.md holds the same as Markdown)."""
+    rows = [
+        ("normalization layers in the torch model", f"{r.layer_count} ({r.layer_summary()})"),
+        ("found in the export / folded by normonnx", f"{len(r.norms)} / {r.folded}"),
+        ("left in the deployed model", f"{r.left}: {r.kept_forms()}"),
+        ("max error vs torch", f"{r.max_error:.3g}" if r.max_error is not None else "-"),
+        ("top-1 agreement with torch", f"{r.top1:.4%} on {r.top1_samples} inputs" if r.top1 is not None else "-"),
+    ]
+    if r.speedup is not None:
+        rows.append(
+            ("speed-up vs unfolded export", f"{r.speedup:.3f}x [{r.speedup_spread[0]:.3f}, {r.speedup_spread[1]:.3f}]")
+        )
+    if r.floor_ratio is not None:
+        rows.append(("latency / no-normalization floor", f"{r.floor_ratio:.3f}"))
+    lines = [f"normonnx convert {r.spec} ({r.exporter}, style {r.style})", table(("", ""), rows)]
+    kept = [n for n in r.norms if not n.folded]
+    lines += [f"  kept {n.family} {n.anchor} [{n.form}]: {n.why}" for n in kept]
+    lines += [f"note: {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+def render_batch(report: BatchReport) -> str:
+    """One row per file of a many-file run."""
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)
+    rows = [
+        (
+            r.source,
+            fmt(r.nodes_before, "d"),
+            fmt(r.nodes_after, "d"),
+            fmt(r.folded, "d"),
+            fmt(r.kept, "d"),
+            fmt(r.max_error, ".2g"),
+            f"{r.seconds:.1f} s",
+            r.verdict + (f": {r.message}" if r.message and r.verdict != "PASSED" else ""),
+        )
+        for r in report.results
+    ]
+    head = ("file", "nodes before", "after", "folded", "kept", "max error", "time", "verdict")
+    return (
+        f"normonnx {report.command}: {len(report.results)} files, {report.jobs} jobs, {report.seconds:.1f} s\n"
+        + table(head, rows)
+    )
 
 
 def _short_forms(forms: dict[str, int]) -> str:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from normonnx.errors import UnusableInputError
 from normonnx.reports.schema import SCHEMA_VERSION
-from normonnx.validate.inputs import input_specs, random_inputs
+from normonnx.validate.inputs import check_shape_names, input_specs, random_inputs
 from normonnx.validate.isolation import call_isolated
 from normonnx.validate.latency import LatencyStats, Speedup, measure, speedup
 from normonnx.validate.runner import SessionConfig, require_provider
@@ -75,6 +76,11 @@ def bench(
         paths[str(vs)] = load_model(vs, load_weights=False)
     label_a, label_b = _labels(str(model), None if vs is None else str(vs))
     labels = {label_a: str(model)} | ({label_b: str(vs)} if label_b else {})
+    check_shape_names(shapes, input_specs(next(iter(paths.values()))))
+    if runs < 1 or warmup < 0 or (threads is not None and threads < 1):
+        raise UnusableInputError(
+            f"bench needs runs >= 1, warmup >= 0 and threads >= 1 (got {runs}, {warmup}, {threads})"
+        )
     feeds = [random_inputs(input_specs(proto), seed, shapes) for proto in paths.values()]
     # The same values for both models, cast to each model's input dtypes.
     base = feeds[0]

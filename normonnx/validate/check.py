@@ -24,7 +24,7 @@ from normonnx.errors import UnusableInputError
 from normonnx.graph.modelio import has_external_data, load_model
 from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate import execute
-from normonnx.validate.inputs import input_specs, load_npz, random_inputs
+from normonnx.validate.inputs import check_shape_names, input_specs, load_npz, random_inputs, save_npz
 from normonnx.validate.isolation import call_isolated
 from normonnx.validate.localize import Localization, common_tensors, first_divergence
 from normonnx.validate.parity import FP16_GATE, Gate, ParityResult, compare, rejudge_with_noise
@@ -124,8 +124,15 @@ def check(
     fp16_baseline: onnx.ModelProto | str | os.PathLike | None = None,
     renames: dict[str, str] | None = None,
     timeout: float = 900,
+    save_inputs: str | os.PathLike | None = None,
+    save_outputs: str | os.PathLike | None = None,
 ) -> CheckReport:
-    """Parity of ``candidate`` against an ONNX reference or a torch factory (exactly one)."""
+    """Parity of ``candidate`` against an ONNX reference or a torch factory (exactly one).
+
+    ``save_inputs`` keeps the inputs used as an .npz (one array per input, the sets stacked
+    on a leading axis, so ``--inputs`` takes the file back); ``save_outputs`` keeps
+    ``reference/NAME`` and ``candidate/NAME`` the same way.
+    """
     start = time.perf_counter()
     if samples < 1:
         raise UnusableInputError(f"--samples {samples}: at least one input set is needed")
@@ -141,6 +148,10 @@ def check(
         ref_src, ref_proto, ref_name = None, None, torch_spec
         spec_model = cand_proto
     specs = input_specs(spec_model)
+    check_shape_names(shapes, specs)
+    for path in (save_inputs, save_outputs):
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            raise UnusableInputError(f"{path}: folder {Path(path).resolve().parent} does not exist")
     if inputs_npz:
         feeds = load_npz(inputs_npz, specs)
     else:
@@ -153,6 +164,9 @@ def check(
         refs = onnx_outputs(ref_src, ref_feeds, ref_cfg, label=f"{ref_name} (reference)", timeout=timeout)
     else:
         refs = _torch_reference(torch_spec, checkpoint, feeds, [s.name for s in specs])
+    unknown = sorted(set(gates or ()) - set(refs[0]))
+    if unknown:
+        raise UnusableInputError(f"--tol {unknown[0]}: no such output (the outputs: {', '.join(refs[0])})")
     cand_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in input_specs(cand_proto)})
     cands = onnx_outputs(cand_src, cand_feeds, cand_cfg, label=cand_name, timeout=timeout)
     try:
@@ -160,6 +174,13 @@ def check(
     except UnusableInputError as e:
         raise UnusableInputError(f"{cand_name}: {e}") from None
     result = compare(refs, cands, gates, default_gate)
+    if save_inputs is not None:
+        save_npz(save_inputs, feeds)
+    if save_outputs is not None:
+        save_npz(
+            save_outputs,
+            [{**_prefixed("reference", r), **_prefixed("candidate", c)} for r, c in zip(refs, cands, strict=True)],
+        )
     report = CheckReport(
         cand_name,
         ref_name,
@@ -181,6 +202,10 @@ def check(
         )
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _prefixed(prefix: str, values: dict) -> dict:
+    return {f"{prefix}/{k}": v for k, v in values.items()}
 
 
 def _has_fp16_outputs(outputs: list[dict]) -> bool:

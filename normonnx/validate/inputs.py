@@ -102,14 +102,19 @@ def random_inputs(
     return feeds
 
 
-def seeded_input_sets(
-    model: onnx.ModelProto, count: int = 3, overrides: dict[str, tuple[int, ...]] | None = None, seed: int = 0
-) -> list[dict[str, np.ndarray]]:
-    specs = input_specs(model)
+def check_shape_names(overrides: dict[str, tuple[int, ...]] | None, specs: list[InputSpec]) -> None:
+    """--shape for an input the model does not have is a mistake, not something to ignore."""
     unknown = sorted(set(overrides or {}) - {s.name for s in specs})
     if unknown:
         names = ", ".join(s.name for s in specs) or "none"
         raise UnusableInputError(f"--shape {unknown[0]}: the model has no such input (its inputs: {names})")
+
+
+def seeded_input_sets(
+    model: onnx.ModelProto, count: int = 3, overrides: dict[str, tuple[int, ...]] | None = None, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
+    specs = input_specs(model)
+    check_shape_names(overrides, specs)
     return [random_inputs(specs, seed + k, overrides) for k in range(count)]
 
 
@@ -121,6 +126,17 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise UnusableInputError(f"{path}: not a readable .npz of arrays ({e})") from None
+
+
+def save_npz(path: str | os.PathLike, sets: list[dict[str, np.ndarray]]) -> None:
+    """Several sets of named arrays as one .npz, each name's sets stacked on a leading axis (written atomically)."""
+    import io
+
+    from normonnx.fileio import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.stack([s[name] for s in sets]) for name in sets[0]})
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def load_npz(path: str | os.PathLike, specs: list[InputSpec]) -> list[dict[str, np.ndarray]]:

@@ -12,7 +12,7 @@ from normonnx.validate.parity import compare
 from normonnx.validate.runner import SessionConfig, run, session
 
 torch = pytest.importorskip("torch")
-from models.patterns import NETS, build  # noqa: E402
+from tests.torchfront.patterns import NETS, build  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.patterns import randomize_statistics
+from tests.torchfront.patterns import randomize_statistics
 from normonnx.torchfront.modules import BatchChannelNorm2d, FrozenBatchNorm2d, WSConv2d
 
 IMAGE = (2, 6, 8, 8)

@@ -43,9 +43,9 @@ def test_every_console_example_in_the_readme_runs(tmp_path):
         assert "Traceback" not in result.err
     result = run_cli_process(
         "convert",
-        "models.zoo:vit_ln",
+        "normonnx.zoo:vit_ln",
         "--checkpoint",
-        "models/checkpoints/vit_ln.safetensors",
+        "normonnx/zoo/checkpoints/vit_ln.safetensors",
         "-o",
         "out/vit",
         "--runs",

@@ -101,7 +101,7 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
 
 
 def pattern_net() -> tuple[nn.Module, tuple[torch.Tensor]]:
-    """MODULE:FACTORY entry point: ``normonnx export models.patterns:pattern_net``."""
+    """MODULE:FACTORY entry point: ``normonnx export tests.torchfront.patterns:pattern_net``."""
     model, x = build("patterns")
     return model, (x,)
 
