@@ -4,7 +4,8 @@
 The same arguments as `normonnx convert` (run `python scripts/convert.py -h`), for scripts and
 schedulers that call a file rather than a console entry point:
 
-    python scripts/convert.py normonnx.zoo:resnet_bn --checkpoint normonnx/zoo/checkpoints/resnet_bn.safetensors -o out/resnet
+    python scripts/convert.py normonnx.zoo:resnet_bn \\
+        --checkpoint normonnx/zoo/checkpoints/resnet_bn.safetensors -o out/resnet
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from normonnx.zoo.data import HELDOUT_SEED, TRAIN_SEED, heldout_set, train_set  # noqa: E402
-from normonnx.zoo import ZOO, FrozenBackbone, ResNetBN, ZooEntry  # noqa: E402
 from normonnx.torchfront.modules import FrozenBatchNorm2d  # noqa: E402
+from normonnx.zoo import ZOO, FrozenBackbone, ResNetBN, ZooEntry  # noqa: E402
+from normonnx.zoo.data import HELDOUT_SEED, TRAIN_SEED, heldout_set, train_set  # noqa: E402
 
 SEED = 0
 TARGET_ACCURACY = 0.9

@@ -34,8 +34,8 @@ def test_every_family_is_described_once_and_completely():
 def test_reference_functions_match_torch():
     import torch
 
-    from tests.torchfront.patterns import randomize_statistics
     from normonnx.torchfront.modules import BatchChannelNorm2d, WSConv2d
+    from tests.torchfront.patterns import randomize_statistics
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 6, 5, 5, generator=g, dtype=torch.float64)

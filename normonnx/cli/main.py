@@ -17,6 +17,13 @@ from normonnx.pipelines.export import DEFAULT_OPSET
 EXIT_INTERNAL = 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (what is wrong, and where the help is), exit 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_UNUSABLE_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text, description=help_text)
     options.add_global(p, in_subcommand=True)
@@ -137,12 +144,10 @@ def _add_demo(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="normonnx", description="Export, fold and validate normalization layers through ONNX."
-    )
+    parser = _Parser(prog="normonnx", description="Export, fold and validate normalization layers through ONNX.")
     parser.add_argument("--version", action="version", version=f"normonnx {__version__}")
     options.add_global(parser, in_subcommand=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for add in (_add_export, _add_emit, _add_fold, _add_inspect, _add_check, _add_bench, _add_convert, _add_demo):
         add(sub)
     return parser

@@ -1,22 +1,25 @@
 """Many files at once: ``fold|emit|check DIR_OR_FILES... -o OUTDIR [--jobs N]``.
 
-Each file is one job; jobs run in a process pool (spawned, so nothing of
-the parent's state leaks into a worker), and one file's failure -- a
-parity failure, a broken file, even a bug -- becomes that file's row and
-never stops the others. Every job function is a plain top-level function
-of picklable arguments returning a picklable :class:`FileResult`, so the
-same functions run under a distributed scheduler (Ray, Dask) unchanged:
-``client.map(fold_one, sources, outputs)``.
+Each file is one job, run in one of N long-lived isolated worker processes
+(``validate.isolation.Worker``). A worker is itself the isolation, so it
+verifies in-process: no two extra processes per file, which is what makes a
+folder of small models fast. One file's failure -- a parity failure, a
+broken file, a bug, even onnxruntime crashing the worker -- becomes that
+file's row and never stops the others (a dead worker is replaced). Every
+job function is a plain top-level function of picklable arguments returning
+a picklable :class:`FileResult`, so the same functions run under a
+distributed scheduler (Ray, Dask) unchanged: ``client.map(fold_one, sources,
+outputs)``.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,7 +105,7 @@ def _timed(source: str, output: str | None, work: Callable[[], FileResult]) -> F
     try:
         result = work()
     except NormonnxError as e:
-        result = FileResult(source, None, "ERROR", e.exit_code, message=first_line(e))
+        result = FileResult(source, None, "ERROR", e.exit_code, message=first_line(e).removeprefix(f"{source}: "))
     except Exception as e:  # a bug or an unforeseen input: this file's row says so, the others go on
         result = FileResult(source, None, "ERROR", EXIT_UNUSABLE_INPUT, message=f"internal error: {first_line(e)}")
     result.seconds = time.perf_counter() - start
@@ -120,13 +123,15 @@ def _verdict(parity, written: bool) -> tuple[str, int]:
     return ("PASSED" if parity is not None else "DONE"), EXIT_OK
 
 
-def fold_one(source: str, output: str, options=None, verify: bool = True, shapes=None) -> FileResult:
-    """``normonnx fold SOURCE -o OUTPUT`` as one row."""
+def fold_one(
+    source: str, output: str, options=None, verify: bool = True, shapes=None, isolated: bool = True
+) -> FileResult:
+    """``normonnx fold SOURCE -o OUTPUT`` as one row (``isolated=False`` inside a worker process)."""
 
     def work() -> FileResult:
         from normonnx.pipelines.fold import fold_file
 
-        report = fold_file(source, output, options, verify=verify, shapes=shapes)
+        report = fold_file(source, output, options, verify=verify, shapes=shapes, isolated=isolated)
         verdict, code = _verdict(report.parity, report.output is not None)
         return FileResult(
             source, report.output, verdict, code, report.before.nodes, report.after.nodes, len(report.folded),
@@ -137,13 +142,15 @@ def fold_one(source: str, output: str, options=None, verify: bool = True, shapes
     return _timed(source, output, work)
 
 
-def emit_one(source: str, output: str, opset=None, style: str = "auto", verify: bool = True, shapes=None) -> FileResult:
-    """``normonnx emit SOURCE -o OUTPUT`` as one row."""
+def emit_one(
+    source: str, output: str, opset=None, style: str = "auto", verify: bool = True, shapes=None, isolated: bool = True
+) -> FileResult:
+    """``normonnx emit SOURCE -o OUTPUT`` as one row (``isolated=False`` inside a worker process)."""
 
     def work() -> FileResult:
         from normonnx.pipelines.emit import emit_file
 
-        report = emit_file(source, output, opset, style, verify=verify, shapes=shapes)
+        report = emit_file(source, output, opset, style, verify=verify, shapes=shapes, isolated=isolated)
         verdict, code = _verdict(report.parity, report.output is not None)
         return FileResult(
             source, report.output, verdict, code, report.nodes_before, report.nodes_after,
@@ -153,14 +160,16 @@ def emit_one(source: str, output: str, opset=None, style: str = "auto", verify: 
     return _timed(source, output, work)
 
 
-def check_one(candidate: str, reference: str, report_path: str | None = None, **options) -> FileResult:
+def check_one(
+    candidate: str, reference: str, report_path: str | None = None, isolated: bool = True, **options
+) -> FileResult:
     """``normonnx check CANDIDATE --against REFERENCE`` as one row; its JSON report goes to ``report_path``."""
 
     def work() -> FileResult:
         from normonnx.fileio import write_json_atomic
         from normonnx.validate.check import check
 
-        report = check(candidate, against=reference, **options)
+        report = check(candidate, against=reference, isolated=isolated, **options)
         if report_path:
             write_json_atomic(report_path, report.to_dict())
         code = EXIT_OK if report.passed else EXIT_VERIFY_FAILED
@@ -179,32 +188,57 @@ def run_many(
     output_dir: str | os.PathLike,
     workers: int = 1,
     on_done: Callable[[FileResult], None] | None = None,
+    timeout: float | None = None,
 ) -> BatchReport:
-    """Every job (function, args, kwargs); ``workers`` > 1 runs them in a pool of spawned processes."""
+    """Every job (function, args, kwargs) in one of ``workers`` isolated worker processes.
+
+    The jobs' functions get ``isolated=False`` (the worker is the isolation); a job whose
+    worker dies or hangs past ``timeout`` becomes an ERROR row and the worker is replaced.
+    """
+    from normonnx.validate.isolation import DEFAULT_TIMEOUT, IsolatedRunError, Worker
+
     start = time.perf_counter()
     jobs = list(jobs)
     report = BatchReport(command, str(output_dir), workers)
     done: dict[int, FileResult] = {}
-    if workers <= 1 or len(jobs) <= 1:
-        for k, (fn, args, kwargs) in enumerate(jobs):
-            done[k] = fn(*args, **kwargs)
-            log.info("%s: %s", done[k].source, done[k].verdict)
-            if on_done:
-                on_done(done[k])
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-            futures = {pool.submit(fn, *args, **kwargs): k for k, (fn, args, kwargs) in enumerate(jobs)}
-            for future in as_completed(futures):
-                k = futures[future]
+    pending: queue.Queue[int] = queue.Queue()
+    for k in range(len(jobs)):
+        pending.put(k)
+    lock = threading.Lock()
+
+    count = max(1, min(workers, len(jobs)))
+    # Workers side by side share the cores; one worker keeps onnxruntime's default.
+    threads = max(1, (os.cpu_count() or 1) // count) if count > 1 else None
+
+    def serve() -> None:
+        worker = Worker(session_threads=threads)
+        try:
+            while True:
                 try:
-                    done[k] = future.result()
-                except Exception as e:  # the worker itself died (killed, out of memory)
-                    source = str(jobs[k][1][0]) if jobs[k][1] else "?"
-                    done[k] = FileResult(source, None, "ERROR", EXIT_UNUSABLE_INPUT, message=f"worker died: {e!r}")
-                log.info("%s: %s", done[k].source, done[k].verdict)
-                if on_done:
-                    on_done(done[k])
+                    k = pending.get_nowait()
+                except queue.Empty:
+                    return
+                fn, args, kwargs = jobs[k]
+                source = str(args[0]) if args else "?"
+                try:
+                    result = worker.call(
+                        fn, *args, label=source, timeout=timeout or DEFAULT_TIMEOUT, **kwargs, isolated=False
+                    )
+                except IsolatedRunError as e:
+                    result = FileResult(source, None, "ERROR", EXIT_UNUSABLE_INPUT, message=first_line(e))
+                log.info("%s: %s", result.source, result.verdict)
+                with lock:
+                    done[k] = result
+                    if on_done:
+                        on_done(result)
+        finally:
+            worker.close()
+
+    servers = [threading.Thread(target=serve, daemon=True) for _ in range(count)]
+    for t in servers:
+        t.start()
+    for t in servers:
+        t.join()
     report.results = [done[k] for k in range(len(jobs))]
     report.seconds = time.perf_counter() - start
     return report

@@ -164,6 +164,7 @@ def emit_file(
     *,
     verify: bool = True,
     shapes: dict[str, tuple[int, ...]] | None = None,
+    isolated: bool = True,
 ) -> EmitReport:
     """Re-emit ``src`` into ``dst``, written (atomically) only if parity holds.
 
@@ -181,7 +182,9 @@ def emit_file(
     with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:
         if verify:
             log.info("%s: verifying parity", src)
-            report.parity = verify_parity(src, staged.path, shapes=shapes, candidate_bytes=staged.disk_bytes())
+            report.parity = verify_parity(
+                src, staged.path, shapes=shapes, candidate_bytes=staged.disk_bytes(), isolated=isolated
+            )
         if report.parity is None or report.parity.passed:
             staged.commit()
             report.output = str(dst)

@@ -193,6 +193,7 @@ def fold_file(
     *,
     verify: bool = True,
     shapes: dict[str, tuple[int, ...]] | None = None,
+    isolated: bool = True,
 ) -> FoldReport:
     """Fold ``src`` into ``dst``; ``dst`` is written (atomically) only if parity holds.
 
@@ -220,7 +221,12 @@ def fold_file(
             if verify:
                 log.info("%s: verifying parity against the original (onnxruntime, child processes)", src)
                 report.parity = verify_parity(
-                    src, staged.path, shapes=shapes, reference_proto=proto, candidate_bytes=staged.disk_bytes()
+                    src,
+                    staged.path,
+                    shapes=shapes,
+                    reference_proto=proto,
+                    candidate_bytes=staged.disk_bytes(),
+                    isolated=isolated,
                 )
             if report.parity is None or report.parity.passed:
                 staged.commit()

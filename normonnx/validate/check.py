@@ -126,6 +126,7 @@ def check(
     timeout: float = 900,
     save_inputs: str | os.PathLike | None = None,
     save_outputs: str | os.PathLike | None = None,
+    isolated: bool = True,
 ) -> CheckReport:
     """Parity of ``candidate`` against an ONNX reference or a torch factory (exactly one).
 
@@ -161,14 +162,16 @@ def check(
     cand_cfg = SessionConfig(provider=provider, optimize=optimize)
     if ref_src is not None:
         ref_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in specs})
-        refs = onnx_outputs(ref_src, ref_feeds, ref_cfg, label=f"{ref_name} (reference)", timeout=timeout)
+        refs = onnx_outputs(
+            ref_src, ref_feeds, ref_cfg, label=f"{ref_name} (reference)", timeout=timeout, isolated=isolated
+        )
     else:
         refs = _torch_reference(torch_spec, checkpoint, feeds, [s.name for s in specs])
     unknown = sorted(set(gates or ()) - set(refs[0]))
     if unknown:
         raise UnusableInputError(f"--tol {unknown[0]}: no such output (the outputs: {', '.join(refs[0])})")
     cand_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in input_specs(cand_proto)})
-    cands = onnx_outputs(cand_src, cand_feeds, cand_cfg, label=cand_name, timeout=timeout)
+    cands = onnx_outputs(cand_src, cand_feeds, cand_cfg, label=cand_name, timeout=timeout, isolated=isolated)
     try:
         cands = _match_outputs(refs, cands, notes)
     except UnusableInputError as e:
@@ -194,7 +197,9 @@ def check(
         report.fp16_baseline = _fp16_baseline(report, ref_proto, fp16_baseline, feeds, refs, timeout)
     elif not result.passed and ref_src is not None and not optimize and default_gate is None:
         noisy_cfg = SessionConfig(optimize=True)
-        noisy = onnx_outputs(ref_src, ref_feeds, noisy_cfg, label=f"{ref_name} (noise floor)", timeout=timeout)
+        noisy = onnx_outputs(
+            ref_src, ref_feeds, noisy_cfg, label=f"{ref_name} (noise floor)", timeout=timeout, isolated=isolated
+        )
         rejudge_with_noise(result, compare(refs, noisy), strict=frozenset(gates or ()))
     if ref_src is not None and (localize or (localize is None and not result.passed)):
         report.localization = _localize(

@@ -14,8 +14,11 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import struct
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -47,7 +50,7 @@ def _signal_name(code: int) -> str:
 def call_isolated(fn: Callable, *args, label: str, timeout: float | None = DEFAULT_TIMEOUT, **kwargs) -> Any:
     """``fn(*args, **kwargs)`` in a child process; ``label`` names what runs, for messages."""
     payload = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env = _child_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "normonnx.validate.isolation"],
         stdin=subprocess.PIPE,
@@ -74,19 +77,116 @@ def call_isolated(fn: Callable, *args, label: str, timeout: float | None = DEFAU
     return result
 
 
+def _child_env(session_threads: int | None = None) -> dict[str, str]:
+    from normonnx.validate.runner import THREADS_ENV
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    if session_threads:
+        env[THREADS_ENV] = str(session_threads)
+    return env
+
+
+def _send(stream, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack("<Q", len(data)) + data)
+    stream.flush()
+
+
+def _receive(stream) -> Any:
+    head = stream.read(8)
+    if len(head) < 8:
+        raise EOFError
+    (size,) = struct.unpack("<Q", head)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError
+    return pickle.loads(data)
+
+
+class Worker:
+    """A long-lived isolated child that runs calls one after another (many-file runs).
+
+    One call's crash or hang ends this worker only: the call raises
+    IsolatedRunError naming ``label``, and the next call starts a fresh child.
+    """
+
+    def __init__(self, session_threads: int | None = None) -> None:
+        self.proc: subprocess.Popen | None = None
+        self._stderr = None
+        self.session_threads = session_threads
+
+    def _start(self) -> subprocess.Popen:
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (the child writes to it for its whole life)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "normonnx.validate.isolation", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=_child_env(session_threads=self.session_threads),
+        )
+        return self.proc
+
+    def call(self, fn: Callable, *args, label: str, timeout: float | None = DEFAULT_TIMEOUT, **kwargs) -> Any:
+        proc = self.proc if self.proc is not None and self.proc.poll() is None else self._start()
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer:
+            timer.start()
+        try:
+            _send(proc.stdin, (fn, args, kwargs))
+            result = _receive(proc.stdout)
+        except (EOFError, BrokenPipeError, OSError):
+            proc.kill()
+            code = proc.wait()
+            self.proc = None
+            if timer and not timer.is_alive() and code == -signal.SIGKILL:
+                raise IsolatedRunError(f"{label}: no answer within {timeout:.0f} s; stopped it") from None
+            how = _signal_name(code) if code < 0 else f"exit code {code}"
+            self._stderr.seek(0)
+            tail = self._stderr.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
+            raise IsolatedRunError(
+                f"{label}: the worker process died ({how}){': ' + tail[0][:200] if tail[0] else ''}"
+            ) from None
+        finally:
+            if timer:
+                timer.cancel()
+        if isinstance(result, _Raised):
+            error = IsolatedRunError(f"{label}: {result.type}: {result.message}")
+            error.exit_code = result.exit_code
+            raise error
+        return result
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+
 def _main() -> None:
     # Pickle exceptions as the importable class, not as this __main__'s copy of it.
     from normonnx.validate.isolation import _Raised as Raised
 
-    fn, args, kwargs = pickle.loads(sys.stdin.buffer.read())
-    channel = sys.stdout.buffer
+    channel_in, channel = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # whatever the call prints must not corrupt the result stream
-    try:
-        result: Any = fn(*args, **kwargs)
-    except BaseException as e:  # report everything, including SystemExit, to the parent
-        result = Raised(e)
-    channel.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
-    channel.flush()
+    serve = "--serve" in sys.argv[1:]
+    while True:
+        try:
+            fn, args, kwargs = _receive(channel_in) if serve else pickle.loads(channel_in.read())
+        except EOFError:
+            return
+        try:
+            result: Any = fn(*args, **kwargs)
+        except BaseException as e:  # report everything, including SystemExit, to the parent
+            result = Raised(e)
+        if serve:
+            _send(channel, result)
+            continue
+        channel.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        channel.flush()
+        return
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ if TYPE_CHECKING:  # the isolated child runs models from paths and never needs o
     import numpy as np
     import onnx
 
+# A many-file worker shares the cores with its siblings: its sessions get this many threads.
+THREADS_ENV = "NORMONNX_SESSION_THREADS"
+
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -66,8 +69,9 @@ def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = 
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if config.optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     options.log_severity_level = 3
-    if config.threads:
-        options.intra_op_num_threads = config.threads
+    threads = config.threads or int(os.environ.get(THREADS_ENV, "0") or 0)
+    if threads:
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     if not config.optimize:
         # A reference or verification session runs a few times: repacking every weight for

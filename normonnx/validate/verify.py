@@ -32,14 +32,16 @@ def onnx_outputs(
     *,
     label: str | None = None,
     timeout: float | None = None,
+    isolated: bool = True,
 ) -> list[dict[str, np.ndarray]]:
     """A model's outputs for every feed, the one way normonnx runs a model for its outputs.
 
     A path or serialized bytes run in an isolated child process (``label`` names it in
-    messages); a ModelProto already validated in memory runs in this process.
+    messages); a ModelProto already validated in memory runs in this process, and so does
+    everything when ``isolated`` is False (a many-file worker, itself an isolated process).
     """
     config = config or SessionConfig()
-    if isinstance(model, str | os.PathLike | bytes):
+    if isolated and isinstance(model, str | os.PathLike | bytes):
         from normonnx.validate import execute
         from normonnx.validate.isolation import DEFAULT_TIMEOUT, call_isolated
 
@@ -55,6 +57,10 @@ def onnx_outputs(
         )
     from normonnx.validate.runner import run, session
 
+    if isinstance(model, bytes):
+        import onnx
+
+        model = onnx.ModelProto.FromString(model)
     sess = session(model, config)
     wanted = {i.name for i in sess.get_inputs()}
     return [run(sess, {k: v for k, v in f.items() if k in wanted}) for f in feeds]
@@ -70,6 +76,7 @@ def verify_parity(
     noise_floor: bool = True,
     reference_proto: onnx.ModelProto | None = None,
     candidate_bytes: int | None = None,
+    isolated: bool = True,
 ) -> ParityResult:
     """``candidate`` against ``reference``; ``gate`` replaces the default one (and then no noise floor applies).
 
@@ -79,7 +86,7 @@ def verify_parity(
     from normonnx.graph.modelio import disk_bytes, load_model
     from normonnx.validate.inputs import seeded_input_sets
 
-    on_disk = isinstance(reference, str | os.PathLike) and isinstance(candidate, str | os.PathLike)
+    on_disk = isolated and isinstance(reference, str | os.PathLike) and isinstance(candidate, str | os.PathLike)
     specs = reference_proto
     if specs is None:
         specs = load_model(reference, load_weights=False) if isinstance(reference, str | os.PathLike) else reference
@@ -99,9 +106,9 @@ def verify_parity(
         with ThreadPoolExecutor(2) as pool:
             refs, cands = pool.map(lambda m: onnx_outputs(m, feeds, config), (reference, candidate))
     else:
-        refs, cands = (onnx_outputs(m, feeds, config) for m in (reference, candidate))
+        refs, cands = (onnx_outputs(m, feeds, config, isolated=isolated) for m in (reference, candidate))
     result = compare(refs, cands, default=gate)
     if not result.passed and noise_floor and gate is None:
-        noisy = onnx_outputs(reference, feeds, SessionConfig(optimize=True, **sharing))
+        noisy = onnx_outputs(reference, feeds, SessionConfig(optimize=True, **sharing), isolated=isolated)
         result = rejudge_with_noise(result, compare(refs, noisy))
     return result

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tests.torchfront.patterns import randomize_statistics
 from normonnx.torchfront.modules import BatchChannelNorm2d, FrozenBatchNorm2d, WSConv2d
+from tests.torchfront.patterns import randomize_statistics
 
 IMAGE = (2, 6, 8, 8)
 TOKENS = (2, 5, 16)

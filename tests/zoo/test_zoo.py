@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from normonnx.zoo.data import CLASSES, generate, heldout_set  # noqa: E402
-from normonnx.zoo import CHECKPOINTS, ZOO  # noqa: E402
 from normonnx.families import BY_KEY  # noqa: E402
 from normonnx.torchfront.checkpoint import apply_checkpoint  # noqa: E402
 from normonnx.torchfront.strip import count_norms, strip_norms  # noqa: E402
+from normonnx.zoo import CHECKPOINTS, ZOO  # noqa: E402
+from normonnx.zoo.data import CLASSES, generate, heldout_set  # noqa: E402
 
 
 def test_data_is_deterministic_and_balanced():

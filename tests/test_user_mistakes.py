@@ -1,0 +1,119 @@
+"""Every user mistake is one line on stderr with exit 2 that names the file or option: no traceback,
+no internal error, nothing written, the inputs untouched."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.conftest import conv_bn_model
+from tests.helpers import digest
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+ZOO = "normonnx.zoo:resnet_bn"
+
+
+def _setup(tmp):
+    model = tmp / "model.onnx"
+    onnx.save(conv_bn_model(), model)
+    (tmp / "text.onnx").write_text("not a model")
+    (tmp / "a_file").write_text("x")
+    np.savez(tmp / "wrong.npz", images=np.zeros((4, 5), np.float32))
+    (tmp / "bad.json").write_text("{not json")
+    return model
+
+
+# (arguments, what the one line must say). {m} is a valid model, {t} the temporary folder.
+CASES = [
+    (["fold", "{t}/missing.onnx", "-o", "{t}/o.onnx"], "no such file"),
+    (["fold", "{t}/text.onnx", "-o", "{t}/o.onnx"], "not an ONNX model"),
+    (["fold", "{m}", "-o", "{m}"], "refusing to write over the input"),
+    (["fold", "{m}", "-o", "{t}/nofolder/o.onnx"], "does not exist"),
+    (["fold", "{m}", "-o", "{t}/o.onnx", "--shape", "nosuch:1,3,16,16"], "no such input"),
+    (["fold", "{m}", "-o", "{t}/o.onnx", "--shape", "input:x"], "--shape"),
+    (["fold", "{m}", "-o", "{t}/o.onnx", "--jobs", "2"], "--jobs 2: applies to many-file runs"),
+    (["fold", "{m}", "-o", "{t}/o.onnx", "--jobs", "0"], "--jobs 0"),
+    (["fold", "{m}"], "no output given"),
+    (["fold", "{t}", "-o", "{t}/o.onnx"], "is a directory"),
+    (["fold", "{m}", "{m}", "-o", "{t}/a_file"], "not a folder"),
+    (["fold", "{m}", "-o", "{t}/o.onnx", "--report", "{t}/nofolder/r.json"], "does not exist"),
+    (["emit", "{m}", "-o", "{t}/o.onnx", "--opset", "5"], "--opset 5"),
+    (["emit", "{m}", "-o", "{t}/o.onnx", "--norm-style", "fancy"], "--norm-style"),
+    (["inspect", "{t}/missing.onnx"], "no such file"),
+    (["check", "{m}", "--against", "{t}/missing.onnx"], "no such file"),
+    (["check", "{m}", "--against", "{m}", "--shape", "nosuch:1,3,16,16"], "no such input"),
+    (["check", "{m}", "--against", "{m}", "--tol", "nosuch=1e-3"], "--tol nosuch"),
+    (["check", "{m}", "--against", "{m}", "--tol", "x"], "--tol"),
+    (["check", "{m}", "--against", "{m}", "--atol", "-1"], "--atol -1"),
+    (["check", "{m}", "--against", "{m}", "--samples", "0"], "--samples 0"),
+    (["check", "{m}", "--against", "{m}", "--checkpoint", "{t}/w.safetensors"], "--checkpoint"),
+    (["check", "{m}", "--against", "{m}", "--inputs", "{t}/missing.npz"], "missing.npz"),
+    (["check", "{m}", "--against", "{m}", "--map", "{t}/bad.json"], "bad.json"),
+    (["check", "{m}", "--against", "{m}", "--provider", "cuda"], "CUDAExecutionProvider"),
+    (["check", "{m}", "--against", "{m}", "--save-inputs", "{t}/nofolder/i.npz"], "does not exist"),
+    (["bench", "{m}", "--runs", "0"], "--runs 0"),
+    (["bench", "{m}", "--threads", "-2"], "--threads -2"),
+    (["bench", "{m}", "--shape", "nosuch:1,3,16,16"], "no such input"),
+    (["bench", "{t}/missing.onnx"], "no such file"),
+    (["export", "nomodule", "-o", "{t}/o.onnx"], "expected MODULE:FACTORY"),
+    (["export", "no_such_module_xyz:f", "-o", "{t}/o.onnx"], "cannot import"),
+    (["convert", ZOO, "-o", "{t}/out", "--runs", "0"], "--runs 0"),
+    (["demo", "--runs", "0"], "--runs 0"),
+]
+TORCH_CASES = [
+    (["export", ZOO, "-o", "{t}/o.onnx", "--input-shape", "1,x"], "--input-shape"),
+    (["export", ZOO, "-o", "{t}/o.onnx", "--opset", "9"], "--opset 9"),
+    (["export", ZOO, "-o", "{t}/o.onnx", "--checkpoint", "{t}/missing.pt"], "no such file"),
+    (["check", "{m}", "--torch", ZOO, "--checkpoint", "{t}/missing.pt"], "no such file"),
+    (["convert", ZOO, "-o", "{t}/a_file"], "not a folder"),
+    (["convert", ZOO, "-o", "{t}/out", "--data", "{t}/wrong.npz", "--no-floor"], "--data"),
+    (["demo", "--only", "nosuch", "-o", "{t}/demo"], "unknown zoo models"),
+]
+
+
+def _params():
+    for args, expected in CASES:
+        yield pytest.param(args, expected, id=" ".join(args[:1] + args[2:])[:60])
+    for args, expected in TORCH_CASES:
+        marks = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+        yield pytest.param(args, expected, id=" ".join(args[:1] + args[2:])[:60], marks=marks)
+
+
+def test_there_are_at_least_25_mistakes():
+    assert len(CASES) + len(TORCH_CASES) >= 25
+
+
+@pytest.mark.parametrize(("args", "expected"), list(_params()))
+def test_a_mistake_is_one_line_and_exit_2(cli, tmp_path, args, expected):
+    model = _setup(tmp_path)
+    before = {p.name: digest(p) for p in tmp_path.iterdir()}
+    argv = [a.format(m=model, t=tmp_path) for a in args]
+    r = cli(*argv)
+    lines = [line for line in r.err.strip().splitlines() if line]
+    assert r.code == 2, (argv, r.code, r.err)
+    assert len(lines) == 1 and "Traceback" not in r.err and "internal error" not in r.err, r.err
+    assert expected in r.err, (expected, r.err)
+    after = {p.name: digest(p) for p in tmp_path.iterdir()}
+    assert after == before, "a mistake wrote or changed a file"
+
+
+def test_many_files_one_broken_is_reported_and_the_rest_are_folded(cli, tmp_path):
+    src = tmp_path / "models"
+    (src / "sub").mkdir(parents=True)
+    for k, path in enumerate([src / "a.onnx", src / "b.onnx", src / "sub" / "c.onnx"]):
+        onnx.save(conv_bn_model(k), path)
+    (src / "broken.onnx").write_text("not a model")
+    r = cli("fold", src, "-o", tmp_path / "out", "--jobs", "2", "--json")
+    assert r.code == 2, r.err  # the worst file's code: one unusable input
+    summary = json.loads(r.out)
+    assert summary == json.loads((tmp_path / "out" / "summary.json").read_text()) | {"seconds": summary["seconds"]}
+    verdicts = {row["source"].removeprefix(str(src) + "/"): row["verdict"] for row in summary["files"]}
+    assert verdicts == {"a.onnx": "PASSED", "b.onnx": "PASSED", "broken.onnx": "ERROR", "sub/c.onnx": "PASSED"}
+    for rel in ("a.onnx", "b.onnx", "sub/c.onnx"):
+        folded = onnx.load(tmp_path / "out" / rel)
+        assert [n.op_type for n in folded.graph.node] == ["Conv", "Relu", "Conv"]
+    assert not (tmp_path / "out" / "broken.onnx").exists()
