@@ -36,25 +36,37 @@ def save_figure(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _wrapped(title: str, width: int = 70) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, width)) or title
+
+
 def plot_output_errors(report: CheckReport, path: Path) -> bool:
+    """Per output: max |diff| against its threshold, as points on a log axis (bars on a log axis
+    would start at an arbitrary floor and exaggerate small errors)."""
     plt = pyplot()
     if plt is None:
         return False
     outs = report.parity.outputs
-    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(outs) + 2), 3.8))
-    xs = range(len(outs))
-    ax.bar(
-        xs,
-        [max(o.max_abs, 1e-12) for o in outs],
-        color=["tab:green" if o.passed else "tab:red" for o in outs],
-        label="max |diff|",
-    )
-    ax.scatter(xs, [max(o.threshold, 1e-12) for o in outs], marker="_", s=600, color="black", label="threshold")
-    ax.set_xticks(list(xs), [o.name for o in outs], rotation=30, ha="right", fontsize=8)
+    floor = 1e-12
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.8 * len(outs) + 2.5), 4.2))
+    xs = list(range(len(outs)))
+    ok = [o.passed for o in outs]
+    errors = [max(o.max_abs, floor) for o in outs]
+    for passed, color, label in ((True, "tab:green", "max |diff|, passed"), (False, "tab:red", "max |diff|, failed")):
+        pts = [(x, e) for x, e, k in zip(xs, errors, ok, strict=True) if k == passed]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), color=color, zorder=3, label=label)
+    ax.scatter(xs, [max(o.threshold, floor) for o in outs], marker="_", s=700, color="black", label="threshold")
+    ax.set_xticks(xs, [o.name for o in outs], rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(outs) - 0.4)
     ax.set_yscale("log")
-    ax.set_ylabel("absolute error")
-    ax.set_title(f"{Path(report.candidate).name} vs {Path(report.reference).name}: per-output error")
-    ax.legend(fontsize=8)
+    ax.set_ylabel(f"max absolute error (log scale; 0 drawn at {floor:g})")
+    ax.grid(axis="y", which="major", alpha=0.3)
+    title = f"{Path(report.candidate).name} vs {Path(report.reference).name}: max error per output"
+    ax.set_title(_wrapped(title), fontsize=10)
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
@@ -62,16 +74,27 @@ def plot_output_errors(report: CheckReport, path: Path) -> bool:
 
 
 def plot_stats(stats: dict[str, LatencyStats], path: Path, title: str) -> bool:
-    """Latency distributions, one box per model."""
+    """Latency distributions, one box per model: whiskers at p5/p95 and the axis fitted to them, so a
+    few stalls of the machine do not squash the boxes; how many runs fall outside is said."""
+    import numpy as np
+
     plt = pyplot()
     if plt is None or not stats:
         return False
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.6 * len(stats)))
+    fig, ax = plt.subplots(figsize=(7.5, 1.5 + 0.6 * len(stats)))
     names = list(stats)
-    ax.boxplot([stats[n].times_ms for n in names], orientation="horizontal", showfliers=True)
-    ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
-    ax.set_xlabel("latency per run (ms)")
-    ax.set_title(title, fontsize=10)
+    data = [np.asarray(stats[n].times_ms) for n in names]
+    ax.boxplot(data, orientation="horizontal", whis=(5, 95), showfliers=False)
+    lo = min(float(np.percentile(d, 1)) for d in data)
+    hi = max(float(np.percentile(d, 99)) for d in data)
+    pad = 0.05 * (hi - lo or hi or 1.0)
+    ax.set_xlim(max(0.0, lo - pad), hi + pad)
+    outside = sum(int(((d < np.percentile(d, 5)) | (d > np.percentile(d, 95))).sum()) for d in data)
+    ax.set_yticks(range(1, len(names) + 1), [f"{n} (median {stats[n].median_ms:.3g} ms)" for n in names], fontsize=8)
+    ax.set_xlabel("latency per run (ms); the axis spans p1-p99, not zero")
+    ax.set_title(
+        f"{_wrapped(title)}\nboxes p25-p75, whiskers p5-p95; {outside} runs outside them not drawn", fontsize=9
+    )
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
@@ -86,21 +109,33 @@ def plot_latency(report: BenchReport, path: Path) -> bool:
 
 
 def plot_demo_summary(reports: list[ConvertReport], path: Path) -> bool:
-    """Speed-up over the unfolded export and latency over the floor, one pair of bars per model."""
+    """Two panels, one direction each: speed-up over the unfolded export (higher is better) and
+    latency over the no-normalization floor (lower is better, 1.00 = nothing left to gain)."""
     plt = pyplot()
     if plt is None or not reports:
         return False
     names = [r.name for r in reports]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    xs = range(len(names))
-    speed = [r.speedup or 0 for r in reports]
-    floor = [r.floor_ratio or 0 for r in reports]
-    ax.bar([x - 0.2 for x in xs], speed, width=0.4, label="speed-up vs unfolded export")
-    ax.bar([x + 0.2 for x in xs], floor, width=0.4, label="latency / no-normalization floor")
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
-    ax.set_title("onnxruntime CPU, interleaved runs (median of per-round ratios)")
-    ax.legend(fontsize=8)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    ys = list(range(len(names)))
+    panels = (
+        (left, [r.speedup or 0 for r in reports], "tab:blue", "speed-up vs the unfolded export (higher is better)"),
+        (
+            right,
+            [r.floor_ratio or 0 for r in reports],
+            "tab:orange",
+            "latency / no-normalization floor (lower is better)",
+        ),
+    )
+    for ax, values, color, title in panels:
+        ax.barh(ys, values, color=color)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        for y, v in zip(ys, values, strict=True):
+            ax.text(v, y, f" {v:.2f}", va="center", fontsize=8)
+        ax.set_xlim(0, max([*values, 1.0]) * 1.18)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("ratio of median latencies (interleaved runs, onnxruntime CPU)", fontsize=8)
+    left.set_yticks(ys, names, fontsize=8)
+    left.invert_yaxis()
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

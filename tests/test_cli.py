@@ -1,0 +1,91 @@
+"""The command line as the ecosystem's tools behave: --version, global options on either side of the
+subcommand, onnxsim's positional output, a per-op table, saved inputs and outputs, -v steps, | head."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+
+from normonnx import __version__
+from tests.conftest import run_cli_process
+
+
+def test_version(cli):
+    r = cli("--version")
+    assert r.code == 0 and r.out.strip() == f"normonnx {__version__}"
+
+
+def test_global_options_go_before_or_after_the_subcommand(cli, conv_bn_path, tmp_path):
+    for args in (
+        ("-v", "fold", conv_bn_path, "-o", tmp_path / "a.onnx"),
+        ("fold", conv_bn_path, "-o", tmp_path / "b.onnx", "-v"),
+    ):
+        r = cli(*args)
+        assert r.code == 0, r.err
+        steps = [line for line in r.err.splitlines() if line.startswith("normonnx: ")]
+        assert any("folding" in s for s in steps) and any("verifying parity" in s for s in steps), r.err
+    assert cli("fold", conv_bn_path, "-o", tmp_path / "c.onnx", "--debug").code == 0
+
+
+def test_positional_output_as_onnxsim_users_type_it(cli, conv_bn_path, tmp_path):
+    r = cli("fold", conv_bn_path, tmp_path / "out.onnx")
+    assert r.code == 0, r.err
+    assert [n.op_type for n in onnx.load(tmp_path / "out.onnx").graph.node] == ["Conv", "Relu", "Conv"]
+
+
+def test_fold_prints_a_per_op_before_after_table(cli, conv_bn_path, tmp_path):
+    r = cli("fold", conv_bn_path, "-o", tmp_path / "out.onnx")
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in r.out.splitlines()
+        if line.split()[:1] in (["Conv"], ["BatchNormalization"], ["Relu"])
+    }
+    assert rows["BatchNormalization"] == ["2", "0", "-2"]
+    assert rows["Conv"] == ["2", "2"] and rows["Relu"] == ["1", "1"]
+    assert "|---" not in r.out and "**" not in r.out  # plain text, not Markdown
+
+
+def test_check_saves_its_inputs_and_outputs(cli, conv_bn_path, tmp_path):
+    folded = tmp_path / "f.onnx"
+    assert cli("fold", conv_bn_path, "-o", folded).code == 0
+    r = cli("check", folded, "--against", conv_bn_path, "--save-inputs", tmp_path / "in.npz",
+            "--save-outputs", tmp_path / "out.npz", "--samples", "2")  # fmt: skip
+    assert r.code == 0, r.err
+    inputs = np.load(tmp_path / "in.npz")
+    assert list(inputs) == ["input"] and inputs["input"].shape == (2, 2, 3, 16, 16)
+    outputs = np.load(tmp_path / "out.npz")
+    (ref_key,) = [k for k in outputs if k.startswith("reference/")]
+    cand_key = "candidate/" + ref_key.removeprefix("reference/")
+    np.testing.assert_allclose(outputs[cand_key], outputs[ref_key], atol=1e-4)
+    # the saved inputs are real inputs: fed back, they give the same verdict
+    again = cli("check", folded, "--against", conv_bn_path, "--inputs", tmp_path / "in.npz", "--json")
+    assert again.code == 0 and json.loads(again.out)["parity"]["samples"] == 2
+
+
+def test_convert_prints_plain_text(cli, tmp_path):
+    import pytest
+
+    pytest.importorskip("torch")
+    r = cli("convert", "normonnx.zoo:resnet_bn", "-o", tmp_path / "out", "--no-floor", "--runs", "5")
+    assert r.code == 0, r.err
+    assert "|---|" not in r.out and not r.out.lstrip().startswith("#")
+    assert (tmp_path / "out" / "report.md").read_text().startswith("# resnet_bn")
+
+
+def test_a_closed_stdout_ends_quietly(conv_bn_path):
+    proc = subprocess.run(
+        f"{sys.executable} -m normonnx inspect {conv_bn_path} | head -c 10",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+
+
+def test_usage_mistakes_are_one_line_in_a_real_process(tmp_path):
+    r = run_cli_process("bench", "x.onnx", "--runs", "zero", cwd=tmp_path)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "--runs" in r.err
