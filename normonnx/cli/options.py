@@ -94,6 +94,14 @@ def add_factory(p: argparse.ArgumentParser, output_help: str) -> None:
     p.add_argument("-o", "--output", required=True, help=output_help)
     p.add_argument("--checkpoint", help="weights: .safetensors, or a torch state dict (loaded with weights_only=True)")
     p.add_argument("--input-shape", action="append", metavar="1,3,224,224", help="example input shape, once per input")
+    p.add_argument("--dynamic-batch", action="store_true", help="axis 0 of every input is a dynamic batch")
+    p.add_argument(
+        "--dynamic",
+        action="append",
+        default=[],
+        metavar="NAME:AXIS[:DIM]",
+        help="a dynamic axis of input NAME (named DIM); parity is checked at two sizes",
+    )
 
 
 def factory_options(args: argparse.Namespace) -> dict:
@@ -105,6 +113,8 @@ def factory_options(args: argparse.Namespace) -> dict:
         "input_shapes": [parse_input_shape(s) for s in args.input_shape or []],
         "opset": args.opset,
         "style": args.norm_style,
+        "dynamic_batch": args.dynamic_batch,
+        "dynamic": args.dynamic,
     }
 
 

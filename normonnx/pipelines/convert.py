@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from normonnx.errors import OutputError, UnusableInputError
-from normonnx.pipelines.export import DEFAULT_OPSET, export_module
+from normonnx.pipelines.export import DEFAULT_OPSET, export_module, parity_at_two_sizes
 from normonnx.pipelines.fold import NormStatus
 from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate.latency import LatencyStats
 from normonnx.validate.parity import ParityResult
-from normonnx.validate.torch_reference import torch_parity
 
 Progress = Callable[[str], None]
 
@@ -43,6 +42,7 @@ class ConvertReport:
     norms: list[NormStatus] = field(default_factory=list)  # what the fold found in the export, and did
     forms_after: dict[str, int] = field(default_factory=dict)  # normalizations left in the deployed model
     parity: ParityResult | None = None
+    parity_resized: ParityResult | None = None  # dynamic axes at a second size
     top1: float | None = None
     top1_samples: int = 0
     latency: dict[str, LatencyStats] = field(default_factory=dict)
@@ -69,7 +69,8 @@ class ConvertReport:
 
     @property
     def passed(self) -> bool:
-        return bool(self.parity and self.parity.passed) and (self.top1 is None or self.top1 == 1.0)
+        resized_ok = self.parity_resized is None or self.parity_resized.passed
+        return bool(self.parity and self.parity.passed) and resized_ok and (self.top1 is None or self.top1 == 1.0)
 
     @property
     def max_error(self) -> float | None:
@@ -99,6 +100,7 @@ class ConvertReport:
             "left_in_model": self.left,
             "forms_after": self.forms_after,
             "parity": self.parity.to_dict() if self.parity else None,
+            "parity_resized": self.parity_resized.to_dict() if self.parity_resized else None,
             "max_error": self.max_error,
             "top1_agreement": self.top1,
             "top1_samples": self.top1_samples,
@@ -171,6 +173,8 @@ def convert(
     bench_runs: int = 100,
     name: str | None = None,
     progress: Progress | None = None,
+    dynamic_batch: bool = False,
+    dynamic: Sequence[str] = (),
 ) -> ConvertReport:
     from normonnx.graph.bridge import rename_inputs
     from normonnx.graph.modelio import save_model
@@ -190,7 +194,9 @@ def convert(
     report.layers = count_norms(module)
     if data is not None:
         _check_data(data, example)
-    unfolded, exported = export_module(module, example, opset=opset, style=style, verify=False, name=spec)
+    unfolded, exported = export_module(
+        module, example, opset=opset, style=style, verify=False, name=spec, dynamic_batch=dynamic_batch, dynamic=dynamic
+    )
     report.exporter = exported.exporter
     say("fold")
     folded, fold_report = fold(unfolded, verify=True)
@@ -199,7 +205,7 @@ def convert(
     report.norms = fold_report.norms
     report.forms_after = fold_report.after.norms
     say("parity vs torch")
-    report.parity = torch_parity(module, folded, example)
+    report.parity, report.parity_resized, _ = parity_at_two_sizes(module, folded, example, exported.dynamic)
     # Everything that can refuse the model has run: only now does anything reach the disk.
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +221,10 @@ def convert(
         if floor:
             say("floor")
             files["floor"] = out / "model.floor.onnx"
-            floor_model, _ = export_module(strip_norms(module), example, opset=opset, style=style, verify=False)
+            floor_model, _ = export_module(
+                strip_norms(module), example, opset=opset, style=style, verify=False, dynamic_batch=dynamic_batch,
+                dynamic=dynamic,
+            )  # fmt: skip
             floor_model = rename_inputs(fold(floor_model)[0], [i.name for i in folded.graph.input])
             save_model(floor_model, files["floor"])
             models["floor"] = files["floor"]

@@ -66,6 +66,7 @@ def run_demo(
                     bench_runs=bench_runs,
                     name=name,
                     progress=step,
+                    dynamic_batch=True,  # top-1 agreement then runs in batches
                 )
                 reports.append(report)
                 if not report.passed:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from normonnx.errors import ExportError
 from normonnx.graph.bridge import prepare_graph, to_model
 from normonnx.passes._base import PassContext
 from normonnx.passes.registry import constants_pipeline
@@ -35,6 +36,14 @@ class ExportReport:
     output: str | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    dynamic: dict[str, dict[int, str]] = field(default_factory=dict)  # input -> {axis: dim name}
+    parity_resized: ParityResult | None = None  # with the dynamic axes at a second size
+    resized_shapes: list[list[int]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        checks = [p for p in (self.parity, self.parity_resized) if p is not None]
+        return all(p.passed for p in checks)
 
     def to_dict(self) -> dict:
         return {
@@ -44,6 +53,9 @@ class ExportReport:
             "output": self.output,
             "emit": self.emit.to_dict(),
             "parity": self.parity.to_dict() if self.parity else None,
+            "dynamic": {k: {str(a): d for a, d in v.items()} for k, v in self.dynamic.items()},
+            "parity_resized": self.parity_resized.to_dict() if self.parity_resized else None,
+            "resized_shapes": self.resized_shapes,
             "seconds": round(self.seconds, 4),
         }
 
@@ -63,21 +75,65 @@ def export_module(
     style: str = "auto",
     verify: bool = True,
     name: str = "<module>",
+    dynamic_batch: bool = False,
+    dynamic: Sequence[str] = (),
 ) -> tuple[onnx.ModelProto, ExportReport]:
-    """A built torch module (eval mode) to ONNX; ``name`` labels it in the report."""
+    """A built torch module (eval mode) to ONNX; ``name`` labels it in the report.
+
+    ``dynamic_batch`` and ``dynamic`` (``NAME:AXIS[:DIM]``) make input axes dynamic; parity is
+    then checked at the example's sizes and again with those axes resized.
+    """
     from normonnx.torchfront.exporter import export_torch
 
     start = time.perf_counter()
     check_opset(opset)
     check_style(style)
-    raw, exporter = export_torch(module, tuple(example), opset)
+    axes = dynamic_axes(module, example, dynamic_batch, dynamic)
+    raw, exporter = export_torch(module, tuple(example), opset, axes)
     model, emitted = emit(fold_weight_subgraphs(raw), opset, style)
     emitted.source = name
-    report = ExportReport(name, exporter, emitted)
+    report = ExportReport(name, exporter, emitted, dynamic=axes)
     if verify:
-        report.parity = torch_parity(module, model, example)
+        report.parity, report.parity_resized, report.resized_shapes = parity_at_two_sizes(module, model, example, axes)
     report.seconds = time.perf_counter() - start
     return model, report
+
+
+def dynamic_axes(module, example: Sequence, batch: bool, items: Sequence[str]) -> dict[str, dict[int, str]]:
+    """The dynamic axes asked for, keyed by the export's input names (forward's parameters)."""
+    if not batch and not items:
+        return {}
+    from normonnx.torchfront.exporter import forward_names, parse_dynamic
+
+    names = forward_names(module, len(example))
+    if names is None:
+        raise ExportError("dynamic axes need forward's inputs to be plain named parameters")
+    return parse_dynamic(items, names, [x.dim() for x in example], batch)
+
+
+def resized(module, example: Sequence, axes: dict[str, dict[int, str]]) -> tuple:
+    """The example with every dynamic axis at a second size: batch + 1, any other axis doubled."""
+    import torch
+
+    from normonnx.torchfront.exporter import forward_names
+
+    names = forward_names(module, len(example)) or []
+    out = []
+    for name, x in zip(names, example, strict=True):
+        shape = list(x.shape)
+        for axis in axes.get(name, {}):
+            shape[axis] = shape[axis] + 1 if axis == 0 else shape[axis] * 2
+        out.append(torch.zeros(shape, dtype=x.dtype) if shape != list(x.shape) else x)
+    return tuple(out)
+
+
+def parity_at_two_sizes(module, model: onnx.ModelProto, example: Sequence, axes: dict[str, dict[int, str]]):
+    """(parity at the example's sizes, parity with the dynamic axes resized or None, the resized shapes)."""
+    first = torch_parity(module, model, example)
+    if not axes:
+        return first, None, []
+    second_example = resized(module, example, axes)
+    return first, torch_parity(module, model, second_example), [list(x.shape) for x in second_example]
 
 
 def export_model(
@@ -88,12 +144,23 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     style: str = "auto",
     verify: bool = True,
+    dynamic_batch: bool = False,
+    dynamic: Sequence[str] = (),
 ) -> tuple[onnx.ModelProto, ExportReport]:
     """``MODULE:FACTORY`` (and a checkpoint) to ONNX; see export_module."""
     from normonnx.torchfront.exporter import build
 
     module, example = build(spec, input_shapes, checkpoint)
-    return export_module(module, example, opset=opset, style=style, verify=verify, name=spec)
+    return export_module(
+        module,
+        example,
+        opset=opset,
+        style=style,
+        verify=verify,
+        name=spec,
+        dynamic_batch=dynamic_batch,
+        dynamic=dynamic,
+    )
 
 
 def export_file(spec: str, output: str | os.PathLike, **kwargs) -> ExportReport:
@@ -102,7 +169,7 @@ def export_file(spec: str, output: str | os.PathLike, **kwargs) -> ExportReport:
 
     check_output_path(output, [])
     model, report = export_model(spec, **kwargs)
-    if report.parity is None or report.parity.passed:
+    if report.passed:
         save_model(model, output)
         report.output = str(output)
     return report

@@ -92,8 +92,13 @@ def render_emit(report: EmitReport) -> str:
 
 def render_export(report: ExportReport) -> str:
     lines = [render_emit(report.emit)]
+    if report.dynamic:
+        axes = ", ".join(f"{name}[{a}]={d}" for name, dims in report.dynamic.items() for a, d in dims.items())
+        lines.append(f"dynamic axes: {axes}")
     if report.parity is not None:
         lines.append(report.parity.summary(" vs torch eager"))
+    if report.parity_resized is not None:
+        lines.append(report.parity_resized.summary(f" vs torch eager at {report.resized_shapes}"))
     return "\n".join(lines)
 
 

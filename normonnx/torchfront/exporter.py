@@ -168,8 +168,47 @@ def forward_names(module, count: int) -> list[str] | None:
     return [p.name for p in plain[:count]] if len(plain) >= count else None
 
 
-def export_torch(module, inputs: tuple, opset: int) -> tuple[onnx.ModelProto, str]:
-    """The module as ONNX (at ``opset``, or torch's newest if lower) and the exporter used."""
+Dynamic = dict[str, dict[int, str]]  # input name -> {axis: dim name}
+
+
+def parse_dynamic(items: Sequence[str], names: Sequence[str], ranks: Sequence[int], batch: bool) -> Dynamic:
+    """``--dynamic NAME:AXIS[:DIM]`` (and ``--dynamic-batch``: axis 0 of every input) as dynamic axes."""
+    dynamic: Dynamic = {}
+    if batch:
+        for name in names:
+            dynamic.setdefault(name, {})[0] = "batch"
+    for item in items:
+        parts = item.split(":")
+        try:
+            if len(parts) not in (2, 3) or not parts[0]:
+                raise ValueError
+            name, axis = parts[0], int(parts[1])
+        except ValueError:
+            raise ExportError(f"--dynamic '{item}': expected NAME:AXIS[:DIM_NAME], for example x:2:height") from None
+        if name not in names:
+            raise ExportError(f"--dynamic '{item}': the module has no input {name!r} (its inputs: {', '.join(names)})")
+        rank = ranks[list(names).index(name)]
+        if not -rank <= axis < rank:
+            raise ExportError(f"--dynamic '{item}': input {name} has rank {rank}, no axis {axis}")
+        dynamic.setdefault(name, {})[axis % rank] = (
+            parts[2] if len(parts) == 3 and parts[2] else f"{name}_{axis % rank}"
+        )
+    return dynamic
+
+
+def _free_outputs(model: onnx.ModelProto) -> None:
+    """TorchScript writes the traced output shapes; with dynamic inputs, take the dims shape inference derives."""
+    inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(model, strict_mode=False).graph.output}
+    for out in model.graph.output:
+        if out.name in inferred and inferred[out.name].type.tensor_type.HasField("shape"):
+            out.type.CopyFrom(inferred[out.name].type)
+
+
+def export_torch(module, inputs: tuple, opset: int, dynamic: Dynamic | None = None) -> tuple[onnx.ModelProto, str]:
+    """The module as ONNX (at ``opset``, or torch's newest if lower) and the exporter used.
+
+    ``dynamic`` names input axes whose size may change at run time (by forward's parameter names).
+    """
     import copy
 
     import torch
@@ -181,8 +220,9 @@ def export_torch(module, inputs: tuple, opset: int) -> tuple[onnx.ModelProto, st
                 if opset >= DYNAMO_MIN_OPSET:
                     at = min(opset, dynamo_max_opset())
                     torch.onnx.export(
-                        module, inputs, str(path), dynamo=True, opset_version=at, optimize=True, verbose=False
-                    )
+                        module, inputs, str(path), dynamo=True, opset_version=at, optimize=True, verbose=False,
+                        dynamic_axes=dynamic or None,
+                    )  # fmt: skip
                     exporter = f"torch.onnx dynamo (opset {at})"
                 else:
                     swapped = _RMSNormForTorchScript.swap(copy.deepcopy(module))
@@ -194,10 +234,14 @@ def export_torch(module, inputs: tuple, opset: int) -> tuple[onnx.ModelProto, st
                         opset_version=opset,
                         do_constant_folding=True,
                         input_names=forward_names(module, len(inputs)),
+                        dynamic_axes=dynamic or None,
                     )
                     exporter = f"torch.onnx TorchScript (opset {opset})"
         except Exception as e:  # torch raises many types; the first line says what failed
             raise ExportError(
                 f"torch could not export at opset {opset}: {type(e).__name__}: {_cause(e)[:300]}"
             ) from None
-        return load_model(path), exporter
+        model = load_model(path)
+        if dynamic and opset < DYNAMO_MIN_OPSET:
+            _free_outputs(model)
+        return model, exporter
