@@ -12,6 +12,7 @@ report.json and plots.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,8 @@ from normonnx.pipelines.fold import NormStatus
 from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate.latency import LatencyStats
 from normonnx.validate.parity import ParityResult
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
@@ -183,7 +186,11 @@ def convert(
     from normonnx.torchfront.exporter import build
     from normonnx.torchfront.strip import count_norms, strip_norms
 
-    say = progress or (lambda _: None)
+    def say(step: str) -> None:
+        log.info("%s: %s", spec, step)
+        if progress is not None:
+            progress(step)
+
     start = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

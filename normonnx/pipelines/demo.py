@@ -52,8 +52,7 @@ def run_demo(
             entry = zoo[name]
 
             def step(what: str, name: str = name) -> None:
-                log.info("%s: %s", name, what)
-                bar.update(note=f"{name}: {what}")
+                bar.update(note=f"{name}: {what}")  # convert logs the step itself
 
             try:
                 report = convert(

@@ -8,6 +8,7 @@ torch eager on seeded inputs -> atomic save.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from normonnx.pipelines.emit import EmitReport, check_opset, check_style, emit
 from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate.parity import ParityResult
 from normonnx.validate.torch_reference import torch_parity
+
+log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
 
@@ -89,11 +92,13 @@ def export_module(
     check_opset(opset)
     check_style(style)
     axes = dynamic_axes(module, example, dynamic_batch, dynamic)
+    log.info("%s: torch export at opset %d%s", name, opset, f", dynamic axes {axes}" if axes else "")
     raw, exporter = export_torch(module, tuple(example), opset, axes)
     model, emitted = emit(fold_weight_subgraphs(raw), opset, style)
     emitted.source = name
     report = ExportReport(name, exporter, emitted, dynamic=axes)
     if verify:
+        log.info("%s: parity against torch eager", name)
         report.parity, report.parity_resized, report.resized_shapes = parity_at_two_sizes(module, model, example, axes)
     report.seconds = time.perf_counter() - start
     return model, report

@@ -7,6 +7,7 @@ then run in turns inside one isolated process (see validate/latency.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from normonnx.validate.inputs import check_shape_names, input_specs, random_inpu
 from normonnx.validate.isolation import call_isolated
 from normonnx.validate.latency import LatencyStats, Speedup, measure, speedup
 from normonnx.validate.runner import SessionConfig, require_provider
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,6 +89,7 @@ def bench(
     base = feeds[0]
     feeds = [{k: np.asarray(base[k]).astype(f[k].dtype) for k in f if k in base} for f in feeds]
     config = SessionConfig(provider=provider, optimize=True, threads=threads, spin=False)
+    log.info("bench %s: %d warm-up and %d timed runs each, interleaved", ", ".join(labels), warmup, runs)
     stats = call_isolated(
         measure,
         labels,

@@ -12,6 +12,7 @@ On failure (or when asked) the first diverging node is named.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from normonnx.validate.localize import Localization, common_tensors, first_diver
 from normonnx.validate.parity import FP16_GATE, Gate, ParityResult, compare, rejudge_with_noise
 from normonnx.validate.runner import SessionConfig, require_provider
 from normonnx.validate.verify import onnx_outputs
+
+log = logging.getLogger(__name__)
 
 FP16_BASELINE_FACTOR = 2.0
 
@@ -160,6 +163,7 @@ def check(
         feeds = [random_inputs(float_specs, seed + k, shapes) for k in range(samples)]
     ref_cfg = SessionConfig(provider="cpu", optimize=False)
     cand_cfg = SessionConfig(provider=provider, optimize=optimize)
+    log.info("check %s against %s: %d input sets", cand_name, ref_name, len(feeds))
     if ref_src is not None:
         ref_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in specs})
         refs = onnx_outputs(
@@ -171,6 +175,7 @@ def check(
     if unknown:
         raise UnusableInputError(f"--tol {unknown[0]}: no such output (the outputs: {', '.join(refs[0])})")
     cand_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in input_specs(cand_proto)})
+    log.info("running the candidate on %s", provider)
     cands = onnx_outputs(cand_src, cand_feeds, cand_cfg, label=cand_name, timeout=timeout, isolated=isolated)
     try:
         cands = _match_outputs(refs, cands, notes)

@@ -98,3 +98,34 @@ def test_an_export_failure_is_one_clean_line_with_torchs_reason(cli, tmp_path):
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1
     assert "expected input[1, 4, 8, 8] to have 3 channels" in r.err and "\x1b[" not in r.err
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("opset", [13, 18])
+def test_dynamic_axes_are_exported_and_checked_at_two_sizes(cli, tmp_path, opset):
+    import numpy as np
+    import onnx
+
+    from tests.builders import run_model
+
+    out = tmp_path / "style.onnx"
+    r = cli(
+        "export", "normonnx.zoo:style_in", "-o", out, "--opset", opset, "--dynamic-batch",
+        "--dynamic", "x:2:height", "--dynamic", "x:3:width", "--json",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["parity"]["passed"] and report["parity_resized"]["passed"]
+    assert report["resized_shapes"] == [[2, 3, 64, 64]]  # batch 1 -> 2, 32 x 32 -> 64 x 64
+    model = onnx.load(out)
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    for shape in ((1, 3, 32, 32), (3, 3, 48, 40)):
+        y = next(iter(run_model(model, {"x": np.zeros(shape, np.float32)}).values()))
+        assert y.shape[0] == shape[0] and y.shape[2:] == shape[2:]
+
+
+def test_a_dynamic_axis_for_an_unknown_input_is_one_line(cli, tmp_path):
+    r = cli("export", "normonnx.zoo:style_in", "-o", tmp_path / "o.onnx", "--dynamic", "pixels:2")
+    assert r.code == 2 and "no input 'pixels'" in r.err and len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
