@@ -171,6 +171,10 @@ def _markdown(report: dict) -> str:
 
 
 def _plot(report: dict, path: Path) -> None:
+    """Ratios as points with their p10-p90 spread on a log axis (a bar on a log axis starts at an arbitrary
+    floor); a spread that straddles 1 is a tie and drawn grey."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     from normonnx.reports.plots import pyplot
 
     plt = pyplot()
@@ -178,19 +182,25 @@ def _plot(report: dict, path: Path) -> None:
         return
     rows = report["rows"]
     labels = [f"{r['family']}\n{'x'.join(map(str, r['shape']))}" for r in rows]
-    ratios = [r["decomposed_over_op"] for r in rows]
-    errs = [
-        [r["decomposed_over_op"] - r["ratio_p10"] for r in rows],
-        [r["ratio_p90"] - r["decomposed_over_op"] for r in rows],
-    ]
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    colors = ["tab:blue" if r > 1 else "tab:orange" for r in ratios]
-    ax.bar(range(len(rows)), ratios, yerr=errs, color=colors, capsize=3)
+    for x, r in enumerate(rows):
+        mid, lo, hi = r["decomposed_over_op"], r["ratio_p10"], r["ratio_p90"]
+        color = "tab:blue" if lo > 1 else "tab:orange" if hi < 1 else "tab:gray"
+        ax.errorbar(x, mid, yerr=[[mid - lo], [hi - mid]], fmt="o", color=color, capsize=4, markersize=7)
+        ax.annotate(f"{mid:.2f}", (x, mid), textcoords="offset points", xytext=(8, -3), fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_yscale("log")
-    ax.set_ylabel("decomposed time / op time")
-    ax.set_title("Above 1: the standard op is faster (blue); below: the decomposed subgraph (orange)")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_ylabel("decomposed time / op time (log scale)")
+    ax.set_title(
+        "Above 1 the standard op is faster (blue), below 1 the decomposed subgraph (orange);"
+        " grey: the p10-p90 spread includes 1 (a tie)",
+        fontsize=9,
+    )
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

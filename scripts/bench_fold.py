@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import json
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -249,21 +250,43 @@ def _markdown(report: dict) -> str:
 
 
 def _plot(report: dict, path: Path) -> None:
+    """Seconds per tool and size on log axes with plain tick labels; a run that timed out is an x at its
+    time limit (it took longer), one skipped for that reason a hollow x, so a line that stops is not
+    mistaken for a tool that was not measured."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     from normonnx.reports.plots import pyplot
 
     plt = pyplot()
     if plt is None:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, per in report["results"].items():
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    limits = [float(m.group(1)) for per in report["results"].values() for r in per.values()
+              if (m := re.match(r"timeout after (\d+)", r.get("status", "")))]  # fmt: skip
+    limit = max(limits, default=None)
+    for k, (name, per) in enumerate(report["results"].items()):
         pts = [(int(b), r["seconds"]) for b, r in per.items() if r.get("seconds") and r.get("status") == "ok"]
-        if pts:
-            ax.plot(*zip(*pts, strict=False), marker="o", label=name)
+        (line,) = ax.plot(*zip(*pts, strict=False), marker="o", label=name) if pts else ax.plot([], [], label=name)
+        timed_out = [int(b) for b, r in per.items() if r.get("status", "").startswith("timeout")]
+        skipped = [int(b) for b, r in per.items() if r.get("status", "").startswith("skipped")]
+        if limit and timed_out:
+            ax.scatter(timed_out, [limit * 1.1**k] * len(timed_out), marker="x", s=70, color=line.get_color())
+        if limit and skipped:
+            ax.scatter(skipped, [limit * 1.1**k] * len(skipped), marker="x", s=70, color=line.get_color(), alpha=0.4)
+    if limit:
+        ax.axhline(limit, color="gray", linestyle=":", linewidth=1)
+        ax.annotate(f"time limit {limit:g} s", (report["blocks"][0], limit), textcoords="offset points",
+                    xytext=(0, 4), fontsize=7, color="gray")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.set_xticks(report["blocks"])
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(plain)
     ax.set_xlabel("Conv+BN+ReLU blocks")
-    ax.set_ylabel("whole-process seconds")
-    ax.set_title("Fold time (lower is better)")
+    ax.set_ylabel("whole-process seconds (log scale)")
+    ax.set_title("Fold time, lower is better; x: timed out at the limit (faint x: skipped, would time out)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
