@@ -25,8 +25,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+    """The subcommand ``name``, handled by ``commands.cmd_<name>``, with the global options."""
     p = sub.add_parser(name, help=help_text, description=help_text)
     options.add_global(p, in_subcommand=True)
+    p.set_defaults(handler=getattr(commands, f"cmd_{name}"))
     return p
 
 
@@ -46,30 +48,24 @@ def _add_fold(sub) -> None:
         help="treat weights also listed as graph inputs (ir_version >= 4) as constants and drop them from the inputs",
     )
     options.add_json(p, "print the report as JSON")
-    p.set_defaults(handler=commands.cmd_fold)
 
 
 def _add_emit(sub) -> None:
     p = _parser(sub, "emit", "re-emit every normalization of ONNX files at an opset and style")
     options.add_files(p, "emit")
-    options.add_form(p, None)
-    options.add_verify_report(p)
-    p.set_defaults(handler=commands.cmd_emit)
+    options.add_target(p, None)
 
 
 def _add_export(sub) -> None:
     p = _parser(sub, "export", "export a torch model with every normalization in the chosen form")
     options.add_factory(p, "ONNX file to write")
-    options.add_form(p, DEFAULT_OPSET)
-    options.add_verify_report(p)
-    p.set_defaults(handler=commands.cmd_export)
+    options.add_target(p, DEFAULT_OPSET)
 
 
 def _add_inspect(sub) -> None:
     p = _parser(sub, "inspect", "list every normalization, its form, and whether it folds (or why not)")
     p.add_argument("input", help="ONNX file")
     options.add_json(p, "print as JSON")
-    p.set_defaults(handler=commands.cmd_inspect)
 
 
 def _add_check(sub) -> None:
@@ -96,7 +92,6 @@ def _add_check(sub) -> None:
     p.add_argument("-o", "--output", metavar="OUTDIR", help="many candidates: per-file reports and summary.json")
     options.add_jobs(p)
     options.add_json(p, "print the result as JSON")
-    p.set_defaults(handler=commands.cmd_check)
 
 
 def _add_bench(sub) -> None:
@@ -116,7 +111,6 @@ def _add_bench(sub) -> None:
     options.add_shape(p)
     p.add_argument("--report", metavar="DIR", help="write report.md, report.json and a latency plot")
     options.add_json(p, "print the result as JSON")
-    p.set_defaults(handler=commands.cmd_bench)
 
 
 def _add_convert(sub) -> None:
@@ -129,7 +123,6 @@ def _add_convert(sub) -> None:
         "--runs", type=options.positive_int("--runs"), default=100, help="timed runs per model (default 100)"
     )
     options.add_json(p, "print the report as JSON")
-    p.set_defaults(handler=commands.cmd_convert)
 
 
 def _add_demo(sub) -> None:
@@ -140,7 +133,6 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--runs", type=options.positive_int("--runs"), default=200, help="timed runs per model (default 200)"
     )
-    p.set_defaults(handler=commands.cmd_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,7 +70,9 @@ def add_form(p: argparse.ArgumentParser, default_opset: int | None) -> None:
     )
 
 
-def add_verify_report(p: argparse.ArgumentParser) -> None:
+def add_target(p: argparse.ArgumentParser, default_opset: int | None) -> None:
+    """What export and emit write (opset, style), whether they verify it, and their report."""
+    add_form(p, default_opset)
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
     p.add_argument("--report", metavar="REPORT.json", help="also write the report as JSON")
     add_json(p, "print the report as JSON")

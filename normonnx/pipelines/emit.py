@@ -114,15 +114,43 @@ def _ops_in(model: onnx.ModelProto) -> set[str]:
     return {n.op_type for n in model.graph.node if is_default_domain(n.domain)}
 
 
+def emit_file(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    opset: int | None = None,
+    style: str = "auto",
+    *,
+    verify: bool = True,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    isolated: bool = True,
+) -> EmitReport:
+    """Re-emit ``src`` into ``dst``, written (atomically) only if parity holds.
+
+    As ``fold_file`` does, the result is staged beside ``dst``, verified from disk
+    against ``src`` in isolated processes (onnxruntime never runs in this one), then
+    committed; ``report.output`` is None when parity failed and nothing was written.
+    """
+    from normonnx.graph.modelio import check_output_path
+    from normonnx.pipelines._staging import write_verified
+
+    start = time.perf_counter()
+    check_output_path(Path(dst), [Path(src)])
+    log.info("%s: emitting at opset %s, style %s", src, opset or "of the model", style)
+    model, report = emit(src, opset, style)
+    report.parity, report.output, _ = write_verified(model, src, dst, verify=verify, shapes=shapes, isolated=isolated)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
 def emit(
     model: onnx.ModelProto | str | os.PathLike,
     opset: int | None = None,
     style: str = "auto",
-    *,
-    verify: bool = False,
-    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> tuple[onnx.ModelProto, EmitReport]:
-    """Every normalization of ``model`` in the form ``style`` wants at ``opset`` (default: the model's)."""
+    """Every normalization of ``model`` in the form ``style`` wants at ``opset`` (default: the model's).
+
+    Nothing is verified here: ``emit_file`` verifies what it writes.
+    """
     start = time.perf_counter()
     proto, source = model_and_name(model)
     src = default_opset(proto)
@@ -148,45 +176,5 @@ def emit(
     out = _run(out, raise_pipeline(f for f in WITH_OP if forms[f] == "op"), decisions)
     report = EmitReport(source, src, target, style, forms, before, summarize(scan(prepare_graph(out))), decisions)
     report.nodes_before, report.nodes_after = len(proto.graph.node), len(out.graph.node)
-    if verify:
-        from normonnx.validate.verify import verify_parity
-
-        report.parity = verify_parity(proto, out, shapes=shapes)
     report.seconds = time.perf_counter() - start
     return out, report
-
-
-def emit_file(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    opset: int | None = None,
-    style: str = "auto",
-    *,
-    verify: bool = True,
-    shapes: dict[str, tuple[int, ...]] | None = None,
-    isolated: bool = True,
-) -> EmitReport:
-    """Re-emit ``src`` into ``dst``, written (atomically) only if parity holds.
-
-    As ``fold_file`` does, the result is staged beside ``dst``, verified from disk
-    against ``src`` in isolated processes (onnxruntime never runs in this one), then
-    committed; ``report.output`` is None when parity failed and nothing was written.
-    """
-    from normonnx.graph.modelio import check_output_path, staged_save
-    from normonnx.validate.verify import verify_parity
-
-    start = time.perf_counter()
-    check_output_path(Path(dst), [Path(src)])
-    log.info("%s: emitting at opset %s, style %s", src, opset or "of the model", style)
-    model, report = emit(src, opset, style)
-    with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:
-        if verify:
-            log.info("%s: verifying parity", src)
-            report.parity = verify_parity(
-                src, staged.path, shapes=shapes, candidate_bytes=staged.disk_bytes(), isolated=isolated
-            )
-        if report.parity is None or report.parity.passed:
-            staged.commit()
-            report.output = str(dst)
-    report.seconds = time.perf_counter() - start
-    return report

@@ -142,30 +142,14 @@ def parity_at_two_sizes(module, model: onnx.ModelProto, example: Sequence, axes:
 
 
 def export_model(
-    spec: str,
-    *,
-    checkpoint: str | None = None,
-    input_shapes: Sequence[tuple[int, ...]] = (),
-    opset: int = DEFAULT_OPSET,
-    style: str = "auto",
-    verify: bool = True,
-    dynamic_batch: bool = False,
-    dynamic: Sequence[str] = (),
+    spec: str, *, checkpoint: str | None = None, input_shapes: Sequence[tuple[int, ...]] = (), **options
 ) -> tuple[onnx.ModelProto, ExportReport]:
-    """``MODULE:FACTORY`` (and a checkpoint) to ONNX; see export_module."""
+    """``MODULE:FACTORY`` (and a checkpoint) to ONNX; ``options`` (opset, style, verify, dynamic axes) as
+    export_module takes them."""
     from normonnx.torchfront.exporter import build
 
     module, example = build(spec, input_shapes, checkpoint)
-    return export_module(
-        module,
-        example,
-        opset=opset,
-        style=style,
-        verify=verify,
-        name=spec,
-        dynamic_batch=dynamic_batch,
-        dynamic=dynamic,
-    )
+    return export_module(module, example, name=spec, **options)
 
 
 def export_file(spec: str, output: str | os.PathLike, **kwargs) -> ExportReport:

@@ -203,7 +203,8 @@ def fold_file(
     folded without loading them: weights are read when a fold needs them and
     new ones spill to disk at once.
     """
-    from normonnx.graph.modelio import check_output_path, has_external_data, staged_save
+    from normonnx.graph.modelio import check_output_path, has_external_data
+    from normonnx.pipelines._staging import write_verified
 
     start = time.perf_counter()
     check_output_path(Path(dst), [Path(src)])
@@ -217,21 +218,9 @@ def fold_file(
         model, report = fold(proto, options, store=store)
         report.source = str(src)
         log.info("%s: %d normalizations folded, %d kept; staging %s", src, len(report.folded), len(report.kept), dst)
-        with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:
-            if verify:
-                log.info("%s: verifying parity against the original (onnxruntime, child processes)", src)
-                report.parity = verify_parity(
-                    src,
-                    staged.path,
-                    shapes=shapes,
-                    reference_proto=proto,
-                    candidate_bytes=staged.disk_bytes(),
-                    isolated=isolated,
-                )
-            if report.parity is None or report.parity.passed:
-                staged.commit()
-                report.output = str(dst)
-        report.stale_files = staged.stale
+        report.parity, report.output, report.stale_files = write_verified(
+            model, src, dst, verify=verify, shapes=shapes, isolated=isolated, reference_proto=proto
+        )
     finally:
         if store is not None:
             store.close()

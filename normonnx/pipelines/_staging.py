@@ -1,0 +1,50 @@
+"""Write a rewritten model only if it computes what its source does: stage, verify from disk, commit.
+
+``fold`` and ``emit`` (and their many-file forms) end the same way: the
+model is staged beside its destination, run against the source from disk
+(in isolated processes unless the caller is itself an isolated worker), and
+renamed into place only if parity holds. Nothing is written otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import onnx
+
+from normonnx.graph.modelio import staged_save
+from normonnx.validate.parity import ParityResult
+from normonnx.validate.verify import verify_parity
+
+log = logging.getLogger(__name__)
+
+
+def write_verified(
+    model: onnx.ModelProto,
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    verify: bool,
+    shapes: dict[str, tuple[int, ...]] | None,
+    isolated: bool,
+    reference_proto: onnx.ModelProto | None = None,
+) -> tuple[ParityResult | None, str | None, list[str]]:
+    """(parity or None when not verified, the output written or None, weight files the replaced output left)."""
+    output = None
+    with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:
+        parity = None
+        if verify:
+            log.info("%s: verifying parity against the original", src)
+            parity = verify_parity(
+                src,
+                staged.path,
+                shapes=shapes,
+                reference_proto=reference_proto,
+                candidate_bytes=staged.disk_bytes(),
+                isolated=isolated,
+            )
+        if parity is None or parity.passed:
+            staged.commit()
+            output = str(dst)
+    return parity, output, staged.stale
