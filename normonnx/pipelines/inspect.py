@@ -7,6 +7,7 @@ would do and, for what stays, every reason.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -15,6 +16,8 @@ import onnx
 from normonnx.graph.bridge import model_and_name
 from normonnx.pipelines.fold import NormStatus, fold
 from normonnx.reports.schema import SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Inspection:
 
 def inspect_model(model: onnx.ModelProto | str | os.PathLike) -> Inspection:
     proto, source = model_and_name(model)
+    log.info("%s: %d nodes; folding a copy to learn what folds and why not", source, len(proto.graph.node))
     _, report = fold(proto)
     producer = f"{proto.producer_name} {proto.producer_version}".strip()
     opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
