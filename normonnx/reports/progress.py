@@ -1,12 +1,13 @@
 """Progress on a terminal: one status line on stderr, redrawn in place, never wider than the terminal.
 
-Quiet when stderr is not a terminal (a log, a pipe, CI): ``-v`` logs the
-steps there instead. A ticker thread redraws the elapsed time of a long
+Quiet when stderr is not a terminal (a log, a pipe, CI), and under ``-v``,
+whose step lines would otherwise be torn by the redrawn line. A ticker thread redraws the elapsed time of a long
 step, so an opaque step (a child process verifying parity) still shows life.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import threading
@@ -20,7 +21,8 @@ class Progress:
     def __init__(self, total: int | None = None, label: str = "", stream: TextIO | None = None) -> None:
         self.total, self.label, self.done, self.note = total, label, 0, ""
         self.stream = stream or sys.stderr
-        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        verbose = logging.getLogger().isEnabledFor(logging.INFO)
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)()) and not verbose
         self.start = time.perf_counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
