@@ -23,6 +23,10 @@ def _setup(tmp):
     (tmp / "text.onnx").write_text("not a model")
     (tmp / "a_file").write_text("x")
     np.savez(tmp / "wrong.npz", images=np.zeros((4, 5), np.float32))
+    np.save(tmp / "plain.npy", np.zeros((2, 3, 16, 16), np.float32))
+    np.savez(tmp / "extra.npz", input=np.zeros((2, 3, 16, 16), np.float32), other=np.zeros(3, np.float32))
+    np.savez(tmp / "wrongdim.npz", input=np.zeros((2, 4, 16, 16), np.float32))
+    onnx.save(conv_bn_model(1), tmp / "second.onnx")
     (tmp / "bad.json").write_text("{not json")
     return model
 
@@ -63,6 +67,22 @@ CASES = [
     (["export", "no_such_module_xyz:f", "-o", "{t}/o.onnx"], "cannot import"),
     (["convert", ZOO, "-o", "{t}/out", "--runs", "0"], "--runs 0"),
     (["demo", "--runs", "0"], "--runs 0"),
+    # found by an adversarial review
+    (["check", "{m}", "--against", "{m}", "--save-inputs", "{m}"], "would overwrite"),
+    (["check", "{m}", "--against", "{m}", "--save-inputs", "{t}/s.npz", "--save-outputs", "{t}/s.npz"], "same file"),
+    (["check", "{m}", "--against", "{m}", "--inputs", "{t}/plain.npy"], "single .npy"),
+    (["check", "{m}", "--against", "{m}", "--inputs", "{t}/extra.npz"], "'other' is no input"),
+    (["check", "{m}", "--against", "{m}", "--inputs", "{t}/wrongdim.npz"], "where the model fixes 3"),
+    (["check", "{m}", "--against", "{m}", "--inputs", "{t}/text.onnx"], "not an .npz"),
+    (["check", "{m}", "--against", "{m}", "--fp16-baseline", "{t}/missing.onnx"], "no such file"),
+    (["check", "{m}", "--against", "{m}", "--fp16-baseline", "{m}"], "applies only to an fp16 candidate"),
+    (["check", "{m}", "--against", "{t}/nothing", "-o", "{t}/checked"], "no such file or folder"),
+    (["check", "{m}", "--against", "{m}", "--tol", "out=1,2,3"], "--tol"),
+    (["check", "{m}", "--against", "{m}", "--rtol", "inf"], "finite"),
+    (["fold", "{m}", "{t}/second.onnx"], "exists; to replace it"),
+    (["fold", "{m}", "-o", "{t}/o.onnx", "--report", "{t}"], "names a directory"),
+    (["demo", "-o", "{t}/a_file"], "not a folder"),
+    (["demo", "--opset", "9", "-o", "{t}/demo"], "--opset 9"),
 ]
 TORCH_CASES = [
     (["export", ZOO, "-o", "{t}/o.onnx", "--input-shape", "1,x"], "--input-shape"),
@@ -72,6 +92,12 @@ TORCH_CASES = [
     (["convert", ZOO, "-o", "{t}/a_file"], "not a folder"),
     (["convert", ZOO, "-o", "{t}/out", "--data", "{t}/wrong.npz", "--no-floor"], "--data"),
     (["demo", "--only", "nosuch", "-o", "{t}/demo"], "unknown zoo models"),
+    (["demo", "--only", "", "-o", "{t}/demo"], "unknown zoo models"),
+    (["export", ZOO, "-o", "{t}/edir/"], "ends with a slash"),
+    (
+        ["export", "normonnx.zoo:style_in", "-o", "{t}/o.onnx", "--dynamic", "x:2:h", "--dynamic", "x:2:w"],
+        "already dynamic",
+    ),
 ]
 
 
@@ -117,3 +143,14 @@ def test_many_files_one_broken_is_reported_and_the_rest_are_folded(cli, tmp_path
         folded = onnx.load(tmp_path / "out" / rel)
         assert [n.op_type for n in folded.graph.node] == ["Conv", "Relu", "Conv"]
     assert not (tmp_path / "out" / "broken.onnx").exists()
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_back(cli, tmp_path):
+    src = tmp_path / "models"
+    src.mkdir()
+    onnx.save(conv_bn_model(), src / "a.onnx")
+    for _ in range(2):  # the second run must not find the first run's output
+        r = cli("fold", src, "-o", src / "out", "--json")
+        assert r.code == 0, r.err
+        assert [row["source"] for row in json.loads(r.out)["files"]] == [str(src / "a.onnx")]
+    assert not (src / "out" / "out").exists()

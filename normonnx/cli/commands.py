@@ -7,6 +7,7 @@ in ``pipelines``/``validate`` and every rendering in ``reports``.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from normonnx.cli import many
@@ -21,11 +22,16 @@ def _one_file(args: argparse.Namespace, verb: str) -> tuple[str, str] | None:
     inputs = args.inputs
     if args.output is None:
         if len(inputs) == 2 and not Path(inputs[0]).is_dir():
+            if Path(inputs[1]).exists():  # two existing files: a forgotten -o OUTDIR must not cost the second
+                raise UnusableInputError(
+                    f"{inputs[1]}: exists; to replace it pass -o {inputs[1]}, to {verb} both files pass -o OUTDIR"
+                )
             return inputs[0], inputs[1]  # `normonnx fold IN OUT`, as onnxsim users type it
         raise UnusableInputError(
             f"no output given: normonnx {verb} IN.onnx -o OUT.onnx (or IN.onnx OUT.onnx), or FILES_OR_DIRS... -o OUTDIR"
         )
-    if len(inputs) == 1 and not Path(inputs[0]).is_dir() and not Path(args.output).is_dir():
+    names_folder = Path(args.output).is_dir() or args.output.endswith(("/", os.sep))
+    if len(inputs) == 1 and not Path(inputs[0]).is_dir() and not names_folder:
         return inputs[0], args.output
     if Path(args.output).suffix == ".onnx" and not Path(args.output).is_dir():
         if len(inputs) == 1:
@@ -109,8 +115,8 @@ def _check_gate(args: argparse.Namespace):
     from normonnx.validate.parity import Gate
 
     for flag, value in (("--atol", args.atol), ("--rtol", args.rtol)):
-        if value is not None and not value >= 0:
-            raise UnusableInputError(f"{flag} {value}: a tolerance must be >= 0")
+        if value is not None and not 0 <= value < float("inf"):
+            raise UnusableInputError(f"{flag} {value:g}: a tolerance must be finite and >= 0")
     if args.atol is None and args.rtol is None:
         return None
     return Gate(args.atol if args.atol is not None else 1e-5, args.rtol if args.rtol is not None else 1e-5)
@@ -210,7 +216,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.output,
         opset=args.opset,
         style=args.norm_style,
-        only=args.only.split(",") if args.only else None,
+        only=args.only.split(",") if args.only is not None else None,
         bench_runs=args.runs,
     )
     from normonnx.zoo import ZOO

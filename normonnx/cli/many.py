@@ -35,8 +35,8 @@ def _refuse_single_file_options(args: argparse.Namespace) -> None:
             raise UnusableInputError(f"{flag} {value}: is for one file; many-file runs write OUTDIR/summary.json")
 
 
-def _sources(args_inputs: list[str]) -> list[tuple[Path, Path]]:
-    found = batch.collect(args_inputs)
+def _sources(args_inputs: list[str], folder: Path) -> list[tuple[Path, Path]]:
+    found = batch.collect(args_inputs, exclude=folder)
     if not found:
         raise UnusableInputError(f"no {batch.MODEL_SUFFIX} file in {', '.join(args_inputs)}")
     return found
@@ -72,7 +72,7 @@ def _targets(sources: list[tuple[Path, Path]], folder: Path) -> list[tuple[str, 
 def fold_many(args: argparse.Namespace, options, shapes) -> int:
     _refuse_single_file_options(args)
     folder = _output_dir(args)
-    pairs = _targets(_sources(args.inputs), folder)
+    pairs = _targets(_sources(args.inputs, folder), folder)
     for _, dst in pairs:
         Path(dst).parent.mkdir(parents=True, exist_ok=True)
     jobs = [(batch.fold_one, (src, dst, options, not args.no_verify, shapes), {}) for src, dst in pairs]
@@ -82,7 +82,7 @@ def fold_many(args: argparse.Namespace, options, shapes) -> int:
 def emit_many(args: argparse.Namespace, shapes) -> int:
     _refuse_single_file_options(args)
     folder = _output_dir(args)
-    pairs = _targets(_sources(args.inputs), folder)
+    pairs = _targets(_sources(args.inputs, folder), folder)
     for _, dst in pairs:
         Path(dst).parent.mkdir(parents=True, exist_ok=True)
     jobs = [
@@ -97,10 +97,12 @@ def check_many(args: argparse.Namespace, options: dict) -> int:
         raise UnusableInputError("--torch: many-file checks take --against REF.onnx or --against REF_DIR")
     if args.report or args.save_inputs or args.save_outputs:
         raise UnusableInputError("--report, --save-inputs and --save-outputs are for one file; use -o OUTDIR")
-    folder = _output_dir(args)
     against = Path(args.against)
+    if not against.exists():
+        raise UnusableInputError(f"--against {against}: no such file or folder")
+    folder = _output_dir(args)
     jobs = []
-    for src, rel in _sources(args.models):
+    for src, rel in _sources(args.models, folder):
         ref = against / rel if against.is_dir() else against
         report = folder / rel.with_suffix(".check.json")
         report.parent.mkdir(parents=True, exist_ok=True)

@@ -138,9 +138,9 @@ def tolerances(items: list[str] | None) -> dict:
             if not sep or not name:
                 raise ValueError
             parts = [float(v) for v in values.split(",")]
-            if any(not (v >= 0) for v in parts):  # also refuses nan
+            if len(parts) > 2 or any(not (0 <= v < float("inf")) for v in parts):  # also refuses nan and inf
                 raise ValueError
             gates[name] = Gate(parts[0], parts[1] if len(parts) > 1 else parts[0])
         except (ValueError, IndexError):
-            raise UnusableInputError(f"--tol '{item}': expected OUTPUT=ATOL[,RTOL], tolerances >= 0") from None
+            raise UnusableInputError(f"--tol '{item}': expected OUTPUT=ATOL[,RTOL], finite tolerances >= 0") from None
     return gates

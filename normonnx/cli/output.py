@@ -48,6 +48,8 @@ def check_report_path(report: str | None, *protected: str | None) -> None:
     if not report:
         return
     target = Path(report).resolve()
+    if target.is_dir():
+        raise OutputError(f"{report}: --report names a directory; give the JSON file to write")
     for other in protected:
         if other and Path(other).resolve() == target:
             raise OutputError(f"{report}: --report would overwrite {other}")

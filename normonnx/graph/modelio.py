@@ -320,6 +320,8 @@ def _protected_files(inputs: Sequence[Path]) -> list[Path]:
 
 def check_output_path(out: Path, inputs: Sequence[Path]) -> None:
     """Refuse an output that is an input, or one of an input's weight files."""
+    if str(out).endswith(("/", os.sep)):
+        raise OutputError(f"{out}: ends with a slash, a folder; give the file to write")
     out = Path(out)
     if out.exists() and out.is_dir():
         raise OutputError(f"{out}: is a directory")

@@ -85,15 +85,20 @@ class BatchReport:
         }
 
 
-def collect(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
+def collect(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[tuple[Path, Path]]:
     """(file, its path relative to the output folder) for every model named or found below a folder.
 
-    A path that does not exist is kept, so that it gets its own ERROR row.
+    Nothing below ``exclude`` (the output folder, which may sit inside an input folder) is taken,
+    so a second run never reads the first one's outputs. A path that does not exist is kept, so
+    that it gets its own ERROR row.
     """
+    skip = Path(exclude).resolve() if exclude is not None else None
+    below = lambda f: skip is not None and (f.resolve() == skip or skip in f.resolve().parents)
     found: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found.extend((f, f.relative_to(item)) for f in sorted(item.rglob(f"*{MODEL_SUFFIX}")) if f.is_file())
+            files = sorted(f for f in item.rglob(f"*{MODEL_SUFFIX}") if not below(f))
+            found.extend((f, f.relative_to(item)) for f in files if f.is_file())
         else:
             found.append((item, Path(item.name)))
     return found
@@ -226,6 +231,9 @@ def run_many(
                     )
                 except IsolatedRunError as e:
                     result = FileResult(source, None, "ERROR", EXIT_UNUSABLE_INPUT, message=first_line(e))
+                except Exception as e:  # the worker could not even start (permissions, no interpreter)
+                    message = f"no worker process: {type(e).__name__}: {first_line(e)}"
+                    result = FileResult(source, None, "ERROR", EXIT_UNUSABLE_INPUT, message=message)
                 log.info("%s: %s", result.source, result.verdict)
                 with lock:
                     done[k] = result

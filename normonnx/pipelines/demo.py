@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from normonnx.errors import NormonnxError, UnusableInputError
+from normonnx.errors import NormonnxError, OutputError, UnusableInputError
 from normonnx.pipelines.convert import ConvertReport, convert
 from normonnx.reports.folder import write_demo_report
 from normonnx.reports.progress import Progress
@@ -39,8 +39,15 @@ def run_demo(
     bench_runs: int = 200,
 ) -> tuple[list[ConvertReport], list[str]]:
     """Convert every zoo model; returns the reports and the failures (name: reason)."""
+    from normonnx.pipelines.emit import check_opset, check_style
+
+    check_opset(opset)
+    check_style(style)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder; the demo writes a report folder")
     zoo, heldout_set = _zoo()
-    names = only or list(zoo)
+    names = list(zoo) if only is None else only
     unknown = sorted(set(names) - set(zoo))
     if unknown:
         raise UnusableInputError(f"unknown zoo models: {', '.join(unknown)}; known: {', '.join(zoo)}")

@@ -98,7 +98,8 @@ def render_export(report: ExportReport) -> str:
     if report.parity is not None:
         lines.append(report.parity.summary(" vs torch eager"))
     if report.parity_resized is not None:
-        lines.append(report.parity_resized.summary(f" vs torch eager at {report.resized_shapes}"))
+        resized = ", ".join("x".join(map(str, s)) for s in report.resized_shapes)
+        lines.append(report.parity_resized.summary(f" vs torch eager at {resized}"))
     return "\n".join(lines)
 
 
@@ -140,7 +141,7 @@ def render_bench(report: BenchReport) -> str:
     lines = [
         f"normonnx bench on {report.provider}"
         + (f", {report.threads} threads" if report.threads else "")
-        + f", inputs {report.input_shapes}"
+        + f", inputs {_shapes(report.input_shapes)}"
     ]
     rows = [
         (name, st.runs, f"{st.median_ms:.3f}", f"{st.p10_ms:.3f}", f"{st.p90_ms:.3f}", f"{st.throughput:.1f}")
@@ -194,10 +195,18 @@ def render_batch(report: BatchReport) -> str:
         for r in report.results
     ]
     head = ("file", "nodes before", "after", "folded", "kept", "max error", "time", "verdict")
-    return (
-        f"normonnx {report.command}: {len(report.results)} files, {report.jobs} jobs, {report.seconds:.1f} s\n"
-        + table(head, rows)
-    )
+    files, jobs = len(report.results), report.jobs
+    title = f"normonnx {report.command}: {_count(files, 'file')}, {_count(jobs, 'job')}, {report.seconds:.1f} s"
+    return title + "\n" + table(head, rows)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _shapes(shapes: dict[str, list[int]]) -> str:
+    """{"x": [1, 3, 32, 32]} -> "x 1x3x32x32"."""
+    return ", ".join(f"{name} {'x'.join(map(str, dims))}" for name, dims in shapes.items())
 
 
 def _short_forms(forms: dict[str, int]) -> str:
@@ -213,7 +222,7 @@ def _short_forms(forms: dict[str, int]) -> str:
 def render_demo(reports: list[ConvertReport], families: dict[str, tuple[str, ...]]) -> str:
     """One row per reference model: what was there, what folded, what is left, error, speed, verdict."""
     head = ("model", "families", "layers", "in export", "normonnx folded", "left in model (form)", "max error",
-            "speed-up", "vs floor", "top-1", "")  # fmt: skip
+            "speed-up", "vs floor", "top-1", "verdict")  # fmt: skip
     rows = [
         (
             r.name,

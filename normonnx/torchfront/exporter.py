@@ -190,6 +190,8 @@ def parse_dynamic(items: Sequence[str], names: Sequence[str], ranks: Sequence[in
         rank = ranks[list(names).index(name)]
         if not -rank <= axis < rank:
             raise ExportError(f"--dynamic '{item}': input {name} has rank {rank}, no axis {axis}")
+        if axis % rank in dynamic.get(name, {}) and not (batch and axis % rank == 0 and len(parts) == 2):
+            raise ExportError(f"--dynamic '{item}': axis {axis % rank} of {name} is already dynamic")
         dynamic.setdefault(name, {})[axis % rank] = (
             parts[2] if len(parts) == 3 and parts[2] else f"{name}_{axis % rank}"
         )

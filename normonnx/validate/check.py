@@ -138,6 +138,9 @@ def check(
     ``reference/NAME`` and ``candidate/NAME`` the same way.
     """
     start = time.perf_counter()
+    _check_save_paths(save_inputs, save_outputs, candidate, against, fp16_baseline, inputs_npz)
+    if fp16_baseline is not None and not isinstance(fp16_baseline, onnx.ModelProto):
+        load_model(fp16_baseline, load_weights=False)  # a missing or broken baseline is a mistake, not ignored
     if samples < 1:
         raise UnusableInputError(f"--samples {samples}: at least one input set is needed")
     if (against is None) == (torch_spec is None):
@@ -153,9 +156,6 @@ def check(
         spec_model = cand_proto
     specs = input_specs(spec_model)
     check_shape_names(shapes, specs)
-    for path in (save_inputs, save_outputs):
-        if path is not None and not Path(path).resolve().parent.is_dir():
-            raise UnusableInputError(f"{path}: folder {Path(path).resolve().parent} does not exist")
     if inputs_npz:
         feeds = load_npz(inputs_npz, specs)
     else:
@@ -198,7 +198,10 @@ def check(
         result,
         notes=notes,
     )
-    if _has_fp16_outputs(cands) and not _has_fp16_outputs(refs):
+    half_candidate = _has_fp16_outputs(cands) and not _has_fp16_outputs(refs)
+    if fp16_baseline is not None and not half_candidate:
+        raise UnusableInputError("--fp16-baseline: applies only to an fp16 candidate checked against an fp32 reference")
+    if half_candidate:
         report.fp16_baseline = _fp16_baseline(report, ref_proto, fp16_baseline, feeds, refs, timeout)
     elif not result.passed and ref_src is not None and not optimize and default_gate is None:
         noisy_cfg = SessionConfig(optimize=True)
@@ -212,6 +215,24 @@ def check(
         )
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _check_save_paths(save_inputs, save_outputs, *protected) -> None:
+    """--save-inputs/--save-outputs never land on a model or file the check reads, nor on each other."""
+    from normonnx.errors import OutputError
+
+    chosen = [(f, p) for f, p in (("--save-inputs", save_inputs), ("--save-outputs", save_outputs)) if p is not None]
+    if len(chosen) == 2 and Path(save_inputs).resolve() == Path(save_outputs).resolve():
+        raise OutputError(f"{save_inputs}: --save-inputs and --save-outputs name the same file")
+    for flag, path in chosen:
+        target = Path(path).resolve()
+        if target.is_dir():
+            raise OutputError(f"{path}: {flag} names a directory; give an .npz file")
+        if not target.parent.is_dir():
+            raise OutputError(f"{path}: folder {target.parent} does not exist")
+        for other in protected:
+            if isinstance(other, str | os.PathLike) and Path(other).resolve() == target:
+                raise OutputError(f"{path}: {flag} would overwrite {other}, which the check reads")
 
 
 def _prefixed(prefix: str, values: dict) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from normonnx.errors import UnusableInputError
+from normonnx.errors import UnusableInputError, first_line
 
 DEFAULT_BATCH = 2
 DEFAULT_DIM = 16
@@ -98,7 +98,10 @@ def random_inputs(
         elif spec.dtype.kind == "b":
             feeds[spec.name] = np.asarray(rng.random(shape) < 0.5)  # a rank-0 comparison gives a numpy scalar
         else:
-            raise UnusableInputError(f"input '{spec.name}' has dtype {spec.dtype}; pass real inputs with --inputs")
+            raise UnusableInputError(
+                f"input '{spec.name}' has dtype {spec.dtype}: normonnx cannot make up values for it"
+                " (check and convert take real ones: --inputs, --data)"
+            )
     return feeds
 
 
@@ -122,10 +125,18 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every array of an .npz file, read without unpickling anything."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+    except ValueError:  # numpy's word for "this would need unpickling": it is not an .npz of arrays
+        raise UnusableInputError(f"{path}: not an .npz file of arrays (np.savez writes one)") from None
+    except (OSError, zipfile.BadZipFile) as e:
+        raise UnusableInputError(f"{path}: not a readable .npz of arrays ({first_line(e)})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise UnusableInputError(f"{path}: a single .npy array, not an .npz of named arrays (np.savez writes one)")
+    try:
+        with data:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UnusableInputError(f"{path}: not a readable .npz of arrays ({e})") from None
+        raise UnusableInputError(f"{path}: not a readable .npz of arrays ({first_line(e)})") from None
 
 
 def save_npz(path: str | os.PathLike, sets: list[dict[str, np.ndarray]]) -> None:
@@ -147,10 +158,29 @@ def load_npz(path: str | os.PathLike, specs: list[InputSpec]) -> list[dict[str, 
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
         raise UnusableInputError(f"{path}: no array for input(s) {', '.join(missing)}")
+    extra = sorted(set(arrays) - {s.name for s in specs})
+    if extra:
+        names = ", ".join(s.name for s in specs)
+        raise UnusableInputError(f"{path}: array {extra[0]!r} is no input of the model (its inputs: {names})")
     sets: list[dict[str, np.ndarray]] = []
     first = specs[0]
     stacked = first.shape is not None and arrays[first.name].ndim == len(first.shape) + 1
     count = arrays[first.name].shape[0] if stacked else 1
     for k in range(count):
         sets.append({s.name: (arrays[s.name][k] if stacked else arrays[s.name]).astype(s.dtype) for s in specs})
+    for spec in specs:
+        _check_fixed_dims(path, spec, sets[0][spec.name].shape)
     return sets
+
+
+def _check_fixed_dims(path, spec: InputSpec, shape: tuple[int, ...]) -> None:
+    """An array must have the input's rank and every size the model fixes."""
+    if spec.shape is None:
+        return
+    if len(shape) != len(spec.shape):
+        raise UnusableInputError(f"{path}: {spec.name} has rank {len(shape)}, the model takes rank {len(spec.shape)}")
+    for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True)):
+        if isinstance(want, int) and want > 0 and want != got:
+            raise UnusableInputError(
+                f"{path}: {spec.name} has {got} at axis {axis} where the model fixes {want} (shape {list(shape)})"
+            )
