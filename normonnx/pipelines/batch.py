@@ -97,8 +97,9 @@ def collect(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | No
     found: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files = sorted(f for f in item.rglob(f"*{MODEL_SUFFIX}") if not below(f))
-            found.extend((f, f.relative_to(item)) for f in files if f.is_file())
+            # Anything named *.onnx but a folder is a row: a FIFO or a dangling link says why it is unusable.
+            files = sorted(f for f in item.rglob(f"*{MODEL_SUFFIX}") if not below(f) and not f.is_dir())
+            found.extend((f, f.relative_to(item)) for f in files)
         else:
             found.append((item, Path(item.name)))
     return found
