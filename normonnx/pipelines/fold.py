@@ -30,6 +30,7 @@ from normonnx.graph.bridge import (
 )
 from normonnx.graph.modelio import load_model, tensor_bytes
 from normonnx.passes._base import Decision, FoldOptions, PassContext
+from normonnx.passes.fold_constants import FoldConstants
 from normonnx.passes.registry import fold_pipeline
 from normonnx.recognize.scan import SUBGRAPH_NOTE, Found, scan, summarize
 from normonnx.reports.schema import SCHEMA_VERSION
@@ -37,6 +38,8 @@ from normonnx.validate.parity import ParityResult
 from normonnx.validate.verify import verify_parity
 
 log = logging.getLogger(__name__)
+# Shape inference again after folding shape arithmetic, at most this many times.
+MAX_REINFERENCE_ROUNDS = 16
 
 
 @dataclass
@@ -170,14 +173,28 @@ def fold(
     # Folds only remove nodes or rewire in place, which keeps a sorted graph
     # sorted; nodes a pass appended need the sort.
     out = to_model(graph, proto, sort=ctx.nodes_added > 0)
+    rewrites, notes = dict(ran.rewrites), [ran.note] if ran.note else []
+    for _ in range(MAX_REINFERENCE_ROUNDS):
+        # A folded Shape can make the next tensor's shape inferable (TorchScript's GroupNorm reshapes):
+        # infer shapes again and fold on, so that one run leaves nothing for the next.
+        if not ran.rewrites.get(FoldConstants.name) or not any(n.op in ("Shape", "Size") for n in graph.nodes):
+            break
+        graph = prepare_graph(out, always_infer=True)
+        ctx = PassContext(graph, options, decisions=ctx.decisions, store=store)
+        ran = fold_pipeline(options).run(ctx)
+        if not any(ran.rewrites.values()):
+            break
+        rewrites = {k: rewrites.get(k, 0) + v for k, v in ran.rewrites.items()}
+        notes += [ran.note] if ran.note else []
+        out = to_model(graph, proto, sort=ctx.nodes_added > 0)
     after = _stats(graph, scan(graph), graph_constant_bytes(graph))
     report = FoldReport(
         source=source,
         before=before,
         after=after,
         norms=statuses(found, ctx.decisions),
-        rewrites=ran.rewrites,
-        notes=[ran.note] if ran.note else [],
+        rewrites=rewrites,
+        notes=notes,
         decisions=ctx.decisions,
     )
     if verify:

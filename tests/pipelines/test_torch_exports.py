@@ -72,3 +72,19 @@ def test_optimized_dynamo_export_still_gains_the_folds_it_misses(exported):
     assert report.before.norms.get("batchnorm:op", 0) >= 2
     assert report.after.norms.get("batchnorm:op", 0) == 0
     assert report.after.nodes < report.before.nodes
+
+
+def test_one_fold_leaves_nothing_for_the_next(tmp_path):
+    """TorchScript's GroupNorm computes each reshape from Shape of the tensor before: folding one Shape makes
+    the next one's input shape inferable, so fold infers again and goes on until nothing is left."""
+    from normonnx.pipelines.export import export_model
+
+    model, _ = export_model(
+        "normonnx.zoo:bit_ws_gn", checkpoint="normonnx/zoo/checkpoints/bit_ws_gn.safetensors", opset=13, verify=False
+    )
+    shapes_before = sum(n.op_type == "Shape" for n in model.graph.node)
+    once, first = fold(model, verify=True)
+    twice, second = fold(once, verify=True)
+    assert first.parity.passed and second.parity.passed
+    assert shapes_before >= 3 and not [n for n in once.graph.node if n.op_type == "Shape"]
+    assert len(twice.graph.node) == len(once.graph.node) and sum(second.rewrites.values()) == 0
