@@ -89,3 +89,14 @@ def test_a_closed_stdout_ends_quietly(conv_bn_path):
 def test_usage_mistakes_are_one_line_in_a_real_process(tmp_path):
     r = run_cli_process("bench", "x.onnx", "--runs", "zero", cwd=tmp_path)
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "--runs" in r.err
+
+
+def test_an_unknown_option_points_to_the_subcommand_help(cli, conv_bn_path, tmp_path):
+    r = cli("fold", conv_bn_path, "-o", tmp_path / "o.onnx", "--nosuch")
+    assert r.code == 2 and "see normonnx fold --help" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_many_files_under_v_log_each_files_steps(cli, conv_bn_path, tmp_path):
+    r = cli("-v", "fold", conv_bn_path, conv_bn_path.parent / "missing.onnx", "-o", tmp_path / "out")
+    steps = [line for line in r.err.splitlines() if line.startswith("normonnx: ")]
+    assert any("folding" in s for s in steps) and any("verifying parity" in s for s in steps), r.err

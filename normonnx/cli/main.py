@@ -20,8 +20,11 @@ EXIT_INTERNAL = 3
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (what is wrong, and where the help is), exit 2."""
 
+    command: str | None = None  # the subcommand on the command line, for the help pointer
+
     def error(self, message: str):
-        self.exit(EXIT_UNUSABLE_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        prog = f"{self.prog} {self.command}" if self.command and self.prog == "normonnx" else self.prog
+        self.exit(EXIT_UNUSABLE_INPUT, f"{prog}: error: {message} (see {prog} --help)\n")
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -135,6 +138,9 @@ def _add_demo(sub) -> None:
     )
 
 
+_COMMANDS = ("export", "emit", "fold", "inspect", "check", "bench", "convert", "demo")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="normonnx", description="Export, fold and validate normalization layers through ONNX.")
     parser.add_argument("--version", action="version", version=f"normonnx {__version__}")
@@ -147,8 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser.command = next((w for w in words if w in _COMMANDS), None)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(words)
     except SystemExit as e:  # argparse already printed its one-line usage error (or --help, --version)
         return EXIT_OK if e.code in (0, None) else EXIT_UNUSABLE_INPUT
     logging.basicConfig(

@@ -77,10 +77,17 @@ def call_isolated(fn: Callable, *args, label: str, timeout: float | None = DEFAU
     return result
 
 
+_LOG_ENV = "NORMONNX_WORKER_LOG"
+
+
 def _child_env(session_threads: int | None = None) -> dict[str, str]:
+    import logging
+
     from normonnx.validate.runner import THREADS_ENV
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        env[_LOG_ENV] = "1"
     if session_threads:
         env[THREADS_ENV] = str(session_threads)
     return env
@@ -117,6 +124,7 @@ class Worker:
 
     def _start(self) -> subprocess.Popen:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (the child writes to it for its whole life)
+        self._forwarded = 0
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "normonnx.validate.isolation", "--serve"],
             stdin=subprocess.PIPE,
@@ -134,6 +142,7 @@ class Worker:
         try:
             _send(proc.stdin, (fn, args, kwargs))
             result = _receive(proc.stdout)
+            self._forward_log()
         except (EOFError, BrokenPipeError, OSError):
             proc.kill()
             code = proc.wait()
@@ -155,6 +164,19 @@ class Worker:
             raise error
         return result
 
+    def _forward_log(self) -> None:
+        """Under -v, what the worker logged for this call goes to our stderr (else it waits for a crash tail)."""
+        import logging
+
+        if not logging.getLogger().isEnabledFor(logging.INFO) or self._stderr is None:
+            return
+        self._stderr.seek(self._forwarded)
+        text = self._stderr.read().decode(errors="replace")
+        self._forwarded = self._stderr.tell()
+        if text:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.stdin.close()
@@ -172,6 +194,10 @@ def _main() -> None:
     channel_in, channel = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # whatever the call prints must not corrupt the result stream
     serve = "--serve" in sys.argv[1:]
+    if os.environ.get(_LOG_ENV):  # a many-file run under -v: the worker logs its steps too
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="normonnx: %(message)s", stream=sys.stderr)
     while True:
         try:
             fn, args, kwargs = _receive(channel_in) if serve else pickle.loads(channel_in.read())
