@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from normonnx.families import is_default_domain
+from normonnx.families import FAMILIES, is_default_domain
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,38 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None] | None:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
 
 
+# Their first output has the type and shape of their first input, by definition; onnx infers nothing
+# for some of them (GroupNormalization-21 is a function op), which left everything after them untyped.
+_SHAPE_PRESERVING = {f.onnx_op for f in FAMILIES if f.onnx_op}
+_MAX_INFERENCE_PASSES = 8
+
+
+def _infer(skeleton: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx's inference, with the outputs of normalization ops it leaves untyped given their input's type
+    and inference run again from there (a chain of them needs one pass each)."""
+    for _ in range(_MAX_INFERENCE_PASSES):
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+        g = inferred.graph
+        typed = {v.name: v for v in [*g.input, *g.value_info, *g.output] if v.type.tensor_type.elem_type}
+        typed.update(
+            (t.name, onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))) for t in g.initializer
+        )
+        added = []
+        for node in g.node:
+            if node.op_type in _SHAPE_PRESERVING and is_default_domain(node.domain) and node.output:
+                out, src = node.output[0], typed.get(node.input[0])
+                if out and out not in typed and src is not None:
+                    vi = onnx.ValueInfoProto()
+                    vi.CopyFrom(src)
+                    vi.name = out
+                    added.append(vi)
+                    typed[out] = vi
+        if not added:
+            return inferred
+        skeleton.graph.value_info.extend(added)
+    return inferred
+
+
 def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph, always: bool = False) -> None:
     """Give graph tensors the dtypes and shapes onnx can infer (best effort, never raises).
 
@@ -67,7 +99,7 @@ def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph, always: bool = Fals
     if not always and not needs_shapes(model):
         return
     try:
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=False, data_prop=True)
+        inferred = _infer(_skeleton(model))
     except Exception as e:  # inference is an aid: a model it cannot handle still folds
         log.debug("shape inference failed: %s", e)
         return

@@ -144,3 +144,36 @@ def test_export_without_torch_names_the_extra_to_install(cli, tmp_path, monkeypa
     r = cli("export", "tests.builders:GraphBuilder", "-o", tmp_path / "o.onnx")
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
     assert "pip install 'normonnx[export]'" in r.err and not (tmp_path / "o.onnx").exists()
+
+
+def _gn_chain(middle: str | None, then: str) -> onnx.ModelProto:
+    """GroupNormalization-21, optionally a Relu, then another normalization op: onnx infers no type for
+    GroupNormalization-21's output (a function op), which once left the second op unlowered."""
+    rng = np.random.default_rng(7)
+    b = GraphBuilder(opset=21)
+    x = b.input("x", [2, 4, 4, 4])
+    y = b.node("GroupNormalization", [x, b.weight(rng.uniform(0.5, 2, 4)), b.weight(rng.standard_normal(4))],
+               num_groups=2)  # fmt: skip
+    if middle:
+        y = b.node(middle, [y])
+    if then == "GroupNormalization":
+        y = b.node(then, [y, b.weight(rng.uniform(0.5, 2, 4)), b.weight(rng.standard_normal(4))], num_groups=2)
+    else:
+        y = b.node(then, [y, b.weight(rng.uniform(0.5, 2, 4)), b.weight(rng.standard_normal(4))], axis=-1)
+    b.output(y, shape=[2, 4, 4, 4])
+    return b.model()
+
+
+@pytest.mark.parametrize(
+    ("middle", "then", "opset"),
+    [(None, "GroupNormalization", 20), (None, "GroupNormalization", 21), ("Relu", "GroupNormalization", 20),
+     (None, "LayerNormalization", 16)],
+)  # fmt: skip
+def test_chained_normalizations_all_lower(cli, tmp_path, middle, then, opset):
+    src, out = tmp_path / "chain.onnx", tmp_path / "out.onnx"
+    onnx.save(_gn_chain(middle, then), src)
+    r = cli("emit", src, "-o", out, "--opset", opset, "--norm-style", "decomposed")
+    assert r.code == 0, r.err
+    ops = op_types(onnx.load(out))
+    assert "GroupNormalization" not in ops and "LayerNormalization" not in ops, ops
+    assert "parity PASSED" in r.out
