@@ -14,6 +14,7 @@ from normonnx.cli import many
 from normonnx.cli.options import factory_options, run_options, tolerances
 from normonnx.cli.output import check_report_path, finish, out, show, verdict, write_json
 from normonnx.errors import EXIT_OK, EXIT_VERIFY_FAILED, UnusableInputError
+from normonnx.pipelines import batch
 from normonnx.reports.progress import Progress
 
 
@@ -57,7 +58,7 @@ def cmd_fold(args: argparse.Namespace) -> int:
     shapes = parse_shape_overrides(args.shape)
     pair = _one_file(args, "fold")
     if pair is None:
-        return many.fold_many(args, options, shapes)
+        return many.rewrite_many(args, "fold", batch.fold_one, options, not args.no_verify, shapes)
     _refuse_jobs(args)
     from normonnx.pipelines.fold import fold_file
     from normonnx.reports.text import render_fold
@@ -77,7 +78,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
     shapes = parse_shape_overrides(args.shape)
     pair = _one_file(args, "emit")
     if pair is None:
-        return many.emit_many(args, shapes)
+        return many.rewrite_many(args, "emit", batch.emit_one, args.opset, args.norm_style, not args.no_verify, shapes)
     _refuse_jobs(args)
     from normonnx.pipelines.emit import emit_file
     from normonnx.reports.text import render_emit

@@ -21,6 +21,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (what is wrong, and where the help is), exit 2."""
 
     command: str | None = None  # the subcommand on the command line, for the help pointer
+    commands: tuple[str, ...] = ()
 
     def error(self, message: str):
         prog = f"{self.prog} {self.command}" if self.command and self.prog == "normonnx" else self.prog
@@ -138,9 +139,6 @@ def _add_demo(sub) -> None:
     )
 
 
-_COMMANDS = ("export", "emit", "fold", "inspect", "check", "bench", "convert", "demo")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="normonnx", description="Export, fold and validate normalization layers through ONNX.")
     parser.add_argument("--version", action="version", version=f"normonnx {__version__}")
@@ -148,13 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for add in (_add_export, _add_emit, _add_fold, _add_inspect, _add_check, _add_bench, _add_convert, _add_demo):
         add(sub)
+    parser.commands = tuple(sub.choices)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
-    parser.command = next((w for w in words if w in _COMMANDS), None)
+    parser.command = next((w for w in words if w in parser.commands), None)
     try:
         args = parser.parse_args(words)
     except SystemExit as e:  # argparse already printed its one-line usage error (or --help, --version)

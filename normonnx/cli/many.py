@@ -29,12 +29,6 @@ def _output_dir(args: argparse.Namespace) -> Path:
     return folder
 
 
-def _refuse_single_file_options(args: argparse.Namespace) -> None:
-    for flag, value in (("--report", getattr(args, "report", None)),):
-        if value:
-            raise UnusableInputError(f"{flag} {value}: is for one file; many-file runs write OUTDIR/summary.json")
-
-
 def _sources(args_inputs: list[str], folder: Path) -> list[tuple[Path, Path]]:
     found = batch.collect(args_inputs, exclude=folder)
     if not found:
@@ -69,26 +63,15 @@ def _targets(sources: list[tuple[Path, Path]], folder: Path) -> list[tuple[str, 
     return pairs
 
 
-def fold_many(args: argparse.Namespace, options, shapes) -> int:
-    _refuse_single_file_options(args)
+def rewrite_many(args: argparse.Namespace, command: str, job, *options) -> int:
+    """fold or emit over many files: ``job(src, dst, *options)`` writes each input to its relative path under OUTDIR."""
+    if args.report:
+        raise UnusableInputError(f"--report {args.report}: is for one file; many-file runs write OUTDIR/summary.json")
     folder = _output_dir(args)
     pairs = _targets(_sources(args.inputs, folder), folder)
     for _, dst in pairs:
         Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    jobs = [(batch.fold_one, (src, dst, options, not args.no_verify, shapes), {}) for src, dst in pairs]
-    return _run(args, "fold", jobs, folder)
-
-
-def emit_many(args: argparse.Namespace, shapes) -> int:
-    _refuse_single_file_options(args)
-    folder = _output_dir(args)
-    pairs = _targets(_sources(args.inputs, folder), folder)
-    for _, dst in pairs:
-        Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    jobs = [
-        (batch.emit_one, (src, dst, args.opset, args.norm_style, not args.no_verify, shapes), {}) for src, dst in pairs
-    ]
-    return _run(args, "emit", jobs, folder)
+    return _run(args, command, [(job, (src, dst, *options), {}) for src, dst in pairs], folder)
 
 
 def check_many(args: argparse.Namespace, options: dict) -> int:

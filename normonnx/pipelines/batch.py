@@ -105,7 +105,7 @@ def collect(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | No
     return found
 
 
-def _timed(source: str, output: str | None, work: Callable[[], FileResult]) -> FileResult:
+def _timed(source: str, work: Callable[[], FileResult]) -> FileResult:
     """Run one job; any failure becomes this file's result, never an exception."""
     start = time.perf_counter()
     try:
@@ -145,7 +145,7 @@ def fold_one(
             message="" if report.output else (report.parity.summary() if report.parity else ""),
         )  # fmt: skip
 
-    return _timed(source, output, work)
+    return _timed(source, work)
 
 
 def emit_one(
@@ -163,7 +163,7 @@ def emit_one(
             max_error=_worst_error(report.parity), message=f"{len(report.refused)} kept as they were",
         )  # fmt: skip
 
-    return _timed(source, output, work)
+    return _timed(source, work)
 
 
 def check_one(
@@ -185,7 +185,7 @@ def check_one(
             max_error=_worst_error(report.parity), message=worst.reason if worst and not report.passed else "",
         )  # fmt: skip
 
-    return _timed(candidate, report_path, work)
+    return _timed(candidate, work)
 
 
 def run_many(

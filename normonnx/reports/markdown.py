@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from normonnx.reports.table import table
+from normonnx.reports.text import convert_rows
 
 if TYPE_CHECKING:
     from normonnx.pipelines.convert import ConvertReport
@@ -68,27 +69,7 @@ def bench_markdown(report: BenchReport) -> str:
 
 def convert_markdown(r: ConvertReport) -> str:
     verdict = "PASSED" if r.passed else "FAILED"
-    rows = [
-        ("normalization layers in the torch model", f"{r.layer_count} ({r.layer_summary()})"),
-        ("found in the export / folded by normonnx", f"{len(r.norms)} / {r.folded}"),
-        ("left in the deployed model", f"{r.left}: {r.kept_forms()}"),
-        ("max error vs torch", f"{r.max_error:.3g}" if r.max_error is not None else "-"),
-        (
-            ("top-1 agreement with torch", f"{r.top1:.4%} on {r.top1_samples} held-out inputs")
-            if r.top1 is not None
-            else ("top-1 agreement", "not measured (no data)")
-        ),
-    ]
-    if r.speedup is not None:
-        rows.append(
-            ("speed-up vs unfolded export (ORT CPU)",
-             f"{r.speedup:.3f}x [{r.speedup_spread[0]:.3f}, {r.speedup_spread[1]:.3f}]")
-        )  # fmt: skip
-    if r.floor_ratio is not None:
-        rows.append(
-            ("latency / no-normalization floor",
-             f"{r.floor_ratio:.3f} [{r.floor_spread[0]:.3f}, {r.floor_spread[1]:.3f}]")
-        )  # fmt: skip
+    rows = convert_rows(r)
     norms = [(n.family, n.form, f"`{n.anchor}`", "folded " + n.why if n.folded else "kept: " + n.why) for n in r.norms]
     lines = [
         f"# {r.name}: {verdict}",

@@ -156,21 +156,31 @@ def render_bench(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
-def render_convert(r: ConvertReport) -> str:
-    """convert's result for a terminal (report.md holds the same as Markdown)."""
+def convert_rows(r: ConvertReport) -> list[tuple[str, str]]:
+    """convert's results as (what, value) rows: the terminal and report.md show the same."""
     rows = [
         ("normalization layers in the torch model", f"{r.layer_count} ({r.layer_summary()})"),
         ("found in the export / folded by normonnx", f"{len(r.norms)} / {r.folded}"),
         ("left in the deployed model", f"{r.left}: {r.kept_forms()}"),
         ("max error vs torch", f"{r.max_error:.3g}" if r.max_error is not None else "-"),
-        ("top-1 agreement with torch", f"{r.top1:.4%} on {r.top1_samples} inputs" if r.top1 is not None else "-"),
+        (
+            ("top-1 agreement with torch", f"{r.top1:.4%} on {r.top1_samples} held-out inputs")
+            if r.top1 is not None
+            else ("top-1 agreement", "not measured (no data)")
+        ),
     ]
     if r.speedup is not None:
-        rows.append(
-            ("speed-up vs unfolded export", f"{r.speedup:.3f}x [{r.speedup_spread[0]:.3f}, {r.speedup_spread[1]:.3f}]")
-        )
+        spread = f"[{r.speedup_spread[0]:.3f}, {r.speedup_spread[1]:.3f}]"
+        rows.append(("speed-up vs unfolded export (ORT CPU)", f"{r.speedup:.3f}x {spread}"))
     if r.floor_ratio is not None:
-        rows.append(("latency / no-normalization floor", f"{r.floor_ratio:.3f}"))
+        spread = f"[{r.floor_spread[0]:.3f}, {r.floor_spread[1]:.3f}]"
+        rows.append(("latency / no-normalization floor", f"{r.floor_ratio:.3f} {spread}"))
+    return rows
+
+
+def render_convert(r: ConvertReport) -> str:
+    """convert's result for a terminal (report.md holds the same as Markdown)."""
+    rows = convert_rows(r)
     lines = [f"normonnx convert {r.spec} ({r.exporter}, style {r.style})", table(("", ""), rows)]
     kept = [n for n in r.norms if not n.folded]
     lines += [f"  kept {n.family} {n.anchor} [{n.form}]: {n.why}" for n in kept]

@@ -139,8 +139,8 @@ def check(
     """
     start = time.perf_counter()
     _check_save_paths(save_inputs, save_outputs, candidate, against, fp16_baseline, inputs_npz)
-    if fp16_baseline is not None and not isinstance(fp16_baseline, onnx.ModelProto):
-        load_model(fp16_baseline, load_weights=False)  # a missing or broken baseline is a mistake, not ignored
+    # Loaded up front: a missing or broken baseline is a mistake, not something to ignore.
+    baseline = _source(fp16_baseline) if fp16_baseline is not None else None
     if samples < 1:
         raise UnusableInputError(f"--samples {samples}: at least one input set is needed")
     if (against is None) == (torch_spec is None):
@@ -202,7 +202,7 @@ def check(
     if fp16_baseline is not None and not half_candidate:
         raise UnusableInputError("--fp16-baseline: applies only to an fp16 candidate checked against an fp32 reference")
     if half_candidate:
-        report.fp16_baseline = _fp16_baseline(report, ref_proto, fp16_baseline, feeds, refs, timeout)
+        report.fp16_baseline = _fp16_baseline(report, ref_proto, baseline, feeds, refs, timeout)
     elif not result.passed and ref_src is not None and not optimize and default_gate is None:
         noisy_cfg = SessionConfig(optimize=True)
         noisy = onnx_outputs(
@@ -244,11 +244,14 @@ def _has_fp16_outputs(outputs: list[dict]) -> bool:
 
 
 def _fp16_baseline(report: CheckReport, ref_proto, given, feeds, refs, timeout) -> ParityResult | None:
-    """The unmodified fp16 model's error; the candidate may be at most twice as far off."""
+    """The unmodified fp16 model's error; the candidate may be at most twice as far off.
+
+    ``given`` is the user's baseline as ``_source`` returns it, or None to derive one from the reference.
+    """
     from normonnx.graph.precision import to_float16
 
     if given is not None:
-        src, proto, name = _source(given)
+        src, proto, name = given
         report.notes.append(f"fp16 baseline: {name}")
     elif ref_proto is not None:
         try:

@@ -11,6 +11,7 @@ the parent's ``__main__`` is); the result comes back over its stdout.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import signal
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from normonnx.errors import NormonnxError, UnusableInputError, first_line
+from normonnx.validate.runner import THREADS_ENV
 
 DEFAULT_TIMEOUT = 900.0
 
@@ -65,11 +67,19 @@ def call_isolated(fn: Callable, *args, label: str, timeout: float | None = DEFAU
         proc.communicate()
         raise IsolatedRunError(f"{label}: no answer within {timeout:.0f} s; stopped it") from None
     if proc.returncode != 0 or not out:
-        code = proc.returncode
-        how = _signal_name(code) if code < 0 else f"exit code {code}"
-        tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
-        raise IsolatedRunError(f"{label}: onnxruntime's process died ({how}){': ' + tail[0][:200] if tail[0] else ''}")
-    result = pickle.loads(out)
+        raise _died(label, "onnxruntime's process", proc.returncode, err)
+    return _unwrap(pickle.loads(out), label)
+
+
+def _died(label: str, what: str, code: int, stderr: bytes) -> IsolatedRunError:
+    """The error for a child that ended without an answer: how it ended, and its last stderr line."""
+    how = _signal_name(code) if code < 0 else f"exit code {code}"
+    tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+    return IsolatedRunError(f"{label}: {what} died ({how}){': ' + tail[0][:200] if tail[0] else ''}")
+
+
+def _unwrap(result: Any, label: str) -> Any:
+    """The child's answer, or the exception it reported raised here with the child's exit code."""
     if isinstance(result, _Raised):
         error = IsolatedRunError(f"{label}: {result.type}: {result.message}")
         error.exit_code = result.exit_code
@@ -80,17 +90,8 @@ def call_isolated(fn: Callable, *args, label: str, timeout: float | None = DEFAU
 _LOG_ENV = "NORMONNX_WORKER_LOG"
 
 
-def _child_env(session_threads: int | None = None) -> dict[str, str]:
-    import logging
-
-    from normonnx.validate.runner import THREADS_ENV
-
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    if logging.getLogger().isEnabledFor(logging.INFO):
-        env[_LOG_ENV] = "1"
-    if session_threads:
-        env[THREADS_ENV] = str(session_threads)
-    return env
+def _child_env(**extra: str) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), **extra)
 
 
 def _send(stream, obj: Any) -> None:
@@ -125,12 +126,15 @@ class Worker:
     def _start(self) -> subprocess.Popen:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (the child writes to it for its whole life)
         self._forwarded = 0
+        extra = {THREADS_ENV: str(self.session_threads)} if self.session_threads else {}
+        if logging.getLogger().isEnabledFor(logging.INFO):  # under -v the worker logs its steps too
+            extra[_LOG_ENV] = "1"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "normonnx.validate.isolation", "--serve"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            env=_child_env(session_threads=self.session_threads),
+            env=_child_env(**extra),
         )
         return self.proc
 
@@ -149,25 +153,15 @@ class Worker:
             self.proc = None
             if timer and not timer.is_alive() and code == -signal.SIGKILL:
                 raise IsolatedRunError(f"{label}: no answer within {timeout:.0f} s; stopped it") from None
-            how = _signal_name(code) if code < 0 else f"exit code {code}"
             self._stderr.seek(0)
-            tail = self._stderr.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise IsolatedRunError(
-                f"{label}: the worker process died ({how}){': ' + tail[0][:200] if tail[0] else ''}"
-            ) from None
+            raise _died(label, "the worker process", code, self._stderr.read()) from None
         finally:
             if timer:
                 timer.cancel()
-        if isinstance(result, _Raised):
-            error = IsolatedRunError(f"{label}: {result.type}: {result.message}")
-            error.exit_code = result.exit_code
-            raise error
-        return result
+        return _unwrap(result, label)
 
     def _forward_log(self) -> None:
         """Under -v, what the worker logged for this call goes to our stderr (else it waits for a crash tail)."""
-        import logging
-
         if not logging.getLogger().isEnabledFor(logging.INFO) or self._stderr is None:
             return
         self._stderr.seek(self._forwarded)
@@ -195,8 +189,6 @@ def _main() -> None:
     sys.stdout = sys.stderr  # whatever the call prints must not corrupt the result stream
     serve = "--serve" in sys.argv[1:]
     if os.environ.get(_LOG_ENV):  # a many-file run under -v: the worker logs its steps too
-        import logging
-
         logging.basicConfig(level=logging.INFO, format="normonnx: %(message)s", stream=sys.stderr)
     while True:
         try:
