@@ -23,6 +23,23 @@ def is_default_domain(domain: str | None) -> bool:
 # The ops a constant per-channel affine folds into (their weights are constants).
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
+# Normalization ops onnxruntime registers itself (its contrib ops, some in the default domain):
+# (op, domain) -> family. normonnx loads, lists, checks and benchmarks them and never rewrites them.
+ONNXRUNTIME_NORM_OPS = {
+    ("SimplifiedLayerNormalization", ""): "rmsnorm",
+    ("SkipLayerNormalization", "com.microsoft"): "layernorm",
+    ("SkipSimplifiedLayerNormalization", "com.microsoft"): "rmsnorm",
+    ("EmbedLayerNormalization", "com.microsoft"): "layernorm",
+    ("GroupNorm", "com.microsoft"): "groupnorm",
+    ("SkipGroupNorm", "com.microsoft"): "groupnorm",
+}
+ONNXRUNTIME_NOTE = "an onnxruntime contrib op: runs on onnxruntime as it is, normonnx never rewrites it"
+
+
+def onnxruntime_norm_family(op: str, domain: str | None) -> str | None:
+    """The family of an onnxruntime contrib normalization op, or None."""
+    return ONNXRUNTIME_NORM_OPS.get((op, "" if is_default_domain(domain) else domain))
+
 
 def _axes_from(x: np.ndarray, start: int) -> tuple[int, ...]:
     return tuple(range(start, x.ndim))

@@ -1,7 +1,8 @@
 """Evaluate a set of constant nodes once, exactly as a runtime would.
 
 The nodes are exported to a small model without inputs and run on
-onnxruntime (CPU, graph optimizations off); what onnxruntime cannot run (for
+onnxruntime (CPU, graph optimizations off) in a shared isolated child, so a
+kernel that crashes cannot take normonnx down; what onnxruntime cannot run (for
 example BatchNormalization with training_mode=1 and one output, which timm's
 StdConv2d exports) goes to onnx's reference evaluator instead.
 """
@@ -42,14 +43,21 @@ def _build_model(
     return model
 
 
-def _run_onnxruntime(model: onnx.ModelProto) -> list[np.ndarray]:
+def run_on_onnxruntime(model_bytes: bytes) -> list[np.ndarray]:
+    """The model's outputs on onnxruntime CPU, optimizations off (runs in an isolated child)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     return session.run(None, {})
+
+
+def _run_onnxruntime(model: onnx.ModelProto) -> list[np.ndarray]:
+    from normonnx.isolation import call_in_shared_worker
+
+    return call_in_shared_worker(run_on_onnxruntime, model.SerializeToString(), label="constant evaluation")
 
 
 def _run_reference(model: onnx.ModelProto) -> list[np.ndarray]:

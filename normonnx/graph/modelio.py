@@ -79,6 +79,17 @@ def _check_versions(path: Path, model: onnx.ModelProto) -> None:
         raise _fail(path, f"opset {default[0]} is not supported by onnx {onnx.__version__} (1..{newest})")
 
 
+def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``graph`` and of the bodies of its If/Loop/Scan nodes, at any depth."""
+    for node in graph.node:
+        yield node
+        for a in node.attribute:
+            if a.HasField("g"):
+                yield from iter_nodes(a.g)
+            for g in a.graphs:
+                yield from iter_nodes(g)
+
+
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every TensorProto of the model: initializers, sparse parts, attributes, subgraphs, functions."""
 
@@ -203,38 +214,50 @@ def _read_external(path: Path, tensor: onnx.TensorProto) -> None:
     tensor.data_location = onnx.TensorProto.DEFAULT
 
 
-_STUB_DOMAIN = "normonnx.deprecated"
+_STUB_DOMAIN = "normonnx.unchecked"
 
 
-def _deprecated_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Main-graph nodes whose schema at the model's opset onnx marks deprecated (GroupNormalization-18)."""
+def _unchecked_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Default-domain nodes onnx's checker cannot judge: ops it has deprecated (GroupNormalization-18)
+    and ops onnxruntime registers there itself (SimplifiedLayerNormalization, LayerNormalization
+    before opset 17), in the main graph and every body."""
     opset = next((o.version for o in model.opset_import if is_default_domain(o.domain)), 0)
     found = []
-    for n in model.graph.node:
-        if is_default_domain(n.domain):
-            with contextlib.suppress(onnx.defs.SchemaError):
-                if onnx.defs.get_schema(n.op_type, opset).deprecated:
-                    found.append(n)
+    for n in iter_nodes(model.graph):
+        if not is_default_domain(n.domain):
+            continue
+        try:
+            if onnx.defs.get_schema(n.op_type, opset).deprecated:
+                found.append(n)
+        except onnx.defs.SchemaError:
+            if n.op_type in ONNXRUNTIME_DEFAULT_DOMAIN_OPS:
+                found.append(n)
     return found
+
+
+# Ops onnxruntime runs from the default domain although onnx has no schema for them (at that opset).
+ONNXRUNTIME_DEFAULT_DOMAIN_OPS = frozenset({"SimplifiedLayerNormalization", "LayerNormalization"})
 
 
 def check_path(path: str | os.PathLike, full_check: bool) -> None:
     """onnx.checker on a model file, parsed in C++ without loading its weights.
 
     onnx refuses ops it has deprecated, such as GroupNormalization-18, which
-    onnxruntime runs and ``normonnx emit`` converts. A model with such ops
-    (and its weights inline) is checked with them treated as custom ops.
+    onnxruntime runs and ``normonnx emit`` converts, and the ops onnxruntime
+    registers in the default domain (an onnxruntime-optimized transformer's
+    SimplifiedLayerNormalization). A model with such ops is checked with them
+    treated as custom ops; everything else is checked as usual.
     """
     try:
         onnx.checker.check_model(str(path), full_check=full_check)
         return
     except onnx.checker.ValidationError as e:
-        if "is deprecated" not in str(e):
+        if "is deprecated" not in str(e) and "No Op registered for" not in str(e):
             raise
         original = e
     model = onnx.load(str(path), load_external_data=False)
-    nodes = _deprecated_nodes(model)
-    if not nodes or has_external_data(model):
+    nodes = _unchecked_nodes(model)
+    if not nodes:
         raise original
     for n in nodes:
         n.domain = _STUB_DOMAIN

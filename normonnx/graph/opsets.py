@@ -120,6 +120,21 @@ class _Down:
                 tensor = _constant_tensor(n.attribute[0])
                 if tensor is not None:
                     self.consts[n.output[0]] = tensor
+        self._types: dict[str, int] | None = None
+
+    def elem_types(self) -> dict[str, int]:
+        """Tensor name -> element type, inferred once (only BatchNormalization's mixed types need it)."""
+        if self._types is None:
+            try:
+                graph = onnx.shape_inference.infer_shapes(self.model).graph
+            except Exception:  # inference is a help here, not a requirement
+                graph = self.model.graph
+            self._types = {t.name: t.data_type for t in graph.initializer}
+            for vi in [*graph.input, *graph.value_info, *graph.output]:
+                if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+                    self._types[vi.name] = vi.type.tensor_type.elem_type
+            self._types.update((k, t.data_type) for k, t in self.consts.items())
+        return self._types
 
     def constant(self, name: str) -> np.ndarray | None:
         t = self.consts.get(name)
@@ -145,6 +160,8 @@ class _Down:
             self._softmax(node, where)
         elif node.op_type == "BatchNormalization" and self.dst < 14 <= self.src:
             self._batchnorm(node, where)
+        if node.op_type == "BatchNormalization" and self.dst < 15 <= self.src:
+            self._batchnorm_types(node, where)
         elif node.op_type in ("Resize", "Upsample"):
             raise OpsetError(
                 f"{where}: its semantics changed between opsets {dst.since_version} and {src.since_version}"
@@ -189,6 +206,31 @@ class _Down:
             raise OpsetError(f"{where}: training mode cannot be written below opset 14")
         _drop_attributes(node, lambda a: a.name == "training_mode")
 
+    def _batchnorm_types(self, node: onnx.NodeProto, where: str) -> None:
+        """Before opset 15 the parameters share X's type (mean and var may differ at 14 only):
+        constant parameters of another type (fp32 with an fp16 X) are stored in X's type."""
+        types = self.elem_types()
+        x_type = types.get(node.input[0])
+        if not x_type:
+            return
+        last = 3 if self.dst == 14 else 5
+        for i in range(1, min(last, len(node.input))):
+            name = node.input[i]
+            if types.get(name, x_type) == x_type:
+                continue
+            tensor = self.consts.get(name)
+            if tensor is None:
+                raise OpsetError(
+                    f"{where}: input {name} is computed in another type than X; opset {self.dst} needs X's type"
+                )
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(x_type)
+            cast = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(dtype), f"{name}_as_{dtype.name}")
+            if cast.name not in self.consts:
+                self.model.graph.initializer.append(cast)
+                self.consts[cast.name] = cast
+                types[cast.name] = x_type
+            node.input[i] = cast.name
+
 
 def _down(model: onnx.ModelProto, dst: int) -> onnx.ModelProto:
     out = onnx.ModelProto()
@@ -209,6 +251,16 @@ def _down(model: onnx.ModelProto, dst: int) -> onnx.ModelProto:
     return out
 
 
+def _check_batchnorm_outputs(model: onnx.ModelProto, target: int) -> None:
+    """BatchNormalization's 4th and 5th outputs (saved mean and variance, opsets 9 to 13) end at opset 14."""
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization" and is_default_domain(node.domain) and len(node.output) > 3:
+            raise OpsetError(
+                f"BatchNormalization ({node.name or node.output[0]}) has {len(node.output)} outputs, the training"
+                f" form of opsets 9 to 13; opset {target} has no saved mean and variance outputs: emit at opset 13"
+            )
+
+
 def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
     """The model at default opset ``target`` (validated by onnx's checker)."""
     src = default_opset(model)
@@ -216,6 +268,9 @@ def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
         return model
     if target > src:
         from onnx import version_converter
+
+        if src < 14 <= target:
+            _check_batchnorm_outputs(model, target)
 
         try:
             out = version_converter.convert_version(model, target)

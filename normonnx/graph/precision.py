@@ -1,15 +1,16 @@
-"""A plain float32 -> float16 copy of a model: the "unmodified fp16 model".
+"""Plain float32 -> float16 / float64 copies of a model: the "unmodified fp16 model", the exact one.
 
 ``check`` judges an fp16 candidate against an fp32 reference and also
 against what a straight fp16 conversion of that reference loses: a fold
 must not be more than twice as wrong as fp16 itself. This converter makes
 that baseline when the user does not pass one: every float32 tensor, input,
 output, Cast and constant becomes float16; nothing is fused or reordered.
+The float64 copy measures how far the float32 original itself is from exact
+(the noise floor of validate.verify).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
@@ -17,38 +18,47 @@ from onnx import TensorProto, numpy_helper
 _KEEP_FLOAT32 = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
 
 
-def _tensor_fp16(t: TensorProto) -> TensorProto:
-    if t.data_type != TensorProto.FLOAT:
+def _tensor_as(t: TensorProto, elem_type: int, sources: tuple[int, ...] = (TensorProto.FLOAT,)) -> TensorProto:
+    if t.data_type not in sources:
         return t
-    return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+    return numpy_helper.from_array(numpy_helper.to_array(t).astype(dtype), t.name)
 
 
-def _value_info_fp16(vi: onnx.ValueInfoProto) -> None:
-    tt = vi.type.tensor_type
-    if tt.elem_type == TensorProto.FLOAT:
-        tt.elem_type = TensorProto.FLOAT16
-
-
-def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+def with_float_type(
+    model: onnx.ModelProto, elem_type: int, sources: tuple[int, ...] = (TensorProto.FLOAT,)
+) -> onnx.ModelProto:
+    """A copy of ``model`` with every tensor, input, output, Cast and constant of a ``sources`` type made
+    ``elem_type``."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
     keep = {n.input[i] for n in g.node for (op, i) in _KEEP_FLOAT32 if n.op_type == op and len(n.input) > i}
-    converted = [t if t.name in keep else _tensor_fp16(t) for t in g.initializer]
+    converted = [t if t.name in keep else _tensor_as(t, elem_type, sources) for t in g.initializer]
     del g.initializer[:]
     g.initializer.extend(converted)
-    for vi in [*g.input, *g.output, *g.value_info]:
-        if vi.name not in keep:
-            _value_info_fp16(vi)
+    for vi in [*g.input, *g.output]:
+        tt = vi.type.tensor_type
+        if vi.name not in keep and tt.elem_type in sources:
+            tt.elem_type = elem_type
     for node in g.node:
         for a in node.attribute:
-            if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
-                a.i = TensorProto.FLOAT16
+            if node.op_type == "Cast" and a.name == "to" and a.i in sources:
+                a.i = elem_type
             elif (
                 a.type == onnx.AttributeProto.TENSOR
-                and a.t.data_type == TensorProto.FLOAT
+                and a.t.data_type in sources
                 and not (node.op_type == "Constant" and node.output[0] in keep)
             ):
-                a.t.CopyFrom(_tensor_fp16(a.t))
+                a.t.CopyFrom(_tensor_as(a.t, elem_type, sources))
     del g.value_info[:]
     return out
+
+
+def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    return with_float_type(model, TensorProto.FLOAT16)
+
+
+def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model in double precision: the exact answer its float32 (or float16) run approximates."""
+    return with_float_type(model, TensorProto.DOUBLE, (TensorProto.FLOAT, TensorProto.FLOAT16))

@@ -144,6 +144,48 @@ def _ancestors(tensor: gs.Tensor, plan: _Plan) -> tuple[list[gs.Node], list[gs.C
     return ordered, list(leaves.values())
 
 
+# Where a computed tensor is a parameter the runtime would materialize anyway: input index >= 1.
+_PARAMETER_OF = frozenset(LINEAR_OPS) | {
+    "BatchNormalization",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "GroupNormalization",
+    "RMSNormalization",
+}
+
+
+def _only_parameters(tensor: gs.Tensor, plan: _Plan) -> bool:
+    """Whether ``tensor`` ends, through constant nodes only, as weights or parameters of linear and norm ops.
+
+    Old model-zoo files compute every Conv weight with ConstantOfShape: materializing
+    those next to a normalization does not grow what the runtime holds, and the fold
+    needs them as values. Weights no fold touches stay computed (a VGG stays 1 KB).
+    """
+    stack, seen = [tensor], set()
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        for user in t.outputs:
+            if id(user) in plan.protos:
+                stack.extend(user.outputs)
+                continue
+            indices = [i for i, x in enumerate(user.inputs) if x is t]
+            if user.op not in _PARAMETER_OF or 0 in indices or not _next_to_norm(user):
+                return False
+    return True
+
+
+def _next_to_norm(node: gs.Node) -> bool:
+    """A normalization itself, or a linear op a normalization reads from or feeds: what fold rewrites."""
+    if node.op not in LINEAR_OPS:
+        return True
+    before = producer(node.inputs[0]) if node.inputs else None
+    after = [u for t in node.outputs for u in t.outputs]
+    return any(n is not None and n.op in _PARAMETER_OF and n.op not in LINEAR_OPS for n in [before, *after])
+
+
 class FoldConstants:
     name = NAME
 
@@ -172,7 +214,7 @@ class FoldConstants:
         rewrites = 0
         for (t, anc, leaf_bytes), value in zip(jobs, values, strict=False):
             limit = max(ctx.options.growth_limit_bytes, 2 * leaf_bytes)
-            if value.nbytes > limit:
+            if value.nbytes > limit and not _only_parameters(t, plan):
                 self._record(ctx, t, anc, False, f"result of {value.nbytes} bytes would grow the model")
                 continue
             if value.dtype == object:
@@ -239,7 +281,7 @@ class FoldConstants:
                 src = node.inputs[0]
                 src_shape = static_shape(src)
                 elements *= int(np.prod(src_shape)) if src_shape is not None else 1
-            if elements * 8 > ctx.options.growth_limit_bytes:
+            if elements * 8 > ctx.options.growth_limit_bytes and not _only_parameters(node.outputs[0], plan):
                 excluded.add(id(node))
         return excluded
 

@@ -201,7 +201,7 @@ def run_many(
     The jobs' functions get ``isolated=False`` (the worker is the isolation); a job whose
     worker dies or hangs past ``timeout`` becomes an ERROR row and the worker is replaced.
     """
-    from normonnx.validate.isolation import DEFAULT_TIMEOUT, IsolatedRunError, Worker
+    from normonnx.isolation import DEFAULT_TIMEOUT, IsolatedRunError, Worker
 
     start = time.perf_counter()
     jobs = list(jobs)

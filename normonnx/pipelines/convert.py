@@ -122,25 +122,39 @@ def top1_agreement(module, model_path: str | os.PathLike, data: np.ndarray, batc
     """Share of predictions (argmax over axis 1: per sample, or per pixel) on which torch and ONNX agree."""
     import torch
 
-    from normonnx.validate.runner import SessionConfig, session
+    from normonnx.isolation import call_isolated
 
-    sess = session(str(model_path), SessionConfig(optimize=True))
-    name = sess.get_inputs()[0].name
-    fixed = sess.get_inputs()[0].shape[0]
-    step = fixed if isinstance(fixed, int) and fixed > 0 else batch
+    predictions, step, fixed = call_isolated(onnx_top1, str(model_path), data, batch, label=str(model_path))
     agree = total = 0
     with torch.no_grad():
-        for start in range(0, len(data), step):
+        for k, start in enumerate(range(0, len(data), step)):
             chunk = data[start : start + step]
-            if len(chunk) != step and isinstance(fixed, int):
+            if len(chunk) != step and fixed:
                 break  # a static batch that the data does not fill
             ref = module(torch.from_numpy(np.ascontiguousarray(chunk))).argmax(dim=1).numpy()
-            got = np.asarray(sess.run(None, {name: chunk})[0]).argmax(axis=1)
-            agree += int((ref == got).sum())
+            agree += int((ref == predictions[k]).sum())
             total += ref.size
     if not total:
         raise UnusableInputError("the held-out data holds no complete batch for this model's input")
     return agree / total
+
+
+def onnx_top1(model_path: str, data: np.ndarray, batch: int) -> tuple[list[np.ndarray], int, bool]:
+    """(argmax over axis 1 per batch, the batch size used, whether the model fixes it); runs in a child."""
+    from normonnx.validate.runner import SessionConfig, session
+
+    sess = session(model_path, SessionConfig(optimize=True))
+    name = sess.get_inputs()[0].name
+    fixed = sess.get_inputs()[0].shape[0]
+    static = isinstance(fixed, int) and fixed > 0
+    step = fixed if static else batch
+    predictions = []
+    for start in range(0, len(data), step):
+        chunk = data[start : start + step]
+        if len(chunk) != step and static:
+            break
+        predictions.append(np.asarray(sess.run(None, {name: chunk})[0]).argmax(axis=1))
+    return predictions, step, static
 
 
 def load_data(path: str | os.PathLike) -> np.ndarray:
@@ -258,8 +272,8 @@ def _remove_partial(out: Path, files, created: bool) -> None:
 
 def _bench(report: ConvertReport, models: dict[str, Path], runs: int) -> None:
     from normonnx.graph.modelio import load_model
+    from normonnx.isolation import call_isolated
     from normonnx.validate.inputs import input_specs, random_inputs
-    from normonnx.validate.isolation import call_isolated
     from normonnx.validate.latency import measure, speedup
 
     feeds = random_inputs(input_specs(load_model(models["folded"], load_weights=False)), 0)

@@ -147,14 +147,17 @@ def emit(
     opset: int | None = None,
     style: str = "auto",
 ) -> tuple[onnx.ModelProto, EmitReport]:
-    """Every normalization of ``model`` in the form ``style`` wants at ``opset`` (default: the model's).
+    """Every normalization of ``model`` in the form ``style`` wants at ``opset``.
+
+    The default ``opset`` is the model's own, or the oldest normonnx writes when the model's is older.
 
     Nothing is verified here: ``emit_file`` verifies what it writes.
     """
     start = time.perf_counter()
     proto, source = model_and_name(model)
     src = default_opset(proto)
-    target = src if opset is None else opset
+    # A file older than the oldest opset normonnx writes (model-zoo files at 7..10) is raised to it.
+    target = (src if src >= MIN_OPSET else MIN_OPSET) if opset is None else opset
     check_opset(target)
     check_style(style)
     forms = {f: planned_form(f, target, style) for f in WITH_OP}

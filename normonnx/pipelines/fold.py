@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 
-from normonnx.families import BY_KEY
+from normonnx.families import BY_KEY, ONNXRUNTIME_NOTE, is_default_domain
 from normonnx.graph import external
 from normonnx.graph.bridge import (
     graph_constant_bytes,
@@ -127,6 +127,8 @@ def _default_reason(f: Found) -> str:
     """Why a normalization no pass considered stays: the family's nature."""
     if SUBGRAPH_NOTE in f.detail:
         return f"{f.detail}: normonnx folds in the main graph only"
+    if f.form == "onnxruntime op":
+        return ONNXRUNTIME_NOTE
     if f.family == "batchnorm" and "training_mode=1" in f.detail:
         return "training_mode=1: normalizes with batch statistics, never folded"
     if f.form == "weight subgraph" and "graph input" in f.detail:
@@ -137,6 +139,23 @@ def _default_reason(f: Found) -> str:
     if fam.foldable:
         return "no Conv/ConvTranspose/Gemm/MatMul next to it to fold into"
     return fam.fold_note
+
+
+def _unknown_ops(graph: gs.Graph) -> str:
+    """``com.microsoft.Attention x2, ...``: ops outside onnx's schemas (contrib and custom ops), never rewritten."""
+    import onnx
+
+    counts: Counter[str] = Counter()
+    for n in graph.nodes:
+        if is_default_domain(n.domain):
+            try:
+                onnx.defs.get_schema(n.op, graph.opset)
+                continue
+            except onnx.defs.SchemaError:
+                counts[n.op] += 1
+        else:
+            counts[f"{n.domain}.{n.op}"] += 1
+    return ", ".join(f"{op} x{k}" for op, k in sorted(counts.items()))
 
 
 def _stats(graph: gs.Graph, found: list[Found], nbytes: int) -> GraphStats:
@@ -187,6 +206,9 @@ def fold(
         rewrites = {k: rewrites.get(k, 0) + v for k, v in ran.rewrites.items()}
         notes += [ran.note] if ran.note else []
         out = to_model(graph, proto, sort=ctx.nodes_added > 0)
+    unknown = _unknown_ops(graph)
+    if unknown:
+        notes.append(f"left as they are, ops normonnx does not know: {unknown}")
     after = _stats(graph, scan(graph), graph_constant_bytes(graph))
     report = FoldReport(
         source=source,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx.families import BY_OP, LINEAR_OPS, is_default_domain
+from normonnx.families import BY_OP, LINEAR_OPS, is_default_domain, onnxruntime_norm_family
 from normonnx.graph.access import (
     constant_value,
     describe,
@@ -125,6 +125,11 @@ def scan(graph: gs.Graph) -> list[Found]:
         )
 
     for node in graph.nodes:
+        runtime_family = onnxruntime_norm_family(node.op, node.domain)
+        if runtime_family is not None and id(node) not in claimed:
+            found.append(Found(runtime_family, "onnxruntime op", describe(node), (describe(node),), node.op))
+            claimed.add(id(node))
+            continue
         if id(node) in claimed or not is_default_domain(node.domain):
             continue
         if node.op in BY_OP:

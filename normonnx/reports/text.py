@@ -141,7 +141,7 @@ def render_bench(report: BenchReport) -> str:
     lines = [
         f"normonnx bench on {report.provider}"
         + (f", {report.threads} threads" if report.threads else "")
-        + f", inputs {_shapes(report.input_shapes)}"
+        + f", inputs {_shapes(report.input_shapes)}{' (guessed)' if report.shapes_guessed else ''}"
     ]
     rows = [
         (name, st.runs, f"{st.median_ms:.3f}", f"{st.p10_ms:.3f}", f"{st.p90_ms:.3f}", f"{st.throughput:.1f}")

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from normonnx.errors import UnusableInputError
+from normonnx.isolation import call_isolated
 from normonnx.reports.schema import SCHEMA_VERSION
-from normonnx.validate.inputs import check_shape_names, input_specs, random_inputs
-from normonnx.validate.isolation import call_isolated
+from normonnx.validate.inputs import check_shape_names, input_specs
 from normonnx.validate.latency import LatencyStats, Speedup, measure, speedup
+from normonnx.validate.probe import probe_shapes, probed_feeds
 from normonnx.validate.runner import SessionConfig, require_provider
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class BenchReport:
     stats: dict[str, LatencyStats]
     speedup: Speedup | None = None
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    shapes_guessed: bool = False  # some dynamic dim was sized by validate.probe, not by --shape
     seconds: float = 0.0
 
     def to_dict(self, with_times: bool = False) -> dict:
@@ -42,6 +44,7 @@ class BenchReport:
             "provider": self.provider,
             "threads": self.threads,
             "input_shapes": self.input_shapes,
+            "shapes_guessed": self.shapes_guessed,
             "latency": {k: v.to_dict(with_times) for k, v in self.stats.items()},
             "speedup": self.speedup.to_dict() if self.speedup else None,
             "seconds": round(self.seconds, 3),
@@ -84,10 +87,14 @@ def bench(
         raise UnusableInputError(
             f"bench needs runs >= 1, warmup >= 0 and threads >= 1 (got {runs}, {warmup}, {threads})"
         )
-    feeds = [random_inputs(input_specs(proto), seed, shapes) for proto in paths.values()]
+    first = next(iter(paths.values()))
+    probed = probe_shapes(first, str(model), shapes, label=str(model), timeout=timeout)
+    base = probed_feeds(input_specs(first), probed, 1, seed)[0]
     # The same values for both models, cast to each model's input dtypes.
-    base = feeds[0]
-    feeds = [{k: np.asarray(base[k]).astype(f[k].dtype) for k in f if k in base} for f in feeds]
+    feeds = [
+        {s.name: np.asarray(base[s.name]).astype(s.dtype) for s in input_specs(p) if s.name in base}
+        for p in paths.values()
+    ]
     config = SessionConfig(provider=provider, optimize=True, threads=threads, spin=False)
     log.info("bench %s: %d warm-up and %d timed runs each, interleaved", ", ".join(labels), warmup, runs)
     stats = call_isolated(
@@ -102,6 +109,7 @@ def bench(
         timeout=timeout,
     )
     report = BenchReport(labels, provider, threads, stats, input_shapes={k: list(np.shape(v)) for k, v in base.items()})
+    report.shapes_guessed = bool(probed.guessed)
     if label_b:
         report.speedup = speedup(stats, label_b, label_a)
     report.seconds = time.perf_counter() - start

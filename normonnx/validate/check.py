@@ -23,12 +23,13 @@ import onnx
 
 from normonnx.errors import UnusableInputError
 from normonnx.graph.modelio import has_external_data, load_model
+from normonnx.isolation import call_isolated
 from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate import execute
-from normonnx.validate.inputs import check_shape_names, input_specs, load_npz, random_inputs, save_npz
-from normonnx.validate.isolation import call_isolated
+from normonnx.validate.inputs import check_shape_names, input_specs, load_npz, save_npz
 from normonnx.validate.localize import Localization, common_tensors, first_divergence
 from normonnx.validate.parity import FP16_GATE, Gate, ParityResult, compare, rejudge_with_noise
+from normonnx.validate.probe import probe_shapes, probed_feeds
 from normonnx.validate.runner import SessionConfig, require_provider
 from normonnx.validate.verify import onnx_outputs
 
@@ -43,7 +44,7 @@ class CheckReport:
     reference: str
     reference_kind: str  # "onnx" or "torch"
     provider: str
-    inputs: str  # "seeded" or the .npz path
+    inputs: str  # "seeded at x:2,3,64,64 (guessed)" or the .npz path
     parity: ParityResult
     localization: Localization | None = None
     fp16_baseline: ParityResult | None = None
@@ -156,11 +157,14 @@ def check(
         spec_model = cand_proto
     specs = input_specs(spec_model)
     check_shape_names(shapes, specs)
+    probed = None
     if inputs_npz:
         feeds = load_npz(inputs_npz, specs)
     else:
         float_specs = [s if s.dtype.kind != "f" else type(s)(s.name, np.dtype(np.float32), s.shape) for s in specs]
-        feeds = [random_inputs(float_specs, seed + k, shapes) for k in range(samples)]
+        runs_on, runs_name = (ref_src, ref_name) if ref_src is not None else (cand_src, cand_name)
+        probed = probe_shapes(spec_model, runs_on, shapes, label=runs_name, isolated=isolated, timeout=timeout)
+        feeds = probed_feeds(float_specs, probed, samples, seed)
     ref_cfg = SessionConfig(provider="cpu", optimize=False)
     cand_cfg = SessionConfig(provider=provider, optimize=optimize)
     log.info("check %s against %s: %d input sets", cand_name, ref_name, len(feeds))
@@ -182,6 +186,7 @@ def check(
     except UnusableInputError as e:
         raise UnusableInputError(f"{cand_name}: {e}") from None
     result = compare(refs, cands, gates, default_gate)
+    result.inputs = probed
     if save_inputs is not None:
         save_npz(save_inputs, feeds)
     if save_outputs is not None:
@@ -194,7 +199,7 @@ def check(
         ref_name,
         "onnx" if ref_src is not None else "torch",
         provider,
-        inputs_npz or "seeded",
+        inputs_npz or ("seeded" if probed is None else f"seeded at {probed.describe()}"),
         result,
         notes=notes,
     )

@@ -18,6 +18,7 @@ further from the reference than twice that passes, marked ``judged_by:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +66,7 @@ class OutputResult:
 class ParityResult:
     outputs: list[OutputResult] = field(default_factory=list)
     samples: int = 0
+    inputs: Any = None  # validate.probe.ProbedShapes: the shapes compared at, and whether they were guessed
 
     @property
     def passed(self) -> bool:
@@ -76,7 +78,8 @@ class ParityResult:
         return max(self.outputs, key=lambda o: o.max_abs / max(o.threshold, 1e-30) if o.passed else np.inf)
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "samples": self.samples, "outputs": [asdict(o) for o in self.outputs]}
+        shapes = {"inputs": self.inputs.to_dict()} if self.inputs is not None else {}
+        return {"passed": self.passed, "samples": self.samples, **shapes, "outputs": [asdict(o) for o in self.outputs]}
 
     def summary(self, against: str = "") -> str:
         """One line for a terminal: the verdict and the worst output."""
@@ -87,6 +90,7 @@ class ParityResult:
         return (
             f"parity{against} {verdict}: worst output '{worst.name}' max|diff| {worst.max_abs:.3g}"
             f" (threshold {worst.threshold:.3g}) over {self.samples} inputs"
+            + (f" at {self.inputs.describe()}" if self.inputs is not None and self.inputs.guessed else "")
             + (f" -- {worst.reason}" if worst.reason else "")
         )
 
@@ -195,7 +199,7 @@ def rejudge_with_noise(
             continue
         if o.max_abs <= factor * floor:
             o.passed, o.judged_by = True, "noise floor"
-            o.reason = f"max|diff| {o.max_abs:.3g} within {factor:g}x the model's own float32 noise {floor:.3g}"
+            o.reason = f"max|diff| {o.max_abs:.3g} within {factor:g}x the original's own {o.dtype} error {floor:.3g}"
         else:
-            o.reason += f"; the model's own float32 noise is {floor:.3g}"
+            o.reason += f"; the original's own {o.dtype} error is {floor:.3g}"
     return result

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from normonnx.errors import RuntimeUnavailableError, UnusableInputError
+from normonnx.isolation import THREADS_ENV
 
 if TYPE_CHECKING:  # the isolated child runs models from paths and never needs onnx itself
     import numpy as np
     import onnx
 
-# A many-file worker shares the cores with its siblings: its sessions get this many threads.
-THREADS_ENV = "NORMONNX_SESSION_THREADS"
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",

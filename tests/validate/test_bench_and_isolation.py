@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
+from normonnx.isolation import IsolatedRunError, call_isolated
 from normonnx.pipelines.fold import fold
-from normonnx.validate.isolation import IsolatedRunError, call_isolated
 from tests.conftest import conv_bn_model
 
 

@@ -2,7 +2,7 @@
 
 A model from a hub can crash onnxruntime (a segfault in a kernel, an abort
 in a provider) or hang it. ``call_isolated`` runs a function in a fresh
-Python process (``python -m normonnx.validate.isolation``) with a timeout: a
+Python process (``python -m normonnx.isolation``) with a timeout: a
 crash or a hang becomes a one-line error naming the model, and the caller
 lives on. The function and its arguments travel pickled over the child's
 stdin (functions by reference, so any importable function works, whatever
@@ -24,9 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 from normonnx.errors import NormonnxError, UnusableInputError, first_line
-from normonnx.validate.runner import THREADS_ENV
 
 DEFAULT_TIMEOUT = 900.0
+# A many-file worker shares the cores with its siblings: its onnxruntime sessions get this many threads.
+THREADS_ENV = "NORMONNX_SESSION_THREADS"
 
 
 class IsolatedRunError(UnusableInputError):
@@ -54,7 +55,7 @@ def call_isolated(fn: Callable, *args, label: str, timeout: float | None = DEFAU
     payload = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
     env = _child_env()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "normonnx.validate.isolation"],
+        [sys.executable, "-m", "normonnx.isolation"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -88,10 +89,39 @@ def _unwrap(result: Any, label: str) -> Any:
 
 
 _LOG_ENV = "NORMONNX_WORKER_LOG"
+# Set in every child normonnx starts: there, onnxruntime may run in-process (the child is the isolation).
+_CHILD_ENV = "NORMONNX_ISOLATED_CHILD"
 
 
 def _child_env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), **extra)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), **{_CHILD_ENV: "1"}, **extra)
+
+
+def in_isolated_child() -> bool:
+    """Whether this process is one normonnx started to run onnxruntime in."""
+    return os.environ.get(_CHILD_ENV) == "1"
+
+
+_shared: Worker | None = None
+_shared_lock = threading.Lock()
+
+
+def call_in_shared_worker(fn: Callable, *args, label: str, timeout: float | None = DEFAULT_TIMEOUT, **kwargs) -> Any:
+    """``fn`` in one long-lived child shared by this process's many small calls (constant evaluation).
+
+    A child per call would cost a process start each; one worker started on first use and
+    closed at exit costs one. Inside an isolated child, ``fn`` runs right here.
+    """
+    global _shared
+    if in_isolated_child():
+        return fn(*args, **kwargs)
+    with _shared_lock:
+        if _shared is None:
+            import atexit
+
+            _shared = Worker()
+            atexit.register(_shared.close)
+        return _shared.call(fn, *args, label=label, timeout=timeout, **kwargs)
 
 
 def _send(stream, obj: Any) -> None:
@@ -130,7 +160,7 @@ class Worker:
         if logging.getLogger().isEnabledFor(logging.INFO):  # under -v the worker logs its steps too
             extra[_LOG_ENV] = "1"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "normonnx.validate.isolation", "--serve"],
+            [sys.executable, "-m", "normonnx.isolation", "--serve"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -183,7 +213,7 @@ class Worker:
 
 def _main() -> None:
     # Pickle exceptions as the importable class, not as this __main__'s copy of it.
-    from normonnx.validate.isolation import _Raised as Raised
+    from normonnx.isolation import _Raised as Raised
 
     channel_in, channel = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # whatever the call prints must not corrupt the result stream
