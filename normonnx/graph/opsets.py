@@ -283,3 +283,19 @@ def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise OpsetError(f"the model converted to opset {target} is not valid: {first_line(e)}") from None
     return out
+
+
+# The oldest default opset onnxruntime runs (BatchNormalization-6's is_test and consumed_inputs are gone at 7).
+OLDEST_RUNNABLE_OPSET = 7
+
+
+def runnable_copy(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """``model`` raised to the oldest opset onnxruntime runs, when it is older (else None).
+
+    Files from 2017 (opset 6 and below: BatchNormalization with is_test, consumed_inputs,
+    spatial) load in onnx but not in onnxruntime: normonnx works on, and verifies against,
+    this copy made by onnx's own version converter.
+    """
+    if default_opset(model) >= OLDEST_RUNNABLE_OPSET:
+        return None
+    return convert_opset(model, OLDEST_RUNNABLE_OPSET)

@@ -48,6 +48,8 @@ class FoldOptions:
     # Opt-in: initializers also listed as graph inputs (ir_version >= 4) are constants, and
     # leave the input list. By default they are defaults a caller may override: never folded.
     constant_initializer_inputs: bool = False
+    # Zero Pads into Conv, x*1 and x+0 away, Reshape chains read through (passes.simplify).
+    simplify: bool = True
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from normonnx.passes.fold_into_producer import FoldIntoProducer
 from normonnx.passes.fold_norm_affine import FoldNormAffine
 from normonnx.passes.lower import Lower
 from normonnx.passes.raise_norms import RaiseGroupedInstanceNorm, RaiseMoments
+from normonnx.passes.simplify import IdentityArithmetic, PadIntoConv, ReshapeChains
 
 
 def constants_pipeline() -> Pipeline:
@@ -23,11 +24,13 @@ def constants_pipeline() -> Pipeline:
 
 
 def fold_pipeline(options: FoldOptions) -> Pipeline:
-    """Constants first (so the folds see computed weights), then the folds until nothing changes:
-    each fold can expose the next (Conv -> BN -> BN)."""
+    """Constants first (so the folds see computed weights), then the folds and the exact
+    simplifications until nothing changes: each can expose the next (Conv -> BN -> BN; x * 1 -> BN)."""
     folds = [RulePass(FoldIntoProducer()), RulePass(FoldIntoConsumer())]
     if options.fold_norm_affine:
         folds.append(RulePass(FoldNormAffine()))
+    if options.simplify:
+        folds += [PadIntoConv(), IdentityArithmetic(), ReshapeChains()]
     return Pipeline((Stage((FoldConstants(),)), Stage(tuple(folds), fixpoint=True)))
 
 

@@ -29,18 +29,22 @@ def write_verified(
     shapes: dict[str, tuple[int, ...]] | None,
     isolated: bool,
     reference_proto: onnx.ModelProto | None = None,
+    reference: onnx.ModelProto | None = None,
 ) -> tuple[ParityResult | None, str | None, list[str]]:
-    """(parity or None when not verified, the output written or None, weight files the replaced output left)."""
+    """(parity or None when not verified, the output written or None, weight files the replaced output left).
+
+    ``reference`` replaces ``src`` as what the output is verified against (a pre-opset-7 file's runnable copy).
+    """
     output = None
     with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:
         parity = None
         if verify:
             log.info("%s: verifying parity against the original", src)
             parity = verify_parity(
-                src,
+                src if reference is None else reference,
                 staged.path,
                 shapes=shapes,
-                reference_proto=reference_proto,
+                reference_proto=reference_proto if reference is None else reference,
                 candidate_bytes=staged.disk_bytes(),
                 isolated=isolated,
             )

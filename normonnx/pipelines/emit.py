@@ -27,7 +27,7 @@ import onnx
 from normonnx.errors import UnusableInputError
 from normonnx.families import BY_KEY, WITH_OP, is_default_domain, op_available
 from normonnx.graph.bridge import model_and_name, prepare_graph, to_model
-from normonnx.graph.opsets import OpsetError, convert_opset, default_opset
+from normonnx.graph.opsets import OLDEST_RUNNABLE_OPSET, OpsetError, convert_opset, default_opset, runnable_copy
 from normonnx.passes._base import Decision, PassContext, Pipeline
 from normonnx.passes.registry import lower_pipeline, raise_pipeline
 from normonnx.recognize.scan import scan, summarize
@@ -130,14 +130,17 @@ def emit_file(
     against ``src`` in isolated processes (onnxruntime never runs in this one), then
     committed; ``report.output`` is None when parity failed and nothing was written.
     """
-    from normonnx.graph.modelio import check_output_path
+    from normonnx.graph.modelio import check_output_path, load_model
     from normonnx.pipelines._staging import write_verified
 
     start = time.perf_counter()
     check_output_path(Path(dst), [Path(src)])
     log.info("%s: emitting at opset %s, style %s", src, opset or "of the model", style)
     model, report = emit(src, opset, style)
-    report.parity, report.output, _ = write_verified(model, src, dst, verify=verify, shapes=shapes, isolated=isolated)
+    older = runnable_copy(load_model(src, load_weights=True)) if report.source_opset < OLDEST_RUNNABLE_OPSET else None
+    report.parity, report.output, _ = write_verified(
+        model, src, dst, verify=verify, shapes=shapes, isolated=isolated, reference=older
+    )
     report.seconds = time.perf_counter() - start
     return report
 

@@ -29,6 +29,7 @@ from normonnx.graph.bridge import (
     without_initializer_inputs,
 )
 from normonnx.graph.modelio import load_model, tensor_bytes
+from normonnx.graph.opsets import OLDEST_RUNNABLE_OPSET, default_opset, runnable_copy
 from normonnx.passes._base import Decision, FoldOptions, PassContext
 from normonnx.passes.fold_constants import FoldConstants
 from normonnx.passes.registry import fold_pipeline
@@ -182,6 +183,14 @@ def fold(
     start = time.perf_counter()
     proto, source = model_and_name(model)
     options = options or FoldOptions()
+    upgraded = runnable_copy(proto)
+    notes_first = []
+    if upgraded is not None:
+        notes_first.append(
+            f"raised from opset {default_opset(proto)} to {OLDEST_RUNNABLE_OPSET} by onnx's converter first:"
+            " onnxruntime runs nothing older"
+        )
+        proto = upgraded
     if options.constant_initializer_inputs:
         proto = without_initializer_inputs(proto)
     graph = prepare_graph(proto)
@@ -192,7 +201,7 @@ def fold(
     # Folds only remove nodes or rewire in place, which keeps a sorted graph
     # sorted; nodes a pass appended need the sort.
     out = to_model(graph, proto, sort=ctx.nodes_added > 0)
-    rewrites, notes = dict(ran.rewrites), [ran.note] if ran.note else []
+    rewrites, notes = dict(ran.rewrites), [*notes_first, *([ran.note] if ran.note else [])]
     for _ in range(MAX_REINFERENCE_ROUNDS):
         # A folded Shape can make the next tensor's shape inferable (TorchScript's GroupNorm reshapes):
         # infer shapes again and fold on, so that one run leaves nothing for the next.
@@ -257,8 +266,9 @@ def fold_file(
         model, report = fold(proto, options, store=store)
         report.source = str(src)
         log.info("%s: %d normalizations folded, %d kept; staging %s", src, len(report.folded), len(report.kept), dst)
+        older = runnable_copy(proto)  # a pre-opset-7 file is verified against the copy onnxruntime runs
         report.parity, report.output, report.stale_files = write_verified(
-            model, src, dst, verify=verify, shapes=shapes, isolated=isolated, reference_proto=proto
+            model, src, dst, verify=verify, shapes=shapes, isolated=isolated, reference_proto=proto, reference=older
         )
     finally:
         if store is not None:

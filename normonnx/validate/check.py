@@ -23,6 +23,7 @@ import onnx
 
 from normonnx.errors import UnusableInputError
 from normonnx.graph.modelio import has_external_data, load_model
+from normonnx.graph.opsets import runnable_copy
 from normonnx.isolation import call_isolated
 from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate import execute
@@ -79,6 +80,9 @@ def _source(model: onnx.ModelProto | str | os.PathLike) -> tuple[execute.ModelSo
             raise UnusableInputError("an in-memory model with external data: pass its path instead")
         return model.SerializeToString(), model, model.graph.name or "<model>"
     proto = load_model(model)
+    older = runnable_copy(proto)
+    if older is not None:  # onnxruntime runs nothing before opset 7: the check runs onnx's upgrade of it
+        return older.SerializeToString(), older, str(model)
     # The child reloads from the path only when the weights are external (validated above).
     source = (
         str(model) if has_external_data(onnx.load(str(model), load_external_data=False)) else proto.SerializeToString()

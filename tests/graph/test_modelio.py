@@ -211,3 +211,42 @@ def test_a_staged_model_knows_its_size_on_disk_without_parsing(tmp_path, monkeyp
     with modelio.staged_save(conv_bn_model(), tmp_path / "m.onnx") as staged:
         assert (staged.data_name is not None) == external
         assert staged.disk_bytes() == modelio.disk_bytes(staged.path) > 0
+
+
+def test_onnxruntime_contrib_ops_load_and_are_listed_never_rewritten(tmp_path, cli):
+    """An onnxruntime-optimized transformer: SimplifiedLayerNormalization (registered by onnxruntime in the
+    default domain, unknown to onnx's checker) and com.microsoft.SkipLayerNormalization."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = numpy_helper.from_array(np.linspace(0.5, 1.5, 16).astype(np.float32), "g")
+    beta = numpy_helper.from_array(np.zeros(16, np.float32), "beta")
+    w = numpy_helper.from_array(np.eye(16, dtype=np.float32), "W")
+    nodes = [
+        helper.make_node("SimplifiedLayerNormalization", ["x", "g"], ["s"], axis=-1, epsilon=1e-5),
+        helper.make_node("SkipLayerNormalization", ["s", "x", "g", "beta"], ["t"], domain="com.microsoft"),
+        helper.make_node("MatMul", ["t", "W"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8, 16])],
+        [g, beta, w],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 14), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 8
+    src, out = tmp_path / "ort_optimized.onnx", tmp_path / "folded.onnx"
+    onnx.save(model, src)
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(str(src))  # what refused these files before
+    listed = cli("inspect", src)
+    assert listed.code == 0 and "onnxruntime op" in listed.out and "SkipLayerNormalization" in listed.out
+    folded = cli("fold", src, "-o", out)
+    assert folded.code == 0, folded.err
+    assert "does not know: SimplifiedLayerNormalization x1, com.microsoft.SkipLayerNormalization x1" in folded.out
+    assert [n.op_type for n in onnx.load(out).graph.node] == [n.op_type for n in nodes]
+    assert cli("check", out, "--against", src).code == 0
+    assert cli("bench", src, "--runs", "2", "--warmup", "0").code == 0

@@ -60,4 +60,12 @@ def test_a_rule_records_its_refusals_under_its_own_name():
 
 def test_fold_pipeline_names_are_the_names_decisions_carry():
     names = fold_pipeline(FoldOptions(fold_norm_affine=True)).names
-    assert names == ["fold-constants", "fold-into-producer", "fold-into-consumer", "fold-norm-affine"]
+    assert names == [
+        "fold-constants",
+        "fold-into-producer",
+        "fold-into-consumer",
+        "fold-norm-affine",
+        "pad-into-conv",
+        "identity-arithmetic",
+        "reshape-chains",
+    ]

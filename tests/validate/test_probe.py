@@ -80,7 +80,7 @@ def test_stride32_neck_breaks_at_the_old_default_and_runs_at_a_probed_multiple_o
     assert side % 32 == 0 and probed.shapes["images"][3] == side
     assert probed.guessed == ["images"] and "(guessed)" in probed.describe()
     # The old guess (16) does break the original: the probe is not just lucky.
-    with pytest.raises(Exception, match="Concat|dimension|shape"):
+    with pytest.raises(Exception, match=r"Concat|dimension|shape"):
         run_model(model, {"images": np.zeros((2, 3, 16, 16), np.float32)})
 
 

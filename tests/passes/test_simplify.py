@@ -1,0 +1,143 @@
+"""passes.simplify: each simplification removes what it says and changes no output; what is not exact stays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from normonnx.pipelines.fold import fold
+from tests.builders import GraphBuilder, assert_parity, op_types
+from tests.helpers import rng
+
+
+def padded_conv(mode: str = "constant", value: float = 0.0, pads=(0, 0, 1, 2, 0, 0, 2, 1), opset: int = 17):
+    r = rng()
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [2, 3, 8, 8])
+    inputs = [x, b.const(np.array(pads, np.int64))]
+    if value != 0.0 or mode == "constant":
+        inputs.append(b.const(np.array(value, np.float32)))
+    y = b.node("Pad", inputs, mode=mode)
+    y = b.conv(y, 3, 4, r, pads=[1, 1, 1, 1])
+    b.output(y)
+    return b.model()
+
+
+def test_a_zero_pad_merges_into_the_conv_pads():
+    model = padded_conv()
+    out, report = fold(model)
+    assert "Pad" not in op_types(out) and report.rewrites["pad-into-conv"] == 1
+    conv = next(n for n in out.graph.node if n.op_type == "Conv")
+    pads = next(list(a.ints) for a in conv.attribute if a.name == "pads")
+    assert pads == [2, 3, 3, 2]  # the conv's own 1 on each side plus the Pad's (1, 2) begin and (2, 1) end
+    assert_parity(model, out)
+
+
+@pytest.mark.parametrize(
+    "mode, value, pads",
+    [
+        ("reflect", 0.0, (0, 0, 1, 1, 0, 0, 1, 1)),
+        ("constant", 0.5, (0, 0, 1, 1, 0, 0, 1, 1)),
+        ("constant", 0.0, (0, 1, 1, 1, 0, 0, 1, 1)),  # a padded channel is not a Conv's padding
+    ],
+)
+def test_pads_a_conv_cannot_express_stay(mode, value, pads):
+    r = rng()
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 3, 8, 8])
+    y = b.node("Pad", [x, b.const(np.array(pads, np.int64)), b.const(np.array(value, np.float32))], mode=mode)
+    cin = 3 + pads[1] + pads[5]
+    y = b.conv(y, cin, 4, r)
+    b.output(y)
+    model = b.model()
+    out, _ = fold(model)
+    assert "Pad" in op_types(out)
+    assert_parity(model, out)
+
+
+def arithmetic(op: str, const: np.ndarray, x_shape=("batch", 4, 5), const_first: bool = False):
+    b = GraphBuilder(opset=17)
+    x = b.input("x", list(x_shape))
+    c = b.const(const.astype(np.float32))
+    y = b.node(op, [c, x] if const_first else [x, c])
+    y = b.node("Relu", [y])
+    b.output(y)
+    return b.model()
+
+
+@pytest.mark.parametrize(
+    "op, const, first",
+    [("Mul", np.ones((1, 1)), False), ("Mul", np.ones(1), True), ("Div", np.ones((4, 1)), False),
+     ("Add", np.zeros((1, 1, 1)), True), ("Sub", np.zeros(1), False)],
+)  # fmt: skip
+def test_identity_arithmetic_goes(op, const, first):
+    model = arithmetic(op, const, const_first=first)
+    out, report = fold(model)
+    assert op not in op_types(out) and report.rewrites["identity-arithmetic"] == 1
+    assert_parity(model, out, shapes={"x": (2, 4, 5)})
+
+
+@pytest.mark.parametrize(
+    "op, const, first, why",
+    [
+        ("Mul", np.ones((3, 1, 1, 1)), False, "broadcasting to a higher rank changes the shape"),
+        ("Mul", np.full((1, 1), 2.0), False, "not one"),
+        ("Div", np.ones(1), True, "1 / x is no identity"),
+        ("Sub", np.zeros(1), True, "0 - x is no identity"),
+        ("Add", np.full(1, -0.0), False, "x + (-0.0) keeps a -0.0 that x + 0 would not"),
+    ],
+)
+def test_arithmetic_that_is_no_identity_stays(op, const, first, why):
+    model = arithmetic(op, const, const_first=first)
+    out, _ = fold(model)
+    assert op in op_types(out), why
+    assert_parity(model, out, shapes={"x": (2, 4, 5)})
+
+
+def test_an_identity_whose_output_is_a_graph_output_stays():
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 4])
+    y = b.node("Mul", [x, b.const(np.ones(1, np.float32))])
+    b.output(y)
+    out, _ = fold(b.model())
+    assert op_types(out) == ["Mul"]
+
+
+def test_a_reshape_reads_through_the_relabelling_before_it():
+    b = GraphBuilder(opset=17)
+    x = b.input("x", ["batch", 4, 6])
+    y = b.node("Flatten", [x], axis=1)
+    y = b.node("Unsqueeze", [y, b.const(np.array([1], np.int64))])
+    y = b.node("Reshape", [y, b.const(np.array([-1, 2, 12], np.int64))])
+    y = b.node("Relu", [y])
+    b.output(y)
+    model = b.model()
+    out, report = fold(model)
+    assert op_types(out) == ["Reshape", "Relu"] and report.rewrites["reshape-chains"] >= 1
+    assert_parity(model, out, shapes={"x": (3, 4, 6)})
+
+
+def test_a_reshape_with_a_zero_keeps_what_it_reads():
+    """Reshape's 0 copies a dim of its input: [B, 24] -> [0, 4, 6] depends on the Flatten before it."""
+    b = GraphBuilder(opset=17)
+    x = b.input("x", ["batch", 4, 6])
+    y = b.node("Flatten", [x], axis=1)
+    y = b.node("Reshape", [y, b.const(np.array([0, 6, 4], np.int64))])
+    y = b.node("Relu", [y])
+    b.output(y)
+    model = b.model()
+    out, _ = fold(model)
+    assert "Flatten" in op_types(out)
+    assert_parity(model, out, shapes={"x": (3, 4, 6)})
+
+
+def test_a_reshape_to_the_shape_it_has_goes():
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 4, 6])
+    y = b.node("Reshape", [b.node("Relu", [x]), b.const(np.array([2, 4, 6], np.int64))])
+    y = b.node("Sigmoid", [y])
+    b.output(y)
+    model = b.model()
+    out, _ = fold(model)
+    assert op_types(out) == ["Relu", "Sigmoid"]
+    assert_parity(model, out)
