@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from normonnx.families import is_default_domain
 from normonnx.graph.access import constant_value, op_is, producer, static_shape
 from normonnx.graph.bridge import detach
 from normonnx.passes._base import PassContext
@@ -49,38 +50,49 @@ def _bypass(node: gs.Node, x: gs.Tensor, ctx: PassContext, protected: set[str]) 
 
 
 def _default_domain(node: gs.Node) -> bool:
-    return node.domain in (None, "", "ai.onnx")
+    return is_default_domain(node.domain)
 
 
-class PadIntoConv:
-    name = "pad-into-conv"
+class _NodeSimplification:
+    """A simplification tried on every node once per round; ``apply`` says whether it changed the graph."""
+
+    name: str
+    ops: tuple[str, ...]
 
     def run(self, ctx: PassContext) -> int:
         protected = _names_read_by_bodies(ctx.graph)
         done = 0
         for node in list(ctx.graph.nodes):
-            if not node.outputs or not _default_domain(node) or node.op not in ("Conv", "AveragePool"):
-                continue
-            pad = producer(node.inputs[0])
-            if not op_is(pad, "Pad") or not _default_domain(pad) or not pad.outputs:
-                continue
-            if len(pad.outputs[0].outputs) != 1 or pad.outputs[0] in ctx.outputs or pad.outputs[0].name in protected:
-                continue
-            spatial = self._spatial_pads(pad, node)
-            if spatial is None:
-                continue
-            if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-                continue
-            if node.op == "AveragePool" and not node.attrs.get("count_include_pad", 0):
-                continue
-            own = list(node.attrs.get("pads", [0] * len(spatial)))
-            node.attrs["pads"] = [int(a + b) for a, b in zip(own, spatial, strict=True)]
-            node.inputs[0] = pad.inputs[0]
-            detach([pad])
-            done += 1
+            if node.outputs and node.op in self.ops and _default_domain(node) and self.apply(node, ctx, protected):
+                done += 1
         if done:
             ctx.graph.cleanup(remove_unused_graph_inputs=False)
         return done
+
+    def apply(self, node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
+        raise NotImplementedError
+
+
+class PadIntoConv(_NodeSimplification):
+    name = "pad-into-conv"
+    ops = ("Conv", "AveragePool")
+
+    def apply(self, node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
+        pad = producer(node.inputs[0])
+        if not op_is(pad, "Pad") or not _default_domain(pad) or not pad.outputs:
+            return False
+        if len(pad.outputs[0].outputs) != 1 or pad.outputs[0] in ctx.outputs or pad.outputs[0].name in protected:
+            return False
+        spatial = self._spatial_pads(pad, node)
+        if spatial is None or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            return False
+        if node.op == "AveragePool" and not node.attrs.get("count_include_pad", 0):
+            return False
+        own = list(node.attrs.get("pads", [0] * len(spatial)))
+        node.attrs["pads"] = [int(a + b) for a, b in zip(own, spatial, strict=True)]
+        node.inputs[0] = pad.inputs[0]
+        detach([pad])
+        return True
 
     @staticmethod
     def _spatial_pads(pad: gs.Node, node: gs.Node) -> list[int] | None:
@@ -122,33 +134,26 @@ class PadIntoConv:
 _IDENTITY = {"Mul": 1.0, "Div": 1.0, "Add": 0.0, "Sub": 0.0}
 
 
-class IdentityArithmetic:
+class IdentityArithmetic(_NodeSimplification):
     name = "identity-arithmetic"
+    ops = tuple(_IDENTITY)
 
-    def run(self, ctx: PassContext) -> int:
-        protected = _names_read_by_bodies(ctx.graph)
-        done = 0
-        for node in list(ctx.graph.nodes):
-            if not node.outputs or node.op not in _IDENTITY or not _default_domain(node) or len(node.inputs) != 2:
+    def apply(self, node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
+        if len(node.inputs) != 2:
+            return False
+        # Mul and Add are symmetric; Div and Sub only with the constant second.
+        for k in (0, 1) if node.op in ("Mul", "Add") else (1,):
+            const, x = node.inputs[k], node.inputs[1 - k]
+            value = constant_value(const)
+            if value is None or value.dtype.kind != "f" or not np.all(value == _IDENTITY[node.op]):
                 continue
-            # Mul and Add are symmetric; Div and Sub only with the constant second.
-            sides = (0, 1) if node.op in ("Mul", "Add") else (1,)
-            for k in sides:
-                const, x = node.inputs[k], node.inputs[1 - k]
-                value = constant_value(const)
-                if value is None or value.dtype.kind != "f" or not np.all(value == _IDENTITY[node.op]):
-                    continue
-                if node.op in ("Add", "Sub") and np.any(np.signbit(value)):
-                    continue  # x + (-0.0) keeps -0.0; x + 0.0 would not: keep it
-                if x.dtype is not None and const.dtype is not None and np.dtype(x.dtype) != value.dtype:
-                    continue
-                if not self._keeps_shape(x, value) or not _bypass(node, x, ctx, protected):
-                    continue
-                done += 1
-                break
-        if done:
-            ctx.graph.cleanup(remove_unused_graph_inputs=False)
-        return done
+            if node.op in ("Add", "Sub") and np.any(np.signbit(value)):
+                continue  # x + (-0.0) keeps -0.0; x + 0.0 would not: keep it
+            if x.dtype is not None and np.dtype(x.dtype) != value.dtype:
+                continue
+            if self._keeps_shape(x, value) and _bypass(node, x, ctx, protected):
+                return True
+        return False
 
     @staticmethod
     def _keeps_shape(x: gs.Tensor, value: np.ndarray) -> bool:
