@@ -60,6 +60,7 @@ class ProbedShapes:
     values: dict[str, int] = field(default_factory=dict)  # integer scalar inputs given a value the model tests for
     guessed: list[str] = field(default_factory=list)  # inputs with a guessed dim
     tried: int = 0
+    zero_integers: bool = False  # integer inputs all 0: random ids in [0, 8) overran an embedding table
 
     def describe(self) -> str:
         """``x:2,3,64,64 (guessed)``: what the inputs were, for reports."""
@@ -67,7 +68,7 @@ class ProbedShapes:
             f"{name}={self.values[name]}" if name in self.values else f"{name}:{','.join(map(str, dims)) or 'scalar'}"
             for name, dims in self.shapes.items()
         )
-        return text + (" (guessed)" if self.guessed else "")
+        return text + (" (guessed)" if self.guessed else "") + (", integer inputs 0" if self.zero_integers else "")
 
     def to_dict(self) -> dict:
         return {
@@ -75,6 +76,7 @@ class ProbedShapes:
             "values": dict(self.values),
             "guessed": list(self.guessed),
             "tried": self.tried,
+            "zero_integers": self.zero_integers,
         }
 
 
@@ -225,26 +227,33 @@ def candidates(
     return result
 
 
-def _feeds(specs, shapes, values, seed: int) -> dict[str, np.ndarray]:
+def _feeds(specs, shapes, values, seed: int, zero_integers: bool = False) -> dict[str, np.ndarray]:
     feeds = random_inputs(specs, seed, shapes)
+    for spec in specs:
+        if zero_integers and spec.dtype.kind in "iu" and spec.name not in values:
+            feeds[spec.name] = np.zeros_like(feeds[spec.name])
     for name, value in values.items():
         feeds[name] = np.asarray(value, dtype=feeds[name].dtype)
     return feeds
 
 
-def first_runnable(source, specs, tries, values, config: SessionConfig) -> tuple[int, list[str]]:
-    """(index of the first shapes the model runs at, or -1; one error line per failed try). Runs in the child."""
+def first_runnable(source, specs, tries, values, config: SessionConfig) -> tuple[int, bool, list[str]]:
+    """(index of the first shapes the model runs at, or -1; whether integer inputs had to be 0; one error
+    line per failed try). Every shape with seeded integers first, then with integers 0 (token ids that a
+    small embedding table cannot take). Runs in the child."""
     from normonnx.validate.runner import run, session
 
     sess = session(source if isinstance(source, str) else _from_bytes(source), config)
     errors = []
-    for k, shapes in enumerate(tries):
-        try:
-            run(sess, _feeds(specs, shapes, values, 0))
-            return k, errors
-        except Exception as e:  # onnxruntime says why in its own words; we only need the first line
-            errors.append(first_line(e))
-    return -1, errors
+    integers = any(s.dtype.kind in "iu" and s.name not in values for s in specs)
+    for zero in (False, True) if integers else (False,):
+        for k, shapes in enumerate(tries):
+            try:
+                run(sess, _feeds(specs, shapes, values, 0, zero))
+                return k, zero, errors
+            except Exception as e:  # onnxruntime says why in its own words; we only need the first line
+                errors.append(first_line(e))
+    return -1, False, errors
 
 
 def _from_bytes(data: bytes):
@@ -288,7 +297,7 @@ def probe_shapes(
     if isolated:
         from normonnx.isolation import DEFAULT_TIMEOUT, call_isolated
 
-        index, errors = call_isolated(
+        index, zero, errors = call_isolated(
             first_runnable,
             source if isinstance(source, bytes) else str(source),
             specs,
@@ -299,7 +308,7 @@ def probe_shapes(
             timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
         )
     else:
-        index, errors = first_runnable(
+        index, zero, errors = first_runnable(
             source if isinstance(source, bytes) else str(source), specs, tries, values, config
         )
     if index < 0:
@@ -310,11 +319,11 @@ def probe_shapes(
             f"{label}: the original model runs at none of the {len(tries)} {what} tried ({tried});"
             f" onnxruntime said: {errors[0] if errors else 'nothing'}; pass {hint}"
         )
-    return ProbedShapes(tries[index], values, guessed, index + 1)
+    return ProbedShapes(tries[index], values, guessed, index + 1, zero)
 
 
 def probed_feeds(
     specs: list[InputSpec], probed: ProbedShapes, count: int, seed: int = 0
 ) -> list[dict[str, np.ndarray]]:
     """``count`` seeded input sets at the probed shapes (the same values every caller makes)."""
-    return [_feeds(specs, probed.shapes, probed.values, seed + k) for k in range(count)]
+    return [_feeds(specs, probed.shapes, probed.values, seed + k, probed.zero_integers) for k in range(count)]

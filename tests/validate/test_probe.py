@@ -162,3 +162,14 @@ def test_check_says_so_when_no_guess_runs(tmp_path, cli):
     result = cli("check", src, "--against", src)
     assert result.code == 2
     assert result.err.count("\n") == 1 and "--shape x:" in result.err and "Traceback" not in result.err
+
+
+def test_token_ids_that_overrun_a_small_embedding_table_are_tried_as_zeros():
+    """A BERT's segment embedding has 2 rows: seeded ids in [0, 8) overrun it, ids 0 do not."""
+    b = GraphBuilder(opset=17)
+    ids = b.input("token_type_ids", ["batch", "seq"], dtype=np.int64)
+    y = b.node("Gather", [b.const(np.ones((2, 4), np.float32)), ids])
+    b.output(y)
+    model = b.model()
+    probed = probe_shapes(model, model.SerializeToString(), label="bert")
+    assert probed.zero_integers and "integer inputs 0" in probed.describe()
