@@ -15,7 +15,15 @@ from normonnx.passes.fold_into_producer import FoldIntoProducer
 from normonnx.passes.fold_norm_affine import FoldNormAffine
 from normonnx.passes.lower import Lower
 from normonnx.passes.raise_norms import RaiseGroupedInstanceNorm, RaiseMoments
-from normonnx.passes.simplify import IdentityArithmetic, PadIntoConv, ReshapeChains
+from normonnx.passes.simplify import (
+    IdentityArithmetic,
+    MatMulBiasAsGemm,
+    PadIntoConv,
+    ReshapeChains,
+    ReshapeThroughElementwise,
+    StaticShapeParts,
+    TransposeChains,
+)
 
 
 def constants_pipeline() -> Pipeline:
@@ -30,7 +38,17 @@ def fold_pipeline(options: FoldOptions) -> Pipeline:
     if options.fold_norm_affine:
         folds.append(RulePass(FoldNormAffine()))
     if options.simplify:
-        folds += [PadIntoConv(), IdentityArithmetic(), ReshapeChains()]
+        # What a simplification makes constant (a Concat of shape parts) is folded in the same round.
+        folds += [
+            PadIntoConv(),
+            IdentityArithmetic(),
+            StaticShapeParts(),
+            ReshapeChains(),
+            ReshapeThroughElementwise(),
+            TransposeChains(),
+            MatMulBiasAsGemm(),
+            FoldConstants(),
+        ]
     return Pipeline((Stage((FoldConstants(),)), Stage(tuple(folds), fixpoint=True)))
 
 

@@ -27,7 +27,7 @@ from normonnx.graph.access import (
     producer,
 )
 from normonnx.recognize.classify import classify, instancenorm_view
-from normonnx.recognize.moments import following_affine, match_core
+from normonnx.recognize.moments import following_affine, match_core, match_shifted
 
 _MAX_WEIGHT_SUBGRAPH = 64
 
@@ -138,6 +138,13 @@ def scan(graph: gs.Graph) -> list[Found]:
             claimed.update(id(n) for n in nodes)
             continue
         core = match_core(node) if node.op in ("Div", "Mul") else None
+        shifted = match_shifted(node) if node.op == "Add" else None
+        if shifted is not None and not any(id(n) in claimed for n in shifted[0].nodes):
+            kind = classify(shifted[0])
+            claimed.update(id(n) for n in shifted[0].nodes)
+            detail = f"{kind.detail}, affine inside (tf2onnx's moments form)"
+            found.append(Found(kind.family, "decomposed", describe(node), _names(shifted[0].nodes), detail))
+            continue
         if core is None or any(id(n) in claimed for n in core.nodes):
             continue
         kind = classify(core)

@@ -22,8 +22,13 @@ import onnxruntime as ort
 
 SIZES = (64, 512, 16, 1)
 DTYPES = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
 
@@ -40,8 +45,10 @@ def _feeds(session: ort.InferenceSession, size: int, rng: np.random.Generator) -
     feeds = {}
     for arg in session.get_inputs():
         state = arg.name in {"state", "h", "c"}
-        shape = [d if isinstance(d, int) and d >= 0 else 1 if i == 0 or state or d in batch else size
-                 for i, d in enumerate(arg.shape)]
+        shape = [
+            d if isinstance(d, int) and d >= 0 else 1 if i == 0 or state or d in batch else size
+            for i, d in enumerate(arg.shape)
+        ]
         dtype = DTYPES.get(arg.type)
         if dtype is None:
             raise TypeError(f"input {arg.name} has type {arg.type}")
@@ -97,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         row = {**entry, **check(args.corpus / entry["file"])}
         rows.append(row)
         status = "ok" if row["run"] else "FAIL"
-        print(f"{status:4} {entry['exporter']:25} {Path(entry['file']).name:58} {entry['bytes'] / 1e6:7.2f} MB "
-              f"opset {entry['opset']!s:>2} ir {entry['ir_version']:>2}  {row['error']}", flush=True)
+        print(
+            f"{status:4} {entry['exporter']:25} {Path(entry['file']).name:58} {entry['bytes'] / 1e6:7.2f} MB "
+            f"opset {entry['opset']!s:>2} ir {entry['ir_version']:>2}  {row['error']}",
+            flush=True,
+        )
     bad = [r for r in rows if not r["run"]]
     print(f"{len(rows) - len(bad)}/{len(rows)} load and run on CPUExecutionProvider")
     if args.json:

@@ -140,11 +140,20 @@ def _models() -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.features = nn.Sequential(
-                nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.GroupNorm(8, 32), nn.SiLU(),
-                nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.InstanceNorm2d(32, affine=True), nn.ReLU(),
-                nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                nn.Conv2d(3, 16, 3, padding=1, bias=False),
+                nn.BatchNorm2d(16),
+                nn.ReLU(),
+                nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                nn.GroupNorm(8, 32),
+                nn.SiLU(),
+                nn.Conv2d(32, 32, 3, padding=1, groups=32),
+                nn.InstanceNorm2d(32, affine=True),
+                nn.ReLU(),
+                nn.Conv2d(32, 32, 1),
+                nn.BatchNorm2d(32),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
             )
             self.head = nn.Sequential(nn.Linear(32, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
 
@@ -186,14 +195,23 @@ def _example(kind: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
         ids = torch.randint(0, VOCAB, (1, SEQ))
         args = (ids, torch.ones(1, SEQ, dtype=torch.long), torch.zeros(1, SEQ, dtype=torch.long))
         names = ["input_ids", "attention_mask", "token_type_ids"]
-        return args, {"input_names": names, "output_names": ["last_hidden_state"],
-                      "dynamic_axes": {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}}
+        return args, {
+            "input_names": names,
+            "output_names": ["last_hidden_state"],
+            "dynamic_axes": {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
+        }
     if kind == "rms":
-        return (torch.randn(1, SEQ, HIDDEN),), {"input_names": ["hidden"], "output_names": ["output"],
-                                                "dynamic_axes": {"hidden": {0: "batch", 1: "sequence"}}}
+        return (torch.randn(1, SEQ, HIDDEN),), {
+            "input_names": ["hidden"],
+            "output_names": ["output"],
+            "dynamic_axes": {"hidden": {0: "batch", 1: "sequence"}},
+        }
     shape = (1, 3, 32, 32)
-    return (torch.randn(*shape),), {"input_names": ["pixels"], "output_names": ["logits"],
-                                    "dynamic_axes": {"pixels": {0: "batch"}, "logits": {0: "batch"}}}
+    return (torch.randn(*shape),), {
+        "input_names": ["pixels"],
+        "output_names": ["logits"],
+        "dynamic_axes": {"pixels": {0: "batch"}, "logits": {0: "batch"}},
+    }
 
 
 def torchscript(rel: str, kind: str, opset: int) -> Builder:
@@ -204,8 +222,9 @@ def torchscript(rel: str, kind: str, opset: int) -> Builder:
         with warnings.catch_warnings():  # the legacy exporter's deprecation notice, once per export
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.backends.mha.set_fastpath_enabled(False)  # keep MultiheadAttention on its traceable path
-            torch.onnx.export(_randomized(kind, seed_for(rel)), args, str(path), opset_version=opset, dynamo=False,
-                              **kwargs)
+            torch.onnx.export(
+                _randomized(kind, seed_for(rel)), args, str(path), opset_version=opset, dynamo=False, **kwargs
+            )
 
     return build
 
@@ -220,8 +239,16 @@ def dynamo(rel: str, kind: str, opset: int = 18) -> Builder:
         batch = torch.export.Dim("batch", min=2)  # min 2: torch.export treats a size-1 dim as a constant
         shapes = ({0: batch},) if kind in {"vit", "convnet"} else None
         args = tuple(torch.cat([a, a]) for a in args)
-        torch.onnx.export(_randomized(kind, seed_for(rel)), args, str(path), opset_version=opset, dynamo=True,
-                          dynamic_shapes=shapes, external_data=False, **kwargs)
+        torch.onnx.export(
+            _randomized(kind, seed_for(rel)),
+            args,
+            str(path),
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=shapes,
+            external_data=False,
+            **kwargs,
+        )
 
     return build
 
@@ -245,9 +272,11 @@ BUILDERS: dict[str, Builder] = {
     "torchscript/tiny_bert.onnx": torchscript("torchscript/tiny_bert.onnx", "bert", 14),
     "torchscript/tiny_rms_encoder.onnx": torchscript("torchscript/tiny_rms_encoder.onnx", "rms", 14),
     "onnxruntime-transformers/tiny_bert_opt.onnx": optimized(
-        "onnxruntime-transformers/tiny_bert_opt.onnx", "bert", "torchscript/tiny_bert.onnx"),
+        "onnxruntime-transformers/tiny_bert_opt.onnx", "bert", "torchscript/tiny_bert.onnx"
+    ),
     "onnxruntime-transformers/tiny_rms_encoder_opt.onnx": optimized(
-        "onnxruntime-transformers/tiny_rms_encoder_opt.onnx", "rms", "torchscript/tiny_rms_encoder.onnx"),
+        "onnxruntime-transformers/tiny_rms_encoder_opt.onnx", "rms", "torchscript/tiny_rms_encoder.onnx"
+    ),
     "torchscript/tiny_vit.onnx": torchscript("torchscript/tiny_vit.onnx", "vit", 14),
     "torchscript/tiny_convnet_norms.onnx": torchscript("torchscript/tiny_convnet_norms.onnx", "convnet", 13),
     "torch-dynamo/tiny_vit.onnx": dynamo("torchscript/tiny_vit.onnx", "vit"),

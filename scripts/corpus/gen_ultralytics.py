@@ -49,8 +49,9 @@ def yolo(rel: str, cfg: str) -> Builder:
         with tempfile.TemporaryDirectory(prefix="yolo-") as tmp:
             os.chdir(tmp)  # ultralytics writes the export next to the model's file name, i.e. in the cwd
             try:
-                made = model.export(format="onnx", opset=OPSET, imgsz=IMGSZ, simplify=False, dynamic=False,
-                                    device="cpu")
+                made = model.export(
+                    format="onnx", opset=OPSET, imgsz=IMGSZ, simplify=False, dynamic=False, device="cpu"
+                )
             finally:
                 os.chdir(cwd)
             shutil.move(Path(tmp) / made, path)
@@ -60,7 +61,11 @@ def yolo(rel: str, cfg: str) -> Builder:
 
 if __name__ == "__main__":
     _offline()
-    sys.exit(run({
-        "ultralytics/yolov8n.onnx": yolo("ultralytics/yolov8n.onnx", "yolov8n.yaml"),
-        "ultralytics/yolo11n.onnx": yolo("ultralytics/yolo11n.onnx", "yolo11n.yaml"),
-    }))
+    sys.exit(
+        run(
+            {
+                "ultralytics/yolov8n.onnx": yolo("ultralytics/yolov8n.onnx", "yolov8n.yaml"),
+                "ultralytics/yolo11n.onnx": yolo("ultralytics/yolo11n.onnx", "yolo11n.yaml"),
+            }
+        )
+    )

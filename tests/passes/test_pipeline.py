@@ -67,5 +67,10 @@ def test_fold_pipeline_names_are_the_names_decisions_carry():
         "fold-norm-affine",
         "pad-into-conv",
         "identity-arithmetic",
+        "static-shape-parts",
         "reshape-chains",
+        "reshape-through-elementwise",
+        "transpose-chains",
+        "matmul-bias-as-gemm",
+        "fold-constants",
     ]

@@ -141,3 +141,64 @@ def test_a_reshape_to_the_shape_it_has_goes():
     out, _ = fold(model)
     assert op_types(out) == ["Relu", "Sigmoid"]
     assert_parity(model, out)
+
+
+def attention_like(batch="batch"):
+    """A transformer projection: [S, B, C] -> MatMul + bias -> GELU -> MatMul + bias, and a Reshape whose
+    target is computed from Shape(x) with the one dynamic dim (what dynamo writes for attention heads)."""
+    r = rng()
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [5, batch, 8])
+    h = b.node("MatMul", [x, b.weight(r.standard_normal((8, 16)))])
+    h = b.node("Add", [h, b.weight(r.standard_normal(16))])
+    g = b.node("Div", [h, b.const(np.array(1.4142135, np.float32))])
+    g = b.node("Erf", [g])
+    g = b.node("Add", [g, b.const(np.array(1.0, np.float32))])
+    h = b.node("Mul", [b.node("Mul", [h, g]), b.const(np.array(0.5, np.float32))])
+    h = b.node("MatMul", [h, b.weight(r.standard_normal((16, 8)))])
+    h = b.node("Add", [b.weight(r.standard_normal(8)), h])
+    shape = b.node("Shape", [x])
+    dyn = b.node("Slice", [shape, b.const(np.array([1], np.int64)), b.const(np.array([2], np.int64))])
+    heads = b.node("Gather", [shape, b.const(np.array([0, 2], np.int64))])  # 5 and 8: static
+    target = b.node("Concat", [heads, dyn], axis=0)
+    y = b.node("Reshape", [h, target])
+    y = b.node("Transpose", [b.node("Transpose", [y], perm=[1, 0, 2])], perm=[0, 2, 1])
+    b.output(y)
+    return b.model()
+
+
+def test_transformer_projections_become_gemms_and_their_shape_arithmetic_constants():
+    model = attention_like()
+    out, report = fold(model)
+    ops = op_types(out)
+    assert ops.count("Gemm") == 2 and "MatMul" not in ops, ops
+    assert not {"Shape", "Slice", "Concat", "Gather"} & set(ops), ops
+    assert ops.count("Transpose") == 1
+    for name in ("matmul-bias-as-gemm", "static-shape-parts", "transpose-chains"):
+        assert report.rewrites[name] >= 1, name
+    assert_parity(model, out, shapes={"x": (5, 3, 8)})
+
+
+def test_a_projection_with_two_unknown_leading_dims_stays_a_matmul():
+    r = rng()
+    b = GraphBuilder(opset=17)
+    x = b.input("x", ["s", "batch", 8])
+    h = b.node("MatMul", [x, b.weight(r.standard_normal((8, 4)))])
+    h = b.node("Add", [h, b.weight(r.standard_normal(4))])
+    b.output(h)
+    model = b.model()
+    out, _ = fold(model)
+    assert "MatMul" in op_types(out)
+    assert_parity(model, out, shapes={"x": (2, 3, 8)})
+
+
+def test_transposes_that_cancel_go():
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 3, 4])
+    y = b.node("Transpose", [b.node("Transpose", [x], perm=[2, 0, 1])], perm=[1, 2, 0])
+    y = b.node("Relu", [y])
+    b.output(y)
+    model = b.model()
+    out, _ = fold(model)
+    assert op_types(out) == ["Relu"]
+    assert_parity(model, out)

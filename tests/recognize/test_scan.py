@@ -99,3 +99,62 @@ def test_plain_arithmetic_is_not_a_normalization():
     y = b.node("Div", [x, b.node("Sqrt", [b.node("Add", [x, b.const(np.array(1.0, np.float32))])])])
     b.output(b.node("Mul", [y, b.const(np.array(2.0, np.float32))]))
     assert _found(b.model()) == []
+
+
+def raw_moments_layernorm(clamp: str | None):
+    """LayerNorm with var = E[x^2] - E[x]^2 (jax2tf, tf2onnx), optionally clamped at 0."""
+    import numpy as np
+
+    from tests.builders import GraphBuilder, reduce_mean
+    from tests.helpers import rng
+
+    r = rng()
+    b = GraphBuilder(opset=17)
+    x = b.input("x", ["batch", 6, 16])
+    mean = reduce_mean(b, x, [-1])
+    var = b.node("Sub", [reduce_mean(b, b.node("Mul", [x, x]), [-1]), b.node("Mul", [mean, mean])])
+    if clamp == "max":
+        var = b.node("Max", [var, b.const(np.array(0.0, np.float32))])
+    elif clamp == "relu":
+        var = b.node("Relu", [var])
+    den = b.node("Sqrt", [b.node("Add", [var, b.const(np.array(1e-5, np.float32))])])
+    y = b.node("Div", [b.node("Sub", [x, mean]), den])
+    y = b.node("Add", [b.node("Mul", [y, b.weight(r.standard_normal(16))]), b.weight(r.standard_normal(16))])
+    b.output(y)
+    return b.model()
+
+
+@pytest.mark.parametrize("clamp", [None, "max", "relu"])
+def test_layernorm_from_raw_moments_is_recognized_and_raised_exactly(clamp):
+    from normonnx.pipelines.emit import emit
+    from tests.builders import assert_parity, op_types
+
+    model = raw_moments_layernorm(clamp)
+    found = scan(prepare_graph(model))
+    assert [(f.family, f.form) for f in found] == [("layernorm", "decomposed")]
+    out, _ = emit(model, 17, "op")
+    assert op_types(out) == ["LayerNormalization"]
+    assert_parity(model, out, shapes={"x": (2, 6, 16)})
+
+
+def test_tf2onnx_moments_form_with_the_affine_inside_is_a_layernorm():
+    """tf2onnx's Keras LayerNormalization: GlobalAveragePool means, y = x * m + (beta - mean * m)."""
+    import numpy as np
+
+    from tests.builders import GraphBuilder
+    from tests.helpers import rng
+
+    r = rng()
+    b = GraphBuilder(opset=15)
+    x = b.input("x", ["batch", 6, 16])
+    mean = b.node("GlobalAveragePool", [x])
+    d = b.node("Sub", [x, mean])
+    var = b.node("GlobalAveragePool", [b.node("Mul", [d, d])])
+    inv = b.node("Reciprocal", [b.node("Sqrt", [b.node("Add", [var, b.const(np.array(1e-3, np.float32))])])])
+    m = b.node("Mul", [inv, b.weight(r.standard_normal(16))])
+    shift = b.node("Sub", [b.weight(r.standard_normal(16)), b.node("Mul", [mean, m])])
+    y = b.node("Add", [b.node("Mul", [x, m]), shift])
+    b.output(y)
+    found = scan(prepare_graph(b.model()))
+    assert [(f.family, f.form) for f in found] == [("layernorm", "decomposed")]
+    assert "tf2onnx" in found[0].detail and len(found[0].nodes) == 12  # every node of the graph
