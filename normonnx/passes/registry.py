@@ -21,6 +21,7 @@ from normonnx.passes.simplify import (
     PadIntoConv,
     ReshapeChains,
     ReshapeThroughElementwise,
+    SqueezeThroughTranspose,
     StaticShapeParts,
     TransposeChains,
 )
@@ -46,6 +47,7 @@ def fold_pipeline(options: FoldOptions) -> Pipeline:
             ReshapeChains(),
             ReshapeThroughElementwise(),
             TransposeChains(),
+            SqueezeThroughTranspose(),
             MatMulBiasAsGemm(),
             FoldConstants(),
         ]

@@ -5,9 +5,9 @@ onnxslim do to other exporters' files, done here so that a fold's output is neve
   added to its own (AveragePool too, when it counts padding); tf2onnx and paddle2onnx write them.
 * ``identity-arithmetic``: ``x * 1``, ``x / 1``, ``x + 0``, ``x - 0`` whose constant cannot change
   x's shape by broadcasting (every dim 1 and rank no higher, or x's static shape) go away.
-* ``static-shape-parts``: ``Gather(Shape(x), i)`` and ``Slice(Shape(x), a, b)`` that pick only dims
-  of x that shape inference knows become constants, though x's batch is dynamic (the attention
-  reshapes of a transformer export), so that the Reshapes they feed get constant shapes.
+* ``static-shape-parts``: shape arithmetic (Shape, Cast, Gather, Slice, Squeeze, Unsqueeze, Concat,
+  integer math) that only reads dims shape inference knows becomes constants, though x's batch is
+  dynamic (the attention reshapes of a transformer export), so the Reshapes get constant shapes.
 * ``reshape-chains``: a Reshape to a constant shape reads through the Reshape / Flatten / Squeeze /
   Unsqueeze before it (they only relabel the same elements in the same order), and a Reshape to the
   shape its input already has goes away.
@@ -17,6 +17,8 @@ onnxslim do to other exporters' files, done here so that a fold's output is neve
   with a reshape, so the middle runs on the flat tensor and one Reshape remains.
 * ``transpose-chains``: ``Transpose(Transpose(x, p), q)`` becomes one Transpose (none when the
   permutations cancel).
+* ``squeeze-through-transpose``: ``Squeeze(Transpose(y, p), s)`` of axes that are 1 in y becomes
+  ``Transpose(Squeeze(y), p')``, so that the Squeeze meets the Reshape before it (a qkv split).
 * ``matmul-bias-as-gemm``: ``MatMul(x, W) + b`` on an x of rank 3 or more (a transformer's
   projections) becomes ``Reshape(x, [-1, K]) -> Gemm(W, b) -> Reshape``: onnxruntime fuses the
   bias into a 2-D Gemm, not into a batched MatMul. Only when at most one leading dim of x is
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx.helper import tensor_dtype_to_np_dtype as onnx_np_dtype
 
 from normonnx.families import is_default_domain
 from normonnx.graph.access import constant_value, op_is, producer, static_shape
@@ -182,13 +185,13 @@ _RELABELLING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 class ReshapeChains(_NodeSimplification):
     name = "reshape-chains"
-    ops = ("Reshape",)
+    ops = ("Reshape", "Squeeze", "Unsqueeze")
 
     def apply(self, node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
+        if node.op != "Reshape":
+            return self._into_reshape(node, ctx, protected)
         if len(node.inputs) < 2:
             return False
-        if self._one_dim_left(node, ctx):
-            return True
         target = constant_value(node.inputs[1])
         if target is None or (np.any(target == 0) and not node.attrs.get("allowzero", 0)):
             return False  # a 0 copies a dim of the input it reads: reading through would change it
@@ -201,84 +204,179 @@ class ReshapeChains(_NodeSimplification):
         return same and _bypass(node, node.inputs[0], ctx, protected)
 
     @staticmethod
-    def _one_dim_left(node: gs.Node, ctx: PassContext) -> bool:
-        """``Reshape(x, Concat(d, 65, 16))`` with one computed 1-element piece and constant, positive others
-        becomes ``Reshape(x, [-1, 65, 16])``: when the original runs, d is the element count over the
-        rest, exactly what -1 computes (the Shape/Slice/Concat arithmetic then goes)."""
-        concat = producer(node.inputs[1])
-        if not op_is(concat, "Concat") or not _default_domain(concat) or node.attrs.get("allowzero", 0):
+    def _into_reshape(node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
+        """``Squeeze`` / ``Unsqueeze`` of a Reshape to a constant target: one Reshape to the target with
+        those 1s removed or inserted (tf2onnx's einsum writes Reshape then Squeeze)."""
+        before = producer(node.inputs[0])
+        if not op_is(before, "Reshape") or not _default_domain(before) or len(before.outputs[0].outputs) != 1:
             return False
-        pieces, dynamic = [], []
-        for k, t in enumerate(concat.inputs):
-            value = constant_value(t)
-            if value is None:
-                if static_shape(t) != [1]:
-                    return False
-                dynamic.append(k)
-                pieces.append(np.array([-1], np.int64))
-            else:
-                pieces.append(np.asarray(value, np.int64).reshape(-1))
-        if len(dynamic) != 1:
+        if before.outputs[0] in ctx.outputs or before.outputs[0].name in protected:
             return False
-        fixed = np.concatenate([p for k, p in enumerate(pieces) if k != dynamic[0]])
-        if np.any(fixed <= 0):  # a 0 copies a dim and a -1 infers one: then d is not what -1 computes
+        target = constant_value(before.inputs[1])
+        axes_t = node.inputs[1] if len(node.inputs) > 1 else None
+        axes = constant_value(axes_t) if axes_t is not None else node.attrs.get("axes")
+        if target is None or axes is None or np.any(target == 0):
             return False
-        node.inputs[1] = ctx.constant(f"{node.name}_shape", np.concatenate(pieces))
+        target, axes = [int(v) for v in target.reshape(-1)], [int(a) for a in np.asarray(axes).reshape(-1)]
+        if node.op == "Squeeze":
+            axes = sorted({a % len(target) for a in axes})
+            if any(target[a] != 1 for a in axes):
+                return False
+            shape = [d for k, d in enumerate(target) if k not in axes]
+        else:
+            rank = len(target) + len(axes)
+            axes = sorted({a % rank for a in axes})
+            rest = iter(target)
+            shape = [1 if k in axes else next(rest) for k in range(rank)]
+        node.op, node.attrs = "Reshape", {}
+        node.inputs.clear()
+        node.inputs.extend([before.inputs[0], ctx.constant(f"{node.name}_shape", np.asarray(shape, np.int64))])
         return True
 
 
-class StaticShapeParts(_NodeSimplification):
-    name = "static-shape-parts"
-    ops = ("Gather", "Slice")
+_INT_MATH = ("Add", "Sub", "Mul", "Div", "Max", "Min")
 
-    def apply(self, node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
-        shape_node = producer(node.inputs[0])
-        if not op_is(shape_node, "Shape") or not _default_domain(shape_node) or node.outputs[0] in ctx.outputs:
+
+def _int_math(op: str, p, q):
+    """One element of shape arithmetic: ints computed; the same dim name kept by Max and Min; else unknown."""
+    if isinstance(p, int) and isinstance(q, int):
+        if op == "Div":
+            return None if q == 0 else int(np.trunc(p / q)) if p * q < 0 else p // q
+        return {"Add": p + q, "Sub": p - q, "Mul": p * q, "Max": max(p, q), "Min": min(p, q)}[op]
+    if op in ("Max", "Min") and isinstance(p, str) and p == q:
+        return p
+    return None
+
+
+class StaticShapeParts:
+    """Shape arithmetic evaluated as far as shape inference knows the dims, whatever the dynamic ones.
+
+    The values of small integer tensors are followed from ``Shape`` through Cast, Gather, Slice,
+    Squeeze, Unsqueeze, Concat, ReduceProd and elementwise integer arithmetic, each dim known or
+    not; a tensor whose every element is known becomes a constant (tf2onnx's and dynamo's
+    attention reshapes read only the static dims of a tensor with a dynamic batch).
+    """
+
+    name = "static-shape-parts"
+
+    def run(self, ctx: PassContext) -> int:
+        protected = _names_read_by_bodies(ctx.graph)
+        values: dict[int, np.ndarray] = {}  # id(tensor) -> int64 values, -1 where unknown (object array)
+        done = 0
+        for node in list(ctx.graph.nodes):
+            if not node.outputs or not _default_domain(node) or len(node.outputs) != 1:
+                continue
+            if node.op == "Reshape" and len(node.inputs) > 1 and self._one_dim_left(node, ctx, values):
+                done += 1
+                continue
+            out = node.outputs[0]
+            value = self._value(node, values)
+            if value is None:
+                continue
+            values[id(out)] = value
+            if node.op == "Shape" and not isinstance(node.inputs[0], gs.Variable):
+                continue
+            known = all(isinstance(v, int) for v in value.reshape(-1))
+            if not known or out in ctx.outputs or out.name in protected or node.op == "Constant":
+                continue
+            dtype = np.dtype(out.dtype) if out.dtype is not None else np.dtype(np.int64)
+            if dtype.kind not in "iu":
+                continue
+            out.to_constant(value.astype(np.int64).astype(dtype))
+            out.inputs.clear()
+            done += 1
+        if done:
+            ctx.graph.cleanup(remove_unused_graph_inputs=False)
+        return done
+
+    def _one_dim_left(self, node: gs.Node, ctx: PassContext, values: dict[int, np.ndarray]) -> bool:
+        """A Reshape target computed with one unknown dim and every other known and positive becomes a
+        constant with -1 there: when the original runs, that dim is the element count over the rest,
+        exactly what -1 computes (and the Shape/Gather/Concat arithmetic goes)."""
+        if node.attrs.get("allowzero", 0) or isinstance(node.inputs[1], gs.Constant):
             return False
-        if node.outputs[0].name in protected:
+        target = self._known(node.inputs[1], values)
+        if target is None or target.ndim != 1:
             return False
-        dims = shape_node.inputs[0].shape
-        if dims is None:
+        unknown = [k for k, v in enumerate(target) if not isinstance(v, int)]
+        if len(unknown) != 1 or any(isinstance(v, int) and v <= 0 for v in target):
             return False
-        start = int(shape_node.attrs.get("start", 0))
-        end = shape_node.attrs.get("end")
-        dims = list(dims)[slice(start, None if end is None else int(end))]
-        picked = self._picked(node, len(dims))
-        if picked is None or not all(isinstance(dims[i], int) and dims[i] >= 0 for i in picked):
-            return False
-        value = np.asarray([dims[i] for i in picked], np.int64)
-        if node.op == "Gather" and np.ndim(constant_value(node.inputs[1])) == 0:
-            value = value.reshape(())
-        out = node.outputs[0]
-        out.to_constant(value)
-        out.inputs.clear()
+        shape = np.array([v if isinstance(v, int) else -1 for v in target], np.int64)
+        node.inputs[1] = ctx.constant(f"{node.name}_shape", shape)
         return True
 
     @staticmethod
-    def _picked(node: gs.Node, rank: int) -> list[int] | None:
-        """The positions of the shape vector this Gather or Slice reads (None unless constant)."""
-        if node.op == "Gather":
-            if int(node.attrs.get("axis", 0)) != 0:
-                return None
-            index = constant_value(node.inputs[1])
-            if index is None or index.dtype.kind not in "iu" or index.ndim > 1:
-                return None
-            picked = [int(i) % rank if -rank <= int(i) < rank else None for i in np.atleast_1d(index)]
-            return None if None in picked else picked
-        params = [constant_value(t) if t.name else None for t in node.inputs[1:]]
-        if (
-            len(params) < 2
-            or params[0] is None
-            or params[1] is None
-            or any(p is None for p, t in zip(params[2:], node.inputs[3:], strict=False) if t.name)
-        ):
+    def _known(t: gs.Tensor, values: dict[int, np.ndarray]) -> np.ndarray | None:
+        """The tracked value of ``t``: an object array of ints and None, or None when not tracked."""
+        if id(t) in values:
+            return values[id(t)]
+        value = constant_value(t)
+        if value is None or value.dtype.kind not in "iu" or value.size > 64:
             return None
-        axes = params[2] if len(params) > 2 and params[2] is not None else np.zeros(1, np.int64)
-        steps = params[3] if len(params) > 3 and params[3] is not None else np.ones(1, np.int64)
-        if np.asarray(axes).reshape(-1).tolist() not in ([0], [-1]) or np.asarray(params[0]).size != 1:
+        return np.array([int(v) for v in value.reshape(-1)], dtype=object).reshape(value.shape)
+
+    def _value(self, node: gs.Node, values: dict[int, np.ndarray]) -> np.ndarray | None:
+        op = node.op
+        if op == "Shape":
+            dims = node.inputs[0].shape
+            if dims is None:
+                return None
+            start, end = int(node.attrs.get("start", 0)), node.attrs.get("end")
+            dims = list(dims)[slice(start, None if end is None else int(end))]
+            # A dim_param stays as its name: dims shape inference named alike are equal (Max(d, d) = d).
+            return np.array(
+                [d if (isinstance(d, int) and d >= 0) or (isinstance(d, str) and d) else None for d in dims],
+                dtype=object,
+            )
+        ins = [self._known(t, values) if t.name else None for t in node.inputs]
+        if not ins or ins[0] is None:
             return None
-        begin, stop, step = (int(np.asarray(v).reshape(-1)[0]) for v in (params[0], params[1], steps))
-        return list(range(rank))[slice(begin, stop, step)] if step != 0 else None
+        x = ins[0]
+        if op in ("Cast", "Identity"):
+            return x if op == "Identity" or np.dtype(onnx_np_dtype(node.attrs.get("to"))).kind in "iu" else None
+        if op == "Gather" and len(ins) == 2 and ins[1] is not None and int(node.attrs.get("axis", 0)) == 0:
+            idx = ins[1]
+            if x.ndim != 1 or any(not isinstance(v, int) for v in idx.reshape(-1)):
+                return None
+            n = len(x)
+            picked = [x[int(i) % n] if -n <= int(i) < n else "bad" for i in idx.reshape(-1)]
+            return None if "bad" in picked else np.array(picked, dtype=object).reshape(idx.shape)
+        if op == "Slice" and x.ndim == 1:
+            params = [ins[k] if k < len(ins) else None for k in range(1, 5)]
+            if (
+                params[0] is None
+                or params[1] is None
+                or any(params[k] is None and k + 1 < len(node.inputs) and node.inputs[k + 1].name for k in (2, 3))
+            ):
+                return None
+            axes = [0] if params[2] is None else list(params[2].reshape(-1))
+            steps = [1] if params[3] is None else list(params[3].reshape(-1))
+            if axes not in ([0], [-1]) or len(params[0].reshape(-1)) != 1 or not isinstance(steps[0], int):
+                return None
+            if steps[0] == 0 or not all(isinstance(v.reshape(-1)[0], int) for v in params[:2]):
+                return None
+            begin, stop = int(params[0].reshape(-1)[0]), int(params[1].reshape(-1)[0])
+            return np.array(list(x)[slice(begin, stop, int(steps[0]))], dtype=object)
+        if op == "Squeeze" and x.size == 1:
+            return x.reshape(())
+        if op == "Unsqueeze" and x.ndim == 0:
+            return x.reshape((1,))
+        if op == "Concat" and int(node.attrs.get("axis", 0)) in (0, -1) and all(v is not None for v in ins):
+            if any(v.ndim != 1 for v in ins):
+                return None
+            return np.concatenate([v for v in ins]).astype(object)
+        if op == "ReduceProd" and x.ndim == 1 and not (len(ins) > 1 and node.inputs[1].name):
+            if not all(isinstance(v, int) for v in x):
+                return None
+            total = int(np.prod([int(v) for v in x])) if len(x) else 1
+            return np.array(total if not node.attrs.get("keepdims", 1) else [total], dtype=object)
+        if op in _INT_MATH and len(ins) == 2 and ins[1] is not None:
+            a, b = np.broadcast_arrays(x, ins[1])
+            out = np.empty(a.shape, dtype=object)
+            for k in np.ndindex(a.shape):
+                out[k] = _int_math(op, a[k], b[k])
+            return out
+        return None
 
 
 class MatMulBiasAsGemm(_NodeSimplification):
@@ -450,4 +548,47 @@ class TransposeChains(_NodeSimplification):
             _bypass(node, node.inputs[0], ctx, protected)
             return True
         node.attrs["perm"] = combined
+        return True
+
+
+class SqueezeThroughTranspose(_NodeSimplification):
+    name = "squeeze-through-transpose"
+    ops = ("Squeeze",)
+
+    def apply(self, node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
+        transpose = producer(node.inputs[0])
+        if not op_is(transpose, "Transpose") or not _default_domain(transpose) or "perm" not in transpose.attrs:
+            return False
+        mid = transpose.outputs[0]
+        if len(mid.outputs) != 1 or mid in ctx.outputs or mid.name in protected:
+            return False
+        perm = [int(v) for v in transpose.attrs["perm"]]
+        axes_t = node.inputs[1] if len(node.inputs) > 1 else None
+        axes = constant_value(axes_t) if axes_t is not None else node.attrs.get("axes")
+        dims = transpose.inputs[0].shape
+        if axes is None or dims is None or len(dims) != len(perm):
+            return False
+        squeezed = sorted({int(a) % len(perm) for a in np.asarray(axes).reshape(-1)})
+        source_axes = sorted(perm[k] for k in squeezed)
+        if any(dims[a] != 1 for a in source_axes):
+            return False
+        kept = [perm[k] for k in range(len(perm)) if k not in squeezed]
+        renumber = {a: i for i, a in enumerate(sorted(kept))}
+        inner = gs.Variable(ctx.fresh(f"{node.name}/squeezed"), dtype=node.outputs[0].dtype)
+        axes_c = ctx.constant(f"{node.name}/axes", np.asarray(source_axes, np.int64))
+        ctx.add_node(
+            gs.Node("Squeeze", ctx.fresh(f"{node.name}/first"), inputs=[transpose.inputs[0], axes_c], outputs=[inner])
+        )
+        out = node.outputs[0]
+        node.outputs.clear()
+        detach([node, transpose])
+        ctx.add_node(
+            gs.Node(
+                "Transpose",
+                ctx.fresh(f"{node.name}/then"),
+                attrs={"perm": [renumber[a] for a in kept]},
+                inputs=[inner],
+                outputs=[out],
+            )
+        )
         return True

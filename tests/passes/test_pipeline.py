@@ -71,6 +71,7 @@ def test_fold_pipeline_names_are_the_names_decisions_carry():
         "reshape-chains",
         "reshape-through-elementwise",
         "transpose-chains",
+        "squeeze-through-transpose",
         "matmul-bias-as-gemm",
         "fold-constants",
     ]

@@ -202,3 +202,41 @@ def test_transposes_that_cancel_go():
     out, _ = fold(model)
     assert op_types(out) == ["Relu"]
     assert_parity(model, out)
+
+
+def test_a_qkv_split_becomes_one_reshape_and_one_transpose():
+    """dynamo's qkv split: Reshape -> Unsqueeze -> Transpose -> Squeeze of the unsqueezed axis."""
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [5, "batch", 24])
+    y = b.node("Reshape", [x, b.const(np.array([5, -1, 3, 8], np.int64))], allowzero=1)
+    y = b.node("Unsqueeze", [y, b.const(np.array([0], np.int64))])
+    y = b.node("Transpose", [y], perm=[3, 1, 2, 0, 4])
+    y = b.node("Squeeze", [y, b.const(np.array([3], np.int64))])
+    y = b.node("Relu", [y])
+    b.output(y)
+    model = b.model()
+    out, report = fold(model)
+    assert op_types(out) == ["Reshape", "Transpose", "Relu"], op_types(out)
+    assert report.rewrites["squeeze-through-transpose"] == 1
+    assert_parity(model, out, shapes={"x": (5, 2, 24)})
+
+
+def test_broadcast_shape_arithmetic_of_one_named_dim_is_read_as_that_dim():
+    """tf2onnx's broadcast shape: Max(Gather(Shape(a)), Gather(Shape(b))) of dims inference named alike."""
+    b = GraphBuilder(opset=17)
+    x = b.input("x", ["batch", 4, 6])
+    s = b.node("Shape", [x])
+    dims = b.node(
+        "Max",
+        [
+            b.node("Gather", [s, b.const(np.array([0, 1], np.int64))]),
+            b.node("Gather", [s, b.const(np.array([0, 1], np.int64))]),
+        ],
+    )
+    target = b.node("Concat", [dims, b.const(np.array([2, 3], np.int64))], axis=0)
+    y = b.node("Reshape", [x, target])
+    b.output(y)
+    model = b.model()
+    out, _ = fold(model)
+    assert op_types(out) == ["Reshape"], op_types(out)
+    assert_parity(model, out, shapes={"x": (3, 4, 6)})
