@@ -174,3 +174,63 @@ def test_linear_graphs_fold_safely(case):
 def test_batchnorm_statistics_generator_is_valid():
     gamma, beta, mean, var = bn_params(8, np.random.default_rng(0))
     assert (var > 0).all() and gamma.shape == beta.shape == mean.shape == (8,)
+
+
+EMIT_SETTINGS = settings(SETTINGS, max_examples=60)
+
+
+@st.composite
+def norm_chains(draw):
+    """Chains of standard normalization ops (and a Relu or Conv between), at a source opset that has them."""
+    source = draw(st.sampled_from([15, 17, 18, 21, 23]))
+    dtype = draw(st.sampled_from([np.float32, np.float32, np.float16]))
+    channels = draw(st.sampled_from([2, 4, 6]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    b = GraphBuilder(opset=source, dtype=dtype)
+    shape = [draw(st.integers(1, 2)), channels, 5, 5]  # every op of the chain keeps it
+    y = b.input("x", shape)
+    families = ["bn", "in", "relu", "conv"] + (["ln"] if source >= 17 else []) + (["gn"] if source >= 21 else [])
+    families += ["rms"] if source >= 23 else []
+    for op in draw(st.lists(st.sampled_from(families), min_size=1, max_size=4)):
+        ones = np.abs(rng.standard_normal(channels)).astype(dtype) + 0.5
+        zeros = (rng.standard_normal(channels) * 0.1).astype(dtype)
+        if op == "bn":
+            y = b.batchnorm(y, channels, rng)
+        elif op == "in":
+            y = b.node("InstanceNormalization", [y, b.const(ones), b.const(zeros)])
+        elif op == "gn":
+            y = b.node(
+                "GroupNormalization", [y, b.const(ones), b.const(zeros)], num_groups=2 if channels % 2 == 0 else 1
+            )
+        elif op == "ln":
+            last = np.abs(rng.standard_normal(5)).astype(dtype) + 0.5
+            y = b.node("LayerNormalization", [y, b.const(last), b.const(np.zeros(5, dtype))], axis=-1)
+        elif op == "rms":
+            y = b.node("RMSNormalization", [y, b.const(np.abs(rng.standard_normal(5)).astype(dtype) + 0.5)], axis=-1)
+        elif op == "relu":
+            y = b.node("Relu", [y])
+        else:
+            y = b.conv(y, channels, channels, rng, pads=[1, 1, 1, 1])
+    b.output(y, shape=shape)
+    target = draw(st.integers(11, onnx.defs.onnx_opset_version()))
+    style = draw(st.sampled_from(["auto", "op", "decomposed"]))
+    return b.model(), target, style
+
+
+@EMIT_SETTINGS
+@given(norm_chains())
+def test_emit_at_any_opset_and_style_keeps_parity_or_refuses_in_one_line(case):
+    from normonnx.errors import UnusableInputError
+    from normonnx.pipelines.emit import emit
+    from normonnx.validate.verify import verify_parity
+
+    model, target, style = case
+    try:
+        out, _ = emit(model, target, style)
+    except UnusableInputError as e:  # an opset that cannot express the model: said, in one line
+        assert "\n" not in str(e) and str(e)
+        return
+    onnx.checker.check_model(out, full_check=True)
+    assert next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx")) == target
+    result = verify_parity(model, out)
+    assert result.passed, (target, style, [n.op_type for n in model.graph.node], result.to_dict())

@@ -175,17 +175,30 @@ def lower_batchnorm(node: gs.Node, ctx: PassContext) -> Write | str:
         return problem
     x = node.inputs[0]
     rank = rank_of(x)
-    if rank is None:
-        return f"{describe(node)}: the input rank is unknown"
     gamma, beta, mean, var = (constant_value(t) for t in node.inputs[1:5])
     try:
         affine = fm.batchnorm_affine(gamma, beta, mean, var, float(node.attrs.get("epsilon", 1e-5)))
         dtype = _dtype(x) or gamma.dtype
-        s = fm.cast_exact(affine.scale, dtype, "scale").reshape(channel_shape(rank))
-        t = fm.cast_exact(affine.shift, dtype, "shift").reshape(channel_shape(rank))
+        s = fm.cast_exact(affine.scale, dtype, "scale")
+        t = fm.cast_exact(affine.shift, dtype, "shift")
     except fm.FoldMathError as e:
         return f"{describe(node)}: {e}"
-    return lambda w, out: _affine(w, x, w.const("scale", s), w.const("shift", t), out)
+    if rank is not None:
+        shape = channel_shape(rank)
+        return lambda w, out: _affine(w, x, w.const("scale", s.reshape(shape)), w.const("shift", t.reshape(shape)), out)
+
+    def any_rank(w: Writer, out: gs.Tensor) -> None:
+        # The rank is unknown (an op shape inference cannot see through): [C] becomes [C, 1, ...]
+        # at run time, with as many 1s as x has axes after the channel one.
+        after = w.op("Sub", [w.op("Shape", [w.op("Shape", [x])]), w.const("two", np.array([2], np.int64))])
+        one = gs.Constant(w.ctx.fresh("one"), np.array([1], np.int64))
+        ones = w.op("ConstantOfShape", [after], {"value": one})
+        shape = w.op("Concat", [w.const("channels", np.array([-1], np.int64)), ones], {"axis": 0})
+        scale = w.op("Reshape", [w.const("scale", s), shape], dtype=_dtype(x))
+        shift = w.op("Reshape", [w.const("shift", t), shape], dtype=_dtype(x))
+        _affine(w, x, scale, shift, out)
+
+    return any_rank
 
 
 # family -> how its standard op is written out (every family with an op in families.py).

@@ -108,6 +108,8 @@ def scan(graph: gs.Graph) -> list[Found]:
         if sub is None:
             continue
         nodes, constant = sub
+        if any(op_is(n, *LINEAR_OPS, "Softmax", "Gather", "Concat") for n in nodes):
+            continue  # an activation computed by the network (attention's keys), not a weight
         fam = weight_family(nodes, graph.opset)
         if fam is None:
             continue
@@ -208,6 +210,8 @@ def _standard(node: gs.Node, opset: int) -> tuple[Found, list[gs.Node]]:
             if is_training_batchnorm(node, opset)
             else f"eps {float(node.attrs.get('epsilon', 1e-5)):g}"
         )
+        if len(node.inputs) >= 5 and not all(is_constant(t) for t in node.inputs[3:5]):
+            mode += ", mean and variance computed at run time (tf2onnx writes Keras LayerNormalization so)"
         return Found("batchnorm", "op", describe(node), (describe(node),), mode), [node]
     view = instancenorm_view(node) if node.op == "InstanceNormalization" else None
     if view is not None:

@@ -137,3 +137,20 @@ def test_a_fp16_refusal_names_the_fp16_error_not_float32_noise():
     noise = compare(ref, [{"y": np.full(4, 1.001, np.float16)}])
     result = rejudge_with_noise(compare(ref, [{"y": np.full(4, 2, np.float16)}]), noise)
     assert not result.passed and "own float16 error" in result.outputs[0].reason
+
+
+def test_decomposed_style_lowers_a_batchnorm_whose_input_rank_is_unknown():
+    """--norm-style decomposed always decomposes: a BN after an op inference cannot see through gets the
+    per-channel shape at run time."""
+    r = rng()
+    b = GraphBuilder(opset=17)
+    b.inputs.append(helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None))  # no shape, no rank
+    y = b.batchnorm("x", 3, r)
+    b.output(y, shape=None)
+    model = b.model()
+    out, _ = emit(model, 17, "decomposed")
+    assert "BatchNormalization" not in op_types(out)
+    for shape in [(2, 3), (2, 3, 5), (2, 3, 4, 4)]:
+        feeds = {"x": rng(1).standard_normal(shape).astype(np.float32)}
+        ref, got = run_model(model, feeds), run_model(out, feeds)
+        np.testing.assert_allclose(got[y], ref[y], rtol=1e-5, atol=1e-5)

@@ -158,3 +158,19 @@ def test_tf2onnx_moments_form_with_the_affine_inside_is_a_layernorm():
     found = scan(prepare_graph(b.model()))
     assert [(f.family, f.form) for f in found] == [("layernorm", "decomposed")]
     assert "tf2onnx" in found[0].detail and len(found[0].nodes) == 12  # every node of the graph
+
+
+def test_attention_keys_after_a_layernorm_are_no_weight_standardization():
+    """scores = q @ Transpose(LN(x) @ Wk): the keys are MatMul's second input and are computed from a
+    decomposed LayerNorm (ReduceMean, Sub), but they are activations: the LayerNorm is found as one."""
+    from tests.helpers import rng
+
+    r = rng()
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 5, 8])
+    h = decomposed_norm(b, x, [-1])
+    q = b.node("MatMul", [h, b.weight(r.standard_normal((8, 8)))])
+    k = b.node("Transpose", [b.node("MatMul", [h, b.weight(r.standard_normal((8, 8)))])], perm=[0, 2, 1])
+    b.output(b.node("Softmax", [b.node("MatMul", [q, k])], axis=-1))
+    found = scan(prepare_graph(b.model()))
+    assert [(f.family, f.form) for f in found] == [("layernorm", "decomposed")], found
