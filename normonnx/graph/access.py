@@ -149,6 +149,11 @@ class GraphOutputs:
     def __contains__(self, tensor: gs.Tensor) -> bool:
         return id(tensor) in self._ids
 
+    def replace(self, old: gs.Tensor, new: gs.Tensor) -> None:
+        """``new`` now stands where ``old`` was among the outputs."""
+        self._ids.discard(id(old))
+        self._ids.add(id(new))
+
 
 def sole_consumer(tensor: gs.Tensor, outputs: GraphOutputs) -> gs.Node | str:
     """The only consumer of an intermediate tensor, or the reason there is none."""

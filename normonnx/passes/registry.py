@@ -16,6 +16,7 @@ from normonnx.passes.fold_norm_affine import FoldNormAffine
 from normonnx.passes.lower import Lower
 from normonnx.passes.raise_norms import RaiseGroupedInstanceNorm, RaiseMoments
 from normonnx.passes.simplify import (
+    ConstantIf,
     IdentityArithmetic,
     MatMulBiasAsGemm,
     PadIntoConv,
@@ -48,6 +49,7 @@ def fold_pipeline(options: FoldOptions) -> Pipeline:
             ReshapeThroughElementwise(),
             TransposeChains(),
             SqueezeThroughTranspose(),
+            ConstantIf(),
             MatMulBiasAsGemm(),
             FoldConstants(),
         ]

@@ -19,6 +19,8 @@ onnxslim do to other exporters' files, done here so that a fold's output is neve
   permutations cancel).
 * ``squeeze-through-transpose``: ``Squeeze(Transpose(y, p), s)`` of axes that are 1 in y becomes
   ``Transpose(Squeeze(y), p')``, so that the Squeeze meets the Reshape before it (a qkv split).
+* ``constant-if``: an If whose condition is a constant (computed from static shapes inside a
+  recurrent model's bodies) is replaced by the branch it takes.
 * ``matmul-bias-as-gemm``: ``MatMul(x, W) + b`` on an x of rank 3 or more (a transformer's
   projections) becomes ``Reshape(x, [-1, K]) -> Gemm(W, b) -> Reshape``: onnxruntime fuses the
   bias into a 2-D Gemm, not into a batched MatMul. Only when at most one leading dim of x is
@@ -199,9 +201,25 @@ class ReshapeChains(_NodeSimplification):
         if before is not None and before.op in _RELABELLING and _default_domain(before) and before.outputs:
             node.inputs[0] = before.inputs[0]
             return True
-        shape, want = static_shape(node.inputs[0]), static_shape(node.outputs[0])
-        same = shape is not None and want is not None and list(shape) == list(want)
-        return same and _bypass(node, node.inputs[0], ctx, protected)
+        return self._keeps_shape(node.inputs[0], target, node) and _bypass(node, node.inputs[0], ctx, protected)
+
+    @staticmethod
+    def _keeps_shape(x: gs.Tensor, target: np.ndarray, node: gs.Node) -> bool:
+        """The target is x's own shape: every dim equal and known, but for one -1 (or 0) where x's dim is
+        the only one not known (tf2onnx's Reshape(x, [-1, C, 1, 1]) after a pool of a dynamic batch)."""
+        dims = x.shape
+        target = [int(v) for v in target.reshape(-1)]
+        if dims is None or len(dims) != len(target):
+            return False
+        free = 0
+        for d, t in zip(dims, target, strict=True):
+            if isinstance(d, int) and d >= 0 and (t == d or (t == 0 and not node.attrs.get("allowzero", 0))):
+                continue
+            if t == -1 or (t == 0 and not node.attrs.get("allowzero", 0)):
+                free += 1
+                continue
+            return False
+        return free <= 1 and all(isinstance(d, int) for d, t in zip(dims, target, strict=True) if t not in (-1, 0))
 
     @staticmethod
     def _into_reshape(node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
@@ -234,7 +252,7 @@ class ReshapeChains(_NodeSimplification):
         return True
 
 
-_INT_MATH = ("Add", "Sub", "Mul", "Div", "Max", "Min")
+_INT_MATH = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Greater", "Less", "And", "Or")
 
 
 def _int_math(op: str, p, q):
@@ -242,9 +260,15 @@ def _int_math(op: str, p, q):
     if isinstance(p, int) and isinstance(q, int):
         if op == "Div":
             return None if q == 0 else int(np.trunc(p / q)) if p * q < 0 else p // q
-        return {"Add": p + q, "Sub": p - q, "Mul": p * q, "Max": max(p, q), "Min": min(p, q)}[op]
+        return {
+            "Add": p + q, "Sub": p - q, "Mul": p * q, "Max": max(p, q), "Min": min(p, q),
+            "Equal": int(p == q), "Greater": int(p > q), "Less": int(p < q),
+            "And": int(bool(p) and bool(q)), "Or": int(bool(p) or bool(q)),
+        }[op]  # fmt: skip
     if op in ("Max", "Min") and isinstance(p, str) and p == q:
         return p
+    if op == "Equal" and isinstance(p, str) and p == q:
+        return 1
     return None
 
 
@@ -280,9 +304,9 @@ class StaticShapeParts:
             if not known or out in ctx.outputs or out.name in protected or node.op == "Constant":
                 continue
             dtype = np.dtype(out.dtype) if out.dtype is not None else np.dtype(np.int64)
-            if dtype.kind not in "iu":
+            if dtype.kind not in "iub":
                 continue
-            out.to_constant(value.astype(np.int64).astype(dtype))
+            out.to_constant(np.asarray(value.tolist(), dtype=np.int64).astype(dtype))
             out.inputs.clear()
             done += 1
         if done:
@@ -328,10 +352,17 @@ class StaticShapeParts:
                 [d if (isinstance(d, int) and d >= 0) or (isinstance(d, str) and d) else None for d in dims],
                 dtype=object,
             )
+        if op == "Size":
+            dims = node.inputs[0].shape
+            if dims is None or not all(isinstance(d, int) and d >= 0 for d in dims):
+                return None
+            return np.array(int(np.prod(dims)) if dims else 1, dtype=object)
         ins = [self._known(t, values) if t.name else None for t in node.inputs]
         if not ins or ins[0] is None:
             return None
         x = ins[0]
+        if op == "Not" and all(isinstance(v, int) for v in x.reshape(-1)):
+            return np.vectorize(lambda v: int(not v), otypes=[object])(x)
         if op in ("Cast", "Identity"):
             return x if op == "Identity" or np.dtype(onnx_np_dtype(node.attrs.get("to"))).kind in "iu" else None
         if op == "Gather" and len(ins) == 2 and ins[1] is not None and int(node.attrs.get("axis", 0)) == 0:
@@ -591,4 +622,39 @@ class SqueezeThroughTranspose(_NodeSimplification):
                 outputs=[out],
             )
         )
+        return True
+
+
+class ConstantIf(_NodeSimplification):
+    name = "constant-if"
+    ops = ("If",)
+
+    def apply(self, node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
+        cond = constant_value(node.inputs[0]) if node.inputs else None
+        if cond is None or cond.size != 1:
+            return False
+        branch = node.attrs.get("then_branch" if bool(cond.reshape(-1)[0]) else "else_branch")
+        if not isinstance(branch, gs.Graph) or len(branch.outputs) != len(node.outputs) or branch.inputs:
+            return False
+        results = list(branch.outputs)
+        outs = list(node.outputs)
+        node.outputs.clear()
+        detach([node])
+        for inner in list(branch.nodes):
+            ctx.add_node(inner)
+        made_here = {id(t) for n in branch.nodes for t in n.outputs}
+        for out, result in zip(outs, results, strict=True):
+            if out in ctx.outputs and id(result) in made_here and out.name not in protected:
+                # The branch's own result takes the output's place and name: no Identity needed.
+                ctx.graph.outputs[[o is out for o in ctx.graph.outputs].index(True)] = result
+                ctx.outputs.replace(out, result)
+                result.name = out.name
+                continue
+            if out in ctx.outputs or out.name in protected or result is out:
+                ctx.add_node(gs.Node("Identity", ctx.fresh(f"{out.name}/taken"), inputs=[result], outputs=[out]))
+                continue
+            for user in list(out.outputs):
+                for i, t in enumerate(user.inputs):
+                    if t is out:
+                        user.inputs[i] = result
         return True

@@ -120,6 +120,8 @@ def statuses(found: list[Found], decisions: list[Decision]) -> list[NormStatus]:
             result.append(NormStatus(f.family, f.form, f.anchor, f.detail, True, d.detail))
             continue
         why = [r for n in f.nodes for r in reasons.get(n, [])] or [_default_reason(f)]
+        if SUBGRAPH_NOTE in f.detail and not why[0].startswith(f.detail):
+            why[0] = f"{f.detail}: {why[0]}"
         result.append(NormStatus(f.family, f.form, f.anchor, f.detail, False, "; ".join(dict.fromkeys(why))))
     return result
 
@@ -127,7 +129,7 @@ def statuses(found: list[Found], decisions: list[Decision]) -> list[NormStatus]:
 def _default_reason(f: Found) -> str:
     """Why a normalization no pass considered stays: the family's nature."""
     if SUBGRAPH_NOTE in f.detail:
-        return f"{f.detail}: normonnx folds in the main graph only"
+        return f"{f.detail}: nothing next to it to fold into"
     if f.form == "onnxruntime op":
         return ONNXRUNTIME_NOTE
     if f.family == "batchnorm" and "training_mode=1" in f.detail:
@@ -140,6 +142,24 @@ def _default_reason(f: Found) -> str:
     if fam.foldable:
         return "no Conv/ConvTranspose/Gemm/MatMul next to it to fold into"
     return fam.fold_note
+
+
+def _fold_bodies(graph: gs.Graph, options: FoldOptions, parent: PassContext) -> int:
+    """The same pipeline inside every If/Loop/Scan body, innermost last (silero's recurrent bodies hold
+    shape arithmetic and Ifs whose conditions are constant there); a body's outputs stay as they are."""
+    done = 0
+    for node in list(graph.nodes):
+        for value in node.attrs.values():
+            for body in value if isinstance(value, list) else [value]:
+                if not isinstance(body, gs.Graph):
+                    continue
+                body.opset = body.opset or graph.opset
+                ctx = PassContext(body, options, decisions=parent.decisions, store=parent.store)
+                done += sum(fold_pipeline(options).run(ctx).rewrites.values())
+                done += _fold_bodies(body, options, parent)
+                if ctx.nodes_added:
+                    body.toposort()
+    return done
 
 
 def _unknown_ops(graph: gs.Graph) -> str:
@@ -198,10 +218,13 @@ def fold(
     before = _stats(graph, found, tensor_bytes(proto))
     ctx = PassContext(graph, options, store=store)
     ran = fold_pipeline(options).run(ctx)
+    in_bodies = _fold_bodies(graph, options, ctx)
     # Folds only remove nodes or rewire in place, which keeps a sorted graph
     # sorted; nodes a pass appended need the sort.
-    out = to_model(graph, proto, sort=ctx.nodes_added > 0)
+    out = to_model(graph, proto, sort=ctx.nodes_added > 0 or in_bodies > 0)
     rewrites, notes = dict(ran.rewrites), [*notes_first, *([ran.note] if ran.note else [])]
+    if in_bodies:
+        rewrites["in If/Loop/Scan bodies"] = in_bodies
     for _ in range(MAX_REINFERENCE_ROUNDS):
         # A folded Shape can make the next tensor's shape inferable (TorchScript's GroupNorm reshapes):
         # infer shapes again and fold on, so that one run leaves nothing for the next.

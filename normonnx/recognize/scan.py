@@ -186,7 +186,7 @@ SUBGRAPH_NOTE = "inside a control-flow body"
 
 def _in_subgraphs(graph: gs.Graph) -> list[Found]:
     """Standard normalization ops inside If/Loop/Scan bodies: listed, so that they are not silently
-    skipped (the passes work on the main graph only)."""
+    skipped (fold runs its pipeline in the bodies too; their outputs stay)."""
     found = []
     for node in graph.nodes:
         for attr, value in node.attrs.items():

@@ -72,6 +72,7 @@ def test_fold_pipeline_names_are_the_names_decisions_carry():
         "reshape-through-elementwise",
         "transpose-chains",
         "squeeze-through-transpose",
+        "constant-if",
         "matmul-bias-as-gemm",
         "fold-constants",
     ]

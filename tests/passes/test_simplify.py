@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from normonnx.pipelines.fold import fold
-from tests.builders import GraphBuilder, assert_parity, op_types
+from tests.builders import GraphBuilder, assert_parity, op_types, run_model
 from tests.helpers import rng
 
 
@@ -240,3 +240,69 @@ def test_broadcast_shape_arithmetic_of_one_named_dim_is_read_as_that_dim():
     out, _ = fold(model)
     assert op_types(out) == ["Reshape"], op_types(out)
     assert_parity(model, out, shapes={"x": (3, 4, 6)})
+
+
+def test_a_reshape_to_its_own_shape_with_the_dynamic_batch_as_minus_one_goes():
+    """tf2onnx's squeeze-excite: Reshape(GlobalAveragePool(x), [-1, C, 1, 1]) of a dynamic batch."""
+    r = rng()
+    b = GraphBuilder(opset=13)
+    x = b.input("x", ["batch", 4, 6, 6])
+    y = b.node("Reshape", [b.node("GlobalAveragePool", [x]), b.const(np.array([-1, 4, 1, 1], np.int64))])
+    y = b.conv(y, 4, 4, r, k=1)
+    b.output(y)
+    model = b.model()
+    out, _ = fold(model)
+    assert op_types(out) == ["GlobalAveragePool", "Conv"]
+    assert_parity(model, out, shapes={"x": (3, 4, 6, 6)})
+
+
+def test_a_reshape_that_moves_the_dynamic_dim_stays():
+    b = GraphBuilder(opset=13)
+    x = b.input("x", ["batch", 4, 1, 1])
+    y = b.node("Reshape", [x, b.const(np.array([4, -1, 1, 1], np.int64))])
+    y = b.node("Relu", [y])
+    b.output(y)
+    model = b.model()
+    out, _ = fold(model)
+    assert "Reshape" in op_types(out)
+    assert_parity(model, out, shapes={"x": (3, 4, 1, 1)})
+
+
+def test_ifs_with_constant_conditions_inside_bodies_take_their_branch():
+    """silero's bodies: an If on a condition computed from constants, inside an If on a graph input."""
+    from onnx import TensorProto, helper
+
+    def branch(name: str, nodes, out: str):
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, [2, 3])])
+
+    two = helper.make_tensor("two", TensorProto.INT64, [], [2])
+    inner = helper.make_node(
+        "If",
+        ["is_two"],
+        ["inner_out"],
+        then_branch=branch("t", [helper.make_node("Relu", ["x"], ["relu_out"])], "relu_out"),
+        else_branch=branch("e", [helper.make_node("Neg", ["x"], ["neg_out"])], "neg_out"),
+    )
+    then = branch(
+        "outer_then",
+        [
+            helper.make_node("Constant", [], ["two_c"], value=two),
+            helper.make_node("Equal", ["two_c", "two_c"], ["is_two"]),
+            inner,
+        ],
+        "inner_out",
+    )
+    other = branch("outer_else", [helper.make_node("Sigmoid", ["x"], ["sig_out"])], "sig_out")
+    b = GraphBuilder(opset=17)
+    b.input("x", [2, 3])
+    b.input("flag", [], dtype=np.bool_)
+    b.node("If", ["flag"], outputs=["y"], then_branch=then, else_branch=other)
+    b.output("y", shape=[2, 3])
+    model = b.model()
+    out, report = fold(model)
+    body = next(a.g for a in out.graph.node[0].attribute if a.name == "then_branch")
+    assert [n.op_type for n in body.node] == ["Relu"], [n.op_type for n in body.node]
+    assert report.rewrites["in If/Loop/Scan bodies"] >= 1
+    for flag in (True, False):
+        feeds = {"x": rng(2).standard_normal((2, 3)).astype(np.float32), "flag": np.array(flag)}
+        np.testing.assert_array_equal(run_model(out, feeds)["y"], run_model(model, feeds)["y"])
