@@ -27,7 +27,9 @@ _SHAPE_READERS = {"MatMul", "Shape", "Size", "CastLike", "Tile", "Expand", "Redu
 
 
 def needs_shapes(model: onnx.ModelProto) -> bool:
-    return any(n.op_type in _SHAPE_READERS for n in model.graph.node)
+    from normonnx.graph.modelio import iter_nodes
+
+    return any(n.op_type in _SHAPE_READERS for n in iter_nodes(model.graph))
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -103,8 +105,18 @@ def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph, always: bool = Fals
     except Exception as e:  # inference is an aid: a model it cannot handle still folds
         log.debug("shape inference failed: %s", e)
         return
+    from normonnx.graph.modelio import iter_nodes
+
     tensors = graph.tensors()
-    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+    infos = [*inferred.graph.value_info, *inferred.graph.output]
+    for node in iter_nodes(inferred.graph):  # bodies: onnx infers them, into their own value_info
+        for a in node.attribute:
+            for body in [a.g] if a.HasField("g") else list(a.graphs):
+                infos += [*body.value_info, *body.output]
+    for body in _bodies(graph):
+        for name, t in body.tensors().items():
+            tensors.setdefault(name, t)
+    for vi in infos:
         t = tensors.get(vi.name)
         if not isinstance(t, gs.Variable) or not vi.type.HasField("tensor_type"):
             continue
@@ -115,6 +127,16 @@ def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph, always: bool = Fals
         dims = _dims(vi)
         if dims is not None and (t.shape is None or _better(t.shape, dims)):
             t.shape = dims
+
+
+def _bodies(graph: gs.Graph):
+    """Every If/Loop/Scan body of ``graph``, at any depth."""
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for body in value if isinstance(value, list) else [value]:
+                if isinstance(body, gs.Graph):
+                    yield body
+                    yield from _bodies(body)
 
 
 def _better(old: list, new: list) -> bool:

@@ -364,7 +364,7 @@ class StaticShapeParts:
         if op == "Not" and all(isinstance(v, int) for v in x.reshape(-1)):
             return np.vectorize(lambda v: int(not v), otypes=[object])(x)
         if op in ("Cast", "Identity"):
-            return x if op == "Identity" or np.dtype(onnx_np_dtype(node.attrs.get("to"))).kind in "iu" else None
+            return x if op == "Identity" or np.dtype(onnx_np_dtype(node.attrs.get("to"))).kind in "iub" else None
         if op == "Gather" and len(ins) == 2 and ins[1] is not None and int(node.attrs.get("axis", 0)) == 0:
             idx = ins[1]
             if x.ndim != 1 or any(not isinstance(v, int) for v in idx.reshape(-1)):
