@@ -108,7 +108,7 @@ def scan(graph: gs.Graph) -> list[Found]:
         if sub is None:
             continue
         nodes, constant = sub
-        if any(op_is(n, *LINEAR_OPS, "Softmax", "Gather", "Concat") for n in nodes):
+        if any(op_is(n, *LINEAR_OPS, "Softmax") for n in nodes):
             continue  # an activation computed by the network (attention's keys), not a weight
         fam = weight_family(nodes, graph.opset)
         if fam is None:
