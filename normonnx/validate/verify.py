@@ -93,8 +93,13 @@ def verify_parity(
     specs = reference_proto
     if specs is None:
         specs = load_model(reference, load_weights=False) if isinstance(reference, str | os.PathLike) else reference
+    # A model in memory runs in this process (as onnx_outputs runs it); a file, in a child.
     probed = probe_shapes(
-        specs, runnable_source(reference), shapes, label=f"{_name(reference)} (the original)", isolated=isolated
+        specs,
+        runnable_source(reference),
+        shapes,
+        label=f"{_name(reference)} (the original)",
+        isolated=isolated and isinstance(reference, str | os.PathLike),
     )
     feeds = probed_feeds(input_specs(specs), probed, samples)
     sharing: dict = {}
