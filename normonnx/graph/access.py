@@ -6,7 +6,7 @@ who produces it, who consumes it, is it a graph output. They live here once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -19,6 +19,19 @@ from normonnx.graph.bridge import stored_values
 def op_is(node: gs.Node | None, *ops: str) -> bool:
     """True for a node of the default ONNX domain whose op is one of ``ops``."""
     return node is not None and node.op in ops and is_default_domain(node.domain)
+
+
+def bodies(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """Every If/Loop/Scan body of ``graph``, at any depth (a body before the bodies inside it).
+
+    Lazy: a caller may rewrite a body it was given before the walk goes into that body.
+    """
+    for node in list(graph.nodes):
+        for value in node.attrs.values():
+            for body in value if isinstance(value, list) else [value]:
+                if isinstance(body, gs.Graph):
+                    yield body
+                    yield from bodies(body)
 
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:

@@ -160,12 +160,12 @@ class _Down:
             self._softmax(node, where)
         elif node.op_type == "BatchNormalization" and self.dst < 14 <= self.src:
             self._batchnorm(node, where)
-        if node.op_type == "BatchNormalization" and self.dst < 15 <= self.src:
-            self._batchnorm_types(node, where)
         elif node.op_type in ("Resize", "Upsample"):
             raise OpsetError(
                 f"{where}: its semantics changed between opsets {dst.since_version} and {src.since_version}"
             )
+        if node.op_type == "BatchNormalization" and self.dst < 15 <= self.src:
+            self._batchnorm_types(node, where)
         if node.op_type == "Reshape":
             self._reshape(node)
         elif node.op_type == "Constant" and self.dst < 12 and node.attribute[0].name != "value":

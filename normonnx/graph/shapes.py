@@ -105,6 +105,7 @@ def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph, always: bool = Fals
     except Exception as e:  # inference is an aid: a model it cannot handle still folds
         log.debug("shape inference failed: %s", e)
         return
+    from normonnx.graph.access import bodies
     from normonnx.graph.modelio import iter_nodes
 
     tensors = graph.tensors()
@@ -113,7 +114,7 @@ def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph, always: bool = Fals
         for a in node.attribute:
             for body in [a.g] if a.HasField("g") else list(a.graphs):
                 infos += [*body.value_info, *body.output]
-    for body in _bodies(graph):
+    for body in bodies(graph):
         for name, t in body.tensors().items():
             tensors.setdefault(name, t)
     for vi in infos:
@@ -127,16 +128,6 @@ def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph, always: bool = Fals
         dims = _dims(vi)
         if dims is not None and (t.shape is None or _better(t.shape, dims)):
             t.shape = dims
-
-
-def _bodies(graph: gs.Graph):
-    """Every If/Loop/Scan body of ``graph``, at any depth."""
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for body in value if isinstance(value, list) else [value]:
-                if isinstance(body, gs.Graph):
-                    yield body
-                    yield from _bodies(body)
 
 
 def _better(old: list, new: list) -> bool:

@@ -11,7 +11,6 @@ onnxslim do to other exporters' files, done here so that a fold's output is neve
 * ``reshape-chains``: a Reshape to a constant shape reads through the Reshape / Flatten / Squeeze /
   Unsqueeze before it (they only relabel the same elements in the same order), and a Reshape to the
   shape its input already has goes away.
-
 * ``reshape-through-elementwise``: ``Reshape -> elementwise -> Reshape`` (a GELU between two
   projections) reads through the first Reshape: unary ops and ops with scalar constants commute
   with a reshape, so the middle runs on the flat tensor and one Reshape remains.
@@ -37,21 +36,14 @@ import onnx_graphsurgeon as gs
 from onnx.helper import tensor_dtype_to_np_dtype as onnx_np_dtype
 
 from normonnx.families import is_default_domain
-from normonnx.graph.access import constant_value, op_is, producer, static_shape
+from normonnx.graph.access import bodies, constant_value, op_is, producer, static_shape
 from normonnx.graph.bridge import detach
 from normonnx.passes._base import PassContext
+from normonnx.passes._writer import Writer, contained
 
 
 def _names_read_by_bodies(graph: gs.Graph) -> set[str]:
-    names: set[str] = set()
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for body in value if isinstance(value, list) else [value]:
-                if isinstance(body, gs.Graph):
-                    for sub in body.nodes:
-                        names.update(t.name for t in sub.inputs)
-                    names |= _names_read_by_bodies(body)
-    return names
+    return {t.name for body in bodies(graph) for node in body.nodes for t in node.inputs}
 
 
 def _bypass(node: gs.Node, x: gs.Tensor, ctx: PassContext, protected: set[str]) -> bool:
@@ -59,16 +51,17 @@ def _bypass(node: gs.Node, x: gs.Tensor, ctx: PassContext, protected: set[str]) 
     y = node.outputs[0]
     if y in ctx.outputs or y.name in protected:
         return False
-    for user in list(y.outputs):
-        for i, t in enumerate(user.inputs):
-            if t is y:
-                user.inputs[i] = x
+    _redirect(y, x)
     detach([node])
     return True
 
 
-def _default_domain(node: gs.Node) -> bool:
-    return is_default_domain(node.domain)
+def _redirect(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Every node reading ``old`` reads ``new`` instead."""
+    for user in list(old.outputs):
+        for i, t in enumerate(user.inputs):
+            if t is old:
+                user.inputs[i] = new
 
 
 class _NodeSimplification:
@@ -81,7 +74,7 @@ class _NodeSimplification:
         protected = _names_read_by_bodies(ctx.graph)
         done = 0
         for node in list(ctx.graph.nodes):
-            if node.outputs and node.op in self.ops and _default_domain(node) and self.apply(node, ctx, protected):
+            if node.outputs and op_is(node, *self.ops) and self.apply(node, ctx, protected):
                 done += 1
         if done:
             ctx.graph.cleanup(remove_unused_graph_inputs=False)
@@ -97,7 +90,7 @@ class PadIntoConv(_NodeSimplification):
 
     def apply(self, node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
         pad = producer(node.inputs[0])
-        if not op_is(pad, "Pad") or not _default_domain(pad) or not pad.outputs:
+        if not op_is(pad, "Pad") or not pad.outputs:
             return False
         if len(pad.outputs[0].outputs) != 1 or pad.outputs[0] in ctx.outputs or pad.outputs[0].name in protected:
             return False
@@ -198,7 +191,7 @@ class ReshapeChains(_NodeSimplification):
         if target is None or (np.any(target == 0) and not node.attrs.get("allowzero", 0)):
             return False  # a 0 copies a dim of the input it reads: reading through would change it
         before = producer(node.inputs[0])
-        if before is not None and before.op in _RELABELLING and _default_domain(before) and before.outputs:
+        if op_is(before, *_RELABELLING) and before.outputs:
             node.inputs[0] = before.inputs[0]
             return True
         return self._keeps_shape(node.inputs[0], target, node) and _bypass(node, node.inputs[0], ctx, protected)
@@ -226,7 +219,7 @@ class ReshapeChains(_NodeSimplification):
         """``Squeeze`` / ``Unsqueeze`` of a Reshape to a constant target: one Reshape to the target with
         those 1s removed or inserted (tf2onnx's einsum writes Reshape then Squeeze)."""
         before = producer(node.inputs[0])
-        if not op_is(before, "Reshape") or not _default_domain(before) or len(before.outputs[0].outputs) != 1:
+        if not op_is(before, "Reshape") or len(before.outputs[0].outputs) != 1:
             return False
         if before.outputs[0] in ctx.outputs or before.outputs[0].name in protected:
             return False
@@ -285,10 +278,10 @@ class StaticShapeParts:
 
     def run(self, ctx: PassContext) -> int:
         protected = _names_read_by_bodies(ctx.graph)
-        values: dict[int, np.ndarray] = {}  # id(tensor) -> int64 values, -1 where unknown (object array)
+        values: dict[int, np.ndarray] = {}  # id(tensor) -> object array of ints, dim names, None for unknown
         done = 0
         for node in list(ctx.graph.nodes):
-            if not node.outputs or not _default_domain(node) or len(node.outputs) != 1:
+            if not node.outputs or not is_default_domain(node.domain) or len(node.outputs) != 1:
                 continue
             if node.op == "Reshape" and len(node.inputs) > 1 and self._one_dim_left(node, ctx, values):
                 done += 1
@@ -422,7 +415,7 @@ class MatMulBiasAsGemm(_NodeSimplification):
         if len(y.outputs) != 1 or y in ctx.outputs or y.name in protected:
             return False
         add = y.outputs[0]
-        if not op_is(add, "Add") or not _default_domain(add) or len(add.inputs) != 2:
+        if not op_is(add, "Add") or len(add.inputs) != 2:
             return False
         bias_t = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
         bias = constant_value(bias_t)
@@ -437,35 +430,12 @@ class MatMulBiasAsGemm(_NodeSimplification):
             return False
         back = np.asarray([-1 if i in unknown else d for i, d in enumerate(leading)] + [n], np.int64)
         out = add.outputs[0]
-        base = node.name or y.name
-        flat = gs.Variable(ctx.fresh(f"{base}/flat"), dtype=x.dtype)
-        gemm_out = gs.Variable(ctx.fresh(f"{base}/gemm"), dtype=out.dtype)
-        ctx.add_node(
-            gs.Node(
-                "Reshape",
-                ctx.fresh(f"{base}/flatten"),
-                inputs=[x, ctx.constant(f"{base}/k", np.asarray([-1, k], np.int64))],
-                outputs=[flat],
-            )
-        )
-        ctx.add_node(
-            gs.Node(
-                "Gemm",
-                ctx.fresh(f"{base}/gemm"),
-                inputs=[flat, w, ctx.constant(f"{base}/bias", bias.reshape(n))],
-                outputs=[gemm_out],
-            )
-        )
-        ctx.add_node(
-            gs.Node(
-                "Reshape",
-                ctx.fresh(f"{base}/unflatten"),
-                inputs=[gemm_out, ctx.constant(f"{base}/shape", back)],
-                outputs=[out],
-            )
-        )
         add.outputs.clear()
         detach([node, add])
+        write = Writer(ctx, node.name or y.name)
+        flat = write.op("Reshape", [x, write.const("k", np.asarray([-1, k], np.int64))], dtype=x.dtype)
+        gemm = write.op("Gemm", [flat, w, write.const("bias", bias.reshape(n))], dtype=out.dtype)
+        write.op("Reshape", [gemm, write.const("shape", back)], out=out)
         return True
 
 
@@ -492,6 +462,7 @@ _UNARY = {
     "Cast",
 }
 _BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"}
+_ELEMENTWISE = tuple(_UNARY | _BINARY)
 
 
 class ReshapeThroughElementwise(_NodeSimplification):
@@ -519,7 +490,7 @@ class ReshapeThroughElementwise(_NodeSimplification):
     def _region(top: gs.Tensor, ctx: PassContext, protected: set[str]):
         """(the Reshape the elementwise nodes above ``top`` read, those nodes) or None unless exact."""
         start = producer(top)
-        if start is None or start.op not in _UNARY | _BINARY or not _default_domain(start):
+        if not op_is(start, *_ELEMENTWISE):
             return None
         nodes, stack, seen, first = [], [start], set(), None
         while stack:
@@ -527,7 +498,7 @@ class ReshapeThroughElementwise(_NodeSimplification):
             if id(n) in seen:
                 continue
             seen.add(id(n))
-            if n.op not in _UNARY | _BINARY or not _default_domain(n) or len(n.outputs) != 1:
+            if not op_is(n, *_ELEMENTWISE) or len(n.outputs) != 1:
                 return None
             nodes.append(n)
             for t in n.inputs:
@@ -537,7 +508,7 @@ class ReshapeThroughElementwise(_NodeSimplification):
                         return None  # a constant that broadcasts along an axis does not commute with a reshape
                     continue
                 p = producer(t)
-                if p is not None and p.op == "Reshape" and _default_domain(p):
+                if op_is(p, "Reshape"):
                     if first is not None and p is not first:
                         return None
                     first = p
@@ -545,20 +516,12 @@ class ReshapeThroughElementwise(_NodeSimplification):
                 if p is None:
                     return None
                 stack.append(p)
-        if first is None or first.outputs[0] in ctx.outputs or first.outputs[0].name in protected:
+        if first is None:
             return None
-        members = {id(n) for n in nodes}
-        for n in nodes:
-            t = n.outputs[0]
-            if t in ctx.outputs or t.name in protected:
-                return None
-            if t is not top and any(id(u) not in members for u in t.outputs):
-                return None
-        if top.outputs and len(top.outputs) != 1:
+        region = [first, *nodes]
+        if top in ctx.outputs or len(top.outputs) > 1 or any(n.outputs[0].name in protected for n in region):
             return None
-        if any(id(u) not in members for u in first.outputs[0].outputs):
-            return None
-        return first, nodes
+        return None if contained(region, top, ctx.outputs) is not None else (first, nodes)
 
 
 class TransposeChains(_NodeSimplification):
@@ -567,7 +530,7 @@ class TransposeChains(_NodeSimplification):
 
     def apply(self, node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
         before = producer(node.inputs[0])
-        if not op_is(before, "Transpose") or not _default_domain(before):
+        if not op_is(before, "Transpose"):
             return False
         p, q = before.attrs.get("perm"), node.attrs.get("perm")
         if p is None or q is None or len(p) != len(q):
@@ -588,7 +551,7 @@ class SqueezeThroughTranspose(_NodeSimplification):
 
     def apply(self, node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
         transpose = producer(node.inputs[0])
-        if not op_is(transpose, "Transpose") or not _default_domain(transpose) or "perm" not in transpose.attrs:
+        if not op_is(transpose, "Transpose") or "perm" not in transpose.attrs:
             return False
         mid = transpose.outputs[0]
         if len(mid.outputs) != 1 or mid in ctx.outputs or mid.name in protected:
@@ -605,23 +568,13 @@ class SqueezeThroughTranspose(_NodeSimplification):
             return False
         kept = [perm[k] for k in range(len(perm)) if k not in squeezed]
         renumber = {a: i for i, a in enumerate(sorted(kept))}
-        inner = gs.Variable(ctx.fresh(f"{node.name}/squeezed"), dtype=node.outputs[0].dtype)
-        axes_c = ctx.constant(f"{node.name}/axes", np.asarray(source_axes, np.int64))
-        ctx.add_node(
-            gs.Node("Squeeze", ctx.fresh(f"{node.name}/first"), inputs=[transpose.inputs[0], axes_c], outputs=[inner])
-        )
-        out = node.outputs[0]
+        source, out = transpose.inputs[0], node.outputs[0]
         node.outputs.clear()
         detach([node, transpose])
-        ctx.add_node(
-            gs.Node(
-                "Transpose",
-                ctx.fresh(f"{node.name}/then"),
-                attrs={"perm": [renumber[a] for a in kept]},
-                inputs=[inner],
-                outputs=[out],
-            )
-        )
+        write = Writer(ctx, node.name)
+        axes_c = write.const("axes", np.asarray(source_axes, np.int64))
+        inner = write.op("Squeeze", [source, axes_c], dtype=out.dtype)
+        write.op("Transpose", [inner], {"perm": [renumber[a] for a in kept]}, out=out)
         return True
 
 
@@ -651,10 +604,7 @@ class ConstantIf(_NodeSimplification):
                 result.name = out.name
                 continue
             if out in ctx.outputs or out.name in protected or result is out:
-                ctx.add_node(gs.Node("Identity", ctx.fresh(f"{out.name}/taken"), inputs=[result], outputs=[out]))
+                Writer(ctx, f"{out.name}/taken").op("Identity", [result], out=out)
                 continue
-            for user in list(out.outputs):
-                for i, t in enumerate(user.inputs):
-                    if t is out:
-                        user.inputs[i] = result
+            _redirect(out, result)
         return True

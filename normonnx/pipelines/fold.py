@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 
 from normonnx.families import BY_KEY, ONNXRUNTIME_NOTE, is_default_domain
 from normonnx.graph import external
+from normonnx.graph.access import bodies
 from normonnx.graph.bridge import (
     graph_constant_bytes,
     model_and_name,
@@ -148,24 +149,17 @@ def _fold_bodies(graph: gs.Graph, options: FoldOptions, parent: PassContext) -> 
     """The same pipeline inside every If/Loop/Scan body, innermost last (silero's recurrent bodies hold
     shape arithmetic and Ifs whose conditions are constant there); a body's outputs stay as they are."""
     done = 0
-    for node in list(graph.nodes):
-        for value in node.attrs.values():
-            for body in value if isinstance(value, list) else [value]:
-                if not isinstance(body, gs.Graph):
-                    continue
-                body.opset = body.opset or graph.opset
-                ctx = PassContext(body, options, decisions=parent.decisions, store=parent.store)
-                done += sum(fold_pipeline(options).run(ctx).rewrites.values())
-                done += _fold_bodies(body, options, parent)
-                if ctx.nodes_added:
-                    body.toposort()
+    for body in bodies(graph):
+        body.opset = body.opset or graph.opset
+        ctx = PassContext(body, options, decisions=parent.decisions, store=parent.store)
+        done += sum(fold_pipeline(options).run(ctx).rewrites.values())
+        if ctx.nodes_added:
+            body.toposort()
     return done
 
 
 def _unknown_ops(graph: gs.Graph) -> str:
     """``com.microsoft.Attention x2, ...``: ops outside onnx's schemas (contrib and custom ops), never rewritten."""
-    import onnx
-
     counts: Counter[str] = Counter()
     for n in graph.nodes:
         if is_default_domain(n.domain):

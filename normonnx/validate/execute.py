@@ -20,13 +20,50 @@ if TYPE_CHECKING:
 ModelSource = str | os.PathLike | bytes
 
 
-def _model(source: ModelSource) -> onnx.ModelProto | str:
-    """A path stays a path: onnx is imported only for bytes (it is slow to import in every child)."""
+def _model(source: ModelSource | onnx.ModelProto) -> onnx.ModelProto | str:
+    """A path stays a path: onnx is imported only for bytes (it is slow to import in every child).
+    A model already in memory (a caller that runs onnxruntime in its own process) passes as it is."""
     if isinstance(source, bytes):
         import onnx
 
         return onnx.ModelProto.FromString(source)
-    return str(source)
+    if isinstance(source, str | os.PathLike):
+        return str(source)
+    return source
+
+
+def fits_a_message(model: onnx.ModelProto) -> bool:
+    """Whether a child can get ``model`` as bytes: no external data, under protobuf's 2 GiB."""
+    from normonnx.graph.modelio import has_external_data
+
+    return not has_external_data(model) and model.ByteSize() < (1 << 31) - 1
+
+
+def runnable_source(model: onnx.ModelProto | str | os.PathLike) -> str | bytes | None:
+    """What a child can load ``model`` from: its path, or its bytes when it fits one message (else None)."""
+    if isinstance(model, str | os.PathLike):
+        return str(model)
+    return model.SerializeToString() if fits_a_message(model) else None
+
+
+def first_runnable(source, specs, tries, values, config: SessionConfig) -> tuple[int, bool, list[str]]:
+    """(index of the first shapes the model runs at, or -1; whether integer inputs had to be 0; one error
+    line per failed try). Every shape with seeded integers first, then with integers 0 (token ids that a
+    small embedding table cannot take). See validate.probe."""
+    from normonnx.errors import first_line
+    from normonnx.validate.probe import probe_feeds
+
+    sess = session(_model(source), config)
+    errors = []
+    integers = any(s.dtype.kind in "iu" and s.name not in values for s in specs)
+    for zero in (False, True) if integers else (False,):
+        for k, shapes in enumerate(tries):
+            try:
+                run(sess, probe_feeds(specs, shapes, values, 0, zero))
+                return k, zero, errors
+            except Exception as e:  # onnxruntime says why in its own words; we only need the first line
+                errors.append(first_line(e))
+    return -1, False, errors
 
 
 def input_dtypes(source: ModelSource) -> dict[str, np.dtype]:

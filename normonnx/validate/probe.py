@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from normonnx.errors import UnusableInputError, first_line
+from normonnx.errors import UnusableInputError
 from normonnx.validate.inputs import InputSpec, input_specs, random_inputs
 from normonnx.validate.runner import SessionConfig
 
@@ -227,7 +227,8 @@ def candidates(
     return result
 
 
-def _feeds(specs, shapes, values, seed: int, zero_integers: bool = False) -> dict[str, np.ndarray]:
+def probe_feeds(specs, shapes, values, seed: int, zero_integers: bool = False) -> dict[str, np.ndarray]:
+    """One seeded input set at ``shapes``, with the tested values and, if asked, integer inputs 0."""
     feeds = random_inputs(specs, seed, shapes)
     for spec in specs:
         if zero_integers and spec.dtype.kind in "iu" and spec.name not in values:
@@ -237,38 +238,13 @@ def _feeds(specs, shapes, values, seed: int, zero_integers: bool = False) -> dic
     return feeds
 
 
-def first_runnable(source, specs, tries, values, config: SessionConfig) -> tuple[int, bool, list[str]]:
-    """(index of the first shapes the model runs at, or -1; whether integer inputs had to be 0; one error
-    line per failed try). Every shape with seeded integers first, then with integers 0 (token ids that a
-    small embedding table cannot take). Runs in the child."""
-    from normonnx.validate.runner import run, session
-
-    sess = session(source if isinstance(source, str) else _from_bytes(source), config)
-    errors = []
-    integers = any(s.dtype.kind in "iu" and s.name not in values for s in specs)
-    for zero in (False, True) if integers else (False,):
-        for k, shapes in enumerate(tries):
-            try:
-                run(sess, _feeds(specs, shapes, values, 0, zero))
-                return k, zero, errors
-            except Exception as e:  # onnxruntime says why in its own words; we only need the first line
-                errors.append(first_line(e))
-    return -1, False, errors
-
-
-def _from_bytes(data: bytes):
-    import onnx
-
-    return onnx.ModelProto.FromString(data)
-
-
 def _dims_text(shapes: dict[str, tuple[int, ...]]) -> str:
     return " ".join(f"{n}:{','.join(map(str, s))}" for n, s in shapes.items())
 
 
 def probe_shapes(
     model: onnx.ModelProto,
-    source: str | os.PathLike | bytes | None,
+    source: str | os.PathLike | bytes | onnx.ModelProto | None,
     overrides: dict[str, tuple[int, ...]] | None = None,
     *,
     label: str,
@@ -277,8 +253,9 @@ def probe_shapes(
 ) -> ProbedShapes:
     """The shapes (and test values) to verify ``model`` at; tried on ``source`` only when something is guessed.
 
-    ``source`` is what onnxruntime loads (a path or bytes); None means nothing can be tried
-    and the first candidate is taken.
+    ``source`` is what onnxruntime loads (a path, bytes, or the model in memory, serialized only if a
+    child must load it); None, or a model too large for one message, means nothing can be tried and
+    the first candidate is taken.
     """
     from normonnx.validate.inputs import check_shape_names
 
@@ -293,13 +270,21 @@ def probe_shapes(
     tries = candidates(specs, overrides, total_strides(model) if guessed else ())
     if (not guessed and not values) or source is None:
         return ProbedShapes(tries[0], values, guessed, 0)
+    from normonnx.validate import execute
+
+    if not isinstance(source, str | os.PathLike | bytes):  # a model in memory: serialized only to cross over
+        if not execute.fits_a_message(source):
+            return ProbedShapes(tries[0], values, guessed, 0)
+        source = source.SerializeToString() if isolated else source
+    elif not isinstance(source, bytes):
+        source = str(source)
     config = SessionConfig(optimize=False)
     if isolated:
         from normonnx.isolation import DEFAULT_TIMEOUT, call_isolated
 
         index, zero, errors = call_isolated(
-            first_runnable,
-            source if isinstance(source, bytes) else str(source),
+            execute.first_runnable,
+            source,
             specs,
             tries,
             values,
@@ -308,9 +293,7 @@ def probe_shapes(
             timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
         )
     else:
-        index, zero, errors = first_runnable(
-            source if isinstance(source, bytes) else str(source), specs, tries, values, config
-        )
+        index, zero, errors = execute.first_runnable(source, specs, tries, values, config)
     if index < 0:
         what = "guessed shapes" if guessed else "inputs"
         tried = "; ".join(_dims_text(t) for t in tries)
@@ -326,4 +309,4 @@ def probed_feeds(
     specs: list[InputSpec], probed: ProbedShapes, count: int, seed: int = 0
 ) -> list[dict[str, np.ndarray]]:
     """``count`` seeded input sets at the probed shapes (the same values every caller makes)."""
-    return [_feeds(specs, probed.shapes, probed.values, seed + k, probed.zero_integers) for k in range(count)]
+    return [probe_feeds(specs, probed.shapes, probed.values, seed + k, probed.zero_integers) for k in range(count)]

@@ -60,7 +60,7 @@ def torch_parity(module, model: onnx.ModelProto, example: Sequence, samples: int
         refs.append(torch_outputs(module, xs))
         feeds.append(_feeds(module, names, xs))
     cands = []
-    from normonnx.validate.verify import runnable_source
+    from normonnx.validate.execute import runnable_source
 
     # onnxruntime runs in a child, as everywhere: from bytes, or from the model itself when it is too big for them.
     source = runnable_source(model) or model

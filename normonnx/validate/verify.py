@@ -96,7 +96,7 @@ def verify_parity(
     # A model in memory runs in this process (as onnx_outputs runs it); a file, in a child.
     probed = probe_shapes(
         specs,
-        runnable_source(reference),
+        reference,
         shapes,
         label=f"{_name(reference)} (the original)",
         isolated=isolated and isinstance(reference, str | os.PathLike),
@@ -133,7 +133,7 @@ def _own_error(reference, refs, feeds, sharing: dict, isolated: bool) -> ParityR
 
     noisy = onnx_outputs(reference, feeds, SessionConfig(optimize=True, **sharing), isolated=isolated)
     floor = compare(refs, noisy)
-    source = runnable_source(reference)
+    source = execute.runnable_source(reference)
     exact = None
     if source is not None:
         if isolated:
@@ -151,17 +151,6 @@ def _own_error(reference, refs, feeds, sharing: dict, isolated: bool) -> ParityR
             if np.isfinite(w.max_abs) and w.max_abs > o.max_abs:
                 o.max_abs = w.max_abs
     return floor
-
-
-def runnable_source(model: onnx.ModelProto | str | os.PathLike) -> str | bytes | None:
-    """What a child can load ``model`` from: its path, or its bytes when it fits one message (else None)."""
-    if isinstance(model, str | os.PathLike):
-        return str(model)
-    from normonnx.graph.modelio import has_external_data
-
-    if has_external_data(model) or model.ByteSize() >= (1 << 31) - 1:
-        return None
-    return model.SerializeToString()
 
 
 def _name(model) -> str:
