@@ -45,6 +45,11 @@ TOOLS = {
 }
 
 
+# Exporters whose files are torch.onnx exports of CNNs, transformers and detectors (silero's recurrent
+# models with If bodies are summarized on their own).
+TORCH_EXPORTS = frozenset({"torchscript", "torch-dynamo", "ultralytics"})
+
+
 def corpus_files(folder: Path) -> list[tuple[str, Path]]:
     """(exporter, file) for the corpus: from its manifest when there is one, else its sub-folders."""
     manifest = folder / "manifest.json"
@@ -197,6 +202,11 @@ def render(rows: list[dict], tools: list[str], meta: dict) -> str:
         f"- geomean latency ratio vs onnxsim {summary['geomean_vs_onnxsim']}, worst {summary['worst_vs_onnxsim']};"
         f" vs the fastest peer {summary['geomean_vs_fastest']}, worst {summary['worst_vs_fastest']};"
         f" noise floor geomean {summary['geomean_noise_floor']}",
+        f"- torch exports of common architectures ({summary['torch_files']} files: {', '.join(sorted(TORCH_EXPORTS))}):"
+        f" vs the fastest peer geomean {summary['geomean_vs_fastest_torch']},"
+        f" worst {summary['worst_vs_fastest_torch']}",
+        f"- silero (TorchScript, recurrent with If bodies): vs the fastest peer geomean"
+        f" {summary['geomean_vs_fastest_recurrent']}, worst {summary['worst_vs_fastest_recurrent']}",
         "",
         f"Machine: {meta['machine']}; onnxruntime {meta['onnxruntime']}; {meta['date']}. Run: `{meta['command']}`.",
     ]
@@ -276,6 +286,8 @@ def main() -> int:
 def write_results(rows: list[dict], tools: list[str]) -> None:
     ratios_sim = [r["ratios"]["onnxsim"] for r in rows if "onnxsim" in r.get("ratios", {})]
     ratios_fast = [max(r["ratios"].values()) for r in rows if r.get("ratios")]
+    torch_fast = [max(r["ratios"].values()) for r in rows if r.get("ratios") and r["exporter"] in TORCH_EXPORTS]
+    recurrent_fast = [max(r["ratios"].values()) for r in rows if r.get("ratios") and r["exporter"] == "silero"]
     summary = {
         "normonnx_ok": sum(r["tools"]["normonnx"]["ok"] for r in rows),
         "ok": {t: sum(r["tools"][t]["ok"] for r in rows) for t in tools},
@@ -284,6 +296,11 @@ def write_results(rows: list[dict], tools: list[str]) -> None:
         "worst_vs_onnxsim": _round(max(ratios_sim, default=None)),
         "geomean_vs_fastest": _round(geomean(ratios_fast)),
         "worst_vs_fastest": _round(max(ratios_fast, default=None)),
+        "geomean_vs_fastest_torch": _round(geomean(torch_fast)),
+        "worst_vs_fastest_torch": _round(max(torch_fast, default=None)),
+        "torch_files": len(torch_fast),
+        "geomean_vs_fastest_recurrent": _round(geomean(recurrent_fast)),
+        "worst_vs_fastest_recurrent": _round(max(recurrent_fast, default=None)),
         "geomean_noise_floor": _round(geomean([r["noise_floor"] for r in rows if "noise_floor" in r])),
     }
     import onnxruntime

@@ -26,10 +26,19 @@ _SMALL_TENSOR_BYTES = 4096
 _SHAPE_READERS = {"MatMul", "Shape", "Size", "CastLike", "Tile", "Expand", "ReduceMean", "Reshape"}
 
 
+_ARITHMETIC = {"Mul", "Add", "Sub", "Div"}
+
+
 def needs_shapes(model: onnx.ModelProto) -> bool:
+    """Whether some fold reads a shape: a shape reader, or arithmetic on a BatchNormalization's
+    output (a per-channel constant of shape [C, 1, 1] lines up with the channels only at rank 4)."""
     from normonnx.graph.modelio import iter_nodes
 
-    return any(n.op_type in _SHAPE_READERS for n in iter_nodes(model.graph))
+    nodes = list(iter_nodes(model.graph))
+    if any(n.op_type in _SHAPE_READERS for n in nodes):
+        return True
+    bn_outputs = {n.output[0] for n in nodes if n.op_type == "BatchNormalization" and n.output}
+    return any(n.op_type in _ARITHMETIC and bn_outputs.intersection(n.input) for n in nodes)
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:

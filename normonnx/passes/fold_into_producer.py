@@ -14,6 +14,10 @@ t = beta - s * mean): W'[o] = s[o] * W[o] along the op's output features
 of B, rows when transB=1), b' = s * b + t (Gemm: C' = s * beta * C + t and
 beta' = 1). Computed in float64, cast back to the weight's dtype.
 
+An affine after an inference BatchNormalization (caffe2's BN + Scale, a BN after a BN) goes into
+that BatchNormalization instead: z = s * (gamma * x_hat + beta) + t is a BatchNormalization with
+gamma' = s * gamma and beta' = s * beta + t.
+
 Preconditions: y has exactly one consumer and is not a graph output; W and
 b are constants; BN is in inference mode with constant parameters, finite,
 var + eps > 0, and normalizes the op's feature axis (for MatMul only when the
@@ -26,12 +30,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from normonnx.families import LINEAR_OPS
 from normonnx.graph.access import constant_value, describe, op_is, producer, sole_consumer
 from normonnx.graph.bridge import detach
-from normonnx.passes._affine import ARITHMETIC_OPS, read_affine
+from normonnx.graph.access import rank_of
+from normonnx.passes import _foldmath as fm
+from normonnx.passes._affine import ARITHMETIC_OPS, AffineNode, batchnorm_problem, read_affine
 from normonnx.passes._base import PassContext, Refusal
 from normonnx.passes._linear import AffineFold, Linear, fold_affine_after, read_linear
 
@@ -44,6 +51,32 @@ class _Match:
     @property
     def family(self) -> str:
         return "batchnorm" if self.node.op == "BatchNormalization" else "affine"
+
+
+@dataclass(frozen=True)
+class _IntoBatchNorm:
+    """A checked fold of a channel affine into the inference BatchNormalization before it."""
+
+    anchor: str
+    family: str
+    node: gs.Node
+    batchnorm: gs.Node
+    affine: AffineNode
+
+
+def _batchnorm_behind(m: _Match, ctx: PassContext) -> _IntoBatchNorm | Refusal | None:
+    bn = producer(m.data)
+    if not op_is(bn, "BatchNormalization") or len(bn.outputs) != 1 or batchnorm_problem(bn, ctx.graph.opset):
+        return None
+    if sole_consumer(bn.outputs[0], ctx.outputs) is not m.node:
+        return None
+    channels = int(constant_value(bn.inputs[1]).size)
+    affine = read_affine(m.node, m.data, ctx.graph.opset, rank_of(m.data), 1, channels)
+    if affine is None:
+        return None
+    if isinstance(affine, str):
+        return Refusal(describe(m.node), m.family, affine)
+    return _IntoBatchNorm(describe(m.node), affine.family, m.node, bn, affine)
 
 
 def _linear_behind(tensor: gs.Tensor, ctx: PassContext) -> Linear | str | None:
@@ -75,10 +108,13 @@ class FoldIntoProducer:
             data = [t for t in node.inputs if constant_value(t) is None]
         return _Match(node, data[0]) if len(data) == 1 else None
 
-    def check(self, m: _Match, ctx: PassContext) -> AffineFold | Refusal | None:
+    def check(self, m: _Match, ctx: PassContext) -> AffineFold | _IntoBatchNorm | Refusal | None:
         anchor = describe(m.node)
         lin = _linear_behind(m.data, ctx)
         if lin is None:
+            into_bn = _batchnorm_behind(m, ctx)
+            if into_bn is not None:
+                return into_bn
             if m.family != "batchnorm":
                 return None  # arithmetic after something else: not a normalization
             src = producer(m.data)
@@ -103,6 +139,22 @@ class FoldIntoProducer:
             return Refusal(anchor, m.family, affine)
         return AffineFold(anchor, affine.family, m.node, lin, affine)
 
-    def rewrite(self, plan: AffineFold, ctx: PassContext) -> str:
+    def rewrite(self, plan: AffineFold | _IntoBatchNorm, ctx: PassContext) -> str:
+        if isinstance(plan, _IntoBatchNorm):
+            return self._into_batchnorm(plan, ctx)
         fold_affine_after(plan.lin, plan.affine.affine, ctx, plan.node.outputs[0], lambda: detach([plan.node]))
         return f"into {plan.lin.kind} {plan.lin.name}"
+
+    @staticmethod
+    def _into_batchnorm(plan: _IntoBatchNorm, ctx: PassContext) -> str:
+        bn, s, t = plan.batchnorm, plan.affine.affine.scale, plan.affine.affine.shift
+        name = describe(bn)
+        gamma, beta = (constant_value(x) for x in bn.inputs[1:3])
+        gamma2 = fm.cast_exact(s * gamma.astype(np.float64).reshape(-1), gamma.dtype, f"folded scale of {name}")
+        beta2 = fm.cast_exact(s * beta.astype(np.float64).reshape(-1) + t, beta.dtype, f"folded B of {name}")
+        bn.inputs[1] = ctx.constant(f"{name}_scale_folded", gamma2.reshape(gamma.shape))
+        bn.inputs[2] = ctx.constant(f"{name}_B_folded", beta2.reshape(beta.shape))
+        z = plan.node.outputs[0]
+        detach([plan.node])
+        bn.outputs = [z]
+        return f"into BatchNormalization {name}"

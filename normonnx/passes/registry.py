@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from normonnx.passes._base import FoldOptions, Pipeline, RulePass, Stage
+from normonnx.passes.common_subexpressions import CommonSubexpressions
 from normonnx.passes.fold_constants import FoldConstants
 from normonnx.passes.fold_into_consumer import FoldIntoConsumer
 from normonnx.passes.fold_into_producer import FoldIntoProducer
@@ -22,6 +23,7 @@ from normonnx.passes.simplify import (
     PadIntoConv,
     ReshapeChains,
     ReshapeThroughElementwise,
+    SameTypeCast,
     SqueezeThroughTranspose,
     StaticShapeParts,
     TransposeChains,
@@ -44,6 +46,8 @@ def fold_pipeline(options: FoldOptions) -> Pipeline:
         folds += [
             PadIntoConv(),
             IdentityArithmetic(),
+            SameTypeCast(),
+            CommonSubexpressions(),
             StaticShapeParts(),
             ReshapeChains(),
             ReshapeThroughElementwise(),

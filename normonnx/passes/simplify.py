@@ -7,10 +7,12 @@ onnxslim do to other exporters' files, done here so that a fold's output is neve
   x's shape by broadcasting (every dim 1 and rank no higher, or x's static shape) go away.
 * ``static-shape-parts``: shape arithmetic (Shape, Cast, Gather, Slice, Squeeze, Unsqueeze, Concat,
   integer math) that only reads dims shape inference knows becomes constants, though x's batch is
-  dynamic (the attention reshapes of a transformer export), so the Reshapes get constant shapes.
+  dynamic (the attention reshapes of a transformer export), so the Reshapes get constant shapes;
+  a Conv's output whose rank onnx cannot infer still has the weight's rank and channel count.
 * ``reshape-chains``: a Reshape to a constant shape reads through the Reshape / Flatten / Squeeze /
   Unsqueeze before it (they only relabel the same elements in the same order), and a Reshape to the
-  shape its input already has goes away.
+  shape its input already has goes away; ``Unsqueeze(Unsqueeze(x))`` becomes one Unsqueeze.
+* ``same-type-cast``: a Cast to the type its input already has goes.
 * ``reshape-through-elementwise``: ``Reshape -> elementwise -> Reshape`` (a GELU between two
   projections) reads through the first Reshape: unary ops and ops with scalar constants commute
   with a reshape, so the middle runs on the flat tensor and one Reshape remains.
@@ -175,6 +177,21 @@ class IdentityArithmetic(_NodeSimplification):
         return all(d == 1 or (isinstance(s, int) and s == d) for d, s in zip(value.shape, aligned, strict=True))
 
 
+class SameTypeCast(_NodeSimplification):
+    """A Cast to the type its input already has (TorchScript casts a Gather of a Shape to int64) goes."""
+
+    name = "same-type-cast"
+    ops = ("Cast",)
+
+    def apply(self, node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
+        x = node.inputs[0]
+        if x.dtype is None or node.attrs.get("to") is None:
+            return False
+        if np.dtype(x.dtype) != np.dtype(onnx_np_dtype(int(node.attrs["to"]))):
+            return False
+        return _bypass(node, x, ctx, protected)
+
+
 _RELABELLING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
@@ -183,6 +200,8 @@ class ReshapeChains(_NodeSimplification):
     ops = ("Reshape", "Squeeze", "Unsqueeze")
 
     def apply(self, node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
+        if node.op == "Unsqueeze" and self._unsqueeze_pair(node, ctx, protected):
+            return True
         if node.op != "Reshape":
             return self._into_reshape(node, ctx, protected)
         if len(node.inputs) < 2:
@@ -215,6 +234,36 @@ class ReshapeChains(_NodeSimplification):
         return free <= 1 and all(isinstance(d, int) for d, t in zip(dims, target, strict=True) if t not in (-1, 0))
 
     @staticmethod
+    def _unsqueeze_pair(node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
+        """``Unsqueeze(Unsqueeze(x, a), b)`` becomes one Unsqueeze (TorchScript's attention mask
+        ``[:, None, None, :]``): b's positions are final, a's move past those of b before them."""
+        before = producer(node.inputs[0])
+        if not op_is(before, "Unsqueeze") or len(before.outputs[0].outputs) != 1:
+            return False
+        if before.outputs[0] in ctx.outputs or before.outputs[0].name in protected:
+            return False
+        first, second = _axes(before), _axes(node)
+        if first is None or second is None:
+            return False
+        mid_rank = None if before.inputs[0].shape is None else len(before.inputs[0].shape) + len(first)
+        if mid_rank is None and any(a < 0 for a in first + second):
+            return False
+        if mid_rank is not None:
+            first = [a % mid_rank for a in first]
+            second = [a % (mid_rank + len(second)) for a in second]
+        if len(set(first)) != len(first) or len(set(second)) != len(second):
+            return False
+        final = set(second)
+        free = [k for k in range(max(first, default=-1) + len(second) + 1) if k not in final]
+        merged = sorted(final | {free[a] for a in first})
+        node.inputs[0] = before.inputs[0]
+        if len(node.inputs) > 1:
+            node.inputs[1] = ctx.constant(f"{node.name}_axes", np.asarray(merged, np.int64))
+        else:
+            node.attrs["axes"] = merged
+        return True
+
+    @staticmethod
     def _into_reshape(node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
         """``Squeeze`` / ``Unsqueeze`` of a Reshape to a constant target: one Reshape to the target with
         those 1s removed or inserted (tf2onnx's einsum writes Reshape then Squeeze)."""
@@ -243,6 +292,37 @@ class ReshapeChains(_NodeSimplification):
         node.inputs.clear()
         node.inputs.extend([before.inputs[0], ctx.constant(f"{node.name}_shape", np.asarray(shape, np.int64))])
         return True
+
+
+def _axes(node: gs.Node) -> list[int] | None:
+    """A Squeeze's or Unsqueeze's constant axes (input from opset 13, attribute before), else None."""
+    if len(node.inputs) > 1:
+        value = constant_value(node.inputs[1])
+        return None if value is None else [int(a) for a in value.reshape(-1)]
+    axes = node.attrs.get("axes")
+    return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+
+
+# Unary ops whose output has their input's shape, followed back to the Conv whose rank fixes it.
+_SAME_SHAPE_UNARY = (
+    "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "HardSigmoid", "HardSwish", "Softplus",
+    "Softsign", "Abs", "Neg", "Exp", "Log", "Sqrt", "Erf", "Identity", "Cast", "Clip",
+)  # fmt: skip
+
+
+def _conv_shape(x: gs.Tensor) -> list | None:
+    """The dims of a Conv's output (through same-shape unary ops) that onnx could not infer because
+    the Conv's input rank is unknown (it comes out of an If): a Conv only runs on an input of its
+    weight's rank, and its channel dim is the weight's first; the others stay unknown."""
+    node = producer(x)
+    while op_is(node, *_SAME_SHAPE_UNARY) and node.inputs:
+        node = producer(node.inputs[0])
+    if not op_is(node, "Conv") or len(node.inputs) < 2:
+        return None
+    weight = static_shape(node.inputs[1])
+    if weight is None or len(weight) < 3:
+        return None
+    return [None, int(weight[0])] + [None] * (len(weight) - 2)
 
 
 _INT_MATH = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Greater", "Less", "And", "Or")
@@ -336,6 +416,8 @@ class StaticShapeParts:
         op = node.op
         if op == "Shape":
             dims = node.inputs[0].shape
+            if dims is None:
+                dims = _conv_shape(node.inputs[0])
             if dims is None:
                 return None
             start, end = int(node.attrs.get("start", 0)), node.attrs.get("end")

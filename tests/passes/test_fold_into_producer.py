@@ -261,3 +261,54 @@ def test_custom_domain_conv_is_left_alone():
     out, ctx = apply(model, FoldIntoProducer())
     assert op_types(out) == ["Conv", "BatchNormalization"]
     assert "bn" in refusals(ctx)
+
+
+def _bn_then(op_after: str, const_shape, consumers: int = 1):
+    """caffe2's BatchNorm + Scale after a Concat (DenseNet's pre-activation): nothing linear before it."""
+    rng = RNG(3)
+    b = GraphBuilder()
+    x = b.input("x", [2, 4, 5, 5])
+    y = b.batchnorm(b.node("Relu", [x]), 4, rng, name="bn")
+    if op_after == "BatchNormalization":
+        z = b.batchnorm(y, 4, rng, name="bn2")
+    else:
+        z = b.node(op_after, [y, b.const(rng.uniform(0.5, 2.0, const_shape).astype(np.float32))])
+    b.output(b.node("Relu", [z]))
+    if consumers == 2:
+        b.output(b.node("Neg", [y]))
+    return b.model()
+
+
+@pytest.mark.parametrize(
+    "op_after, const_shape", [("Mul", (4, 1, 1)), ("Add", (1, 4, 1, 1)), ("Div", (1,)), ("Sub", (4, 1, 1)),
+                              ("BatchNormalization", None)],
+)  # fmt: skip
+def test_an_affine_after_a_batchnorm_goes_into_it(op_after, const_shape):
+    model = _bn_then(op_after, const_shape)
+    out, _ = apply(model, FoldIntoProducer())
+    assert op_types(out) == ["Relu", "BatchNormalization", "Relu"]
+    assert_parity(model, out)
+
+
+def test_an_affine_on_a_batchnorm_read_twice_stays():
+    model = _bn_then("Mul", (4, 1, 1), consumers=2)
+    out, _ = apply(model, FoldIntoProducer())
+    assert op_types(out).count("Mul") == 1
+    assert_parity(model, out)
+
+
+def test_an_affine_varying_along_space_after_a_batchnorm_stays():
+    model = _bn_then("Mul", (4, 5, 1))
+    out, _ = apply(model, FoldIntoProducer())
+    assert "Mul" in op_types(out)
+    assert_parity(model, out)
+
+
+def test_fold_infers_the_rank_a_scale_after_a_batchnorm_needs():
+    """No op in this graph reads a shape, yet [C, 1, 1] lines up with the channels only at rank 4."""
+    from normonnx.pipelines.fold import fold
+
+    model = _bn_then("Mul", (4, 1, 1))
+    out, _ = fold(model)
+    assert "Mul" not in op_types(out)
+    assert_parity(model, out)

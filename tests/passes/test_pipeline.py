@@ -67,6 +67,8 @@ def test_fold_pipeline_names_are_the_names_decisions_carry():
         "fold-norm-affine",
         "pad-into-conv",
         "identity-arithmetic",
+        "same-type-cast",
+        "common-subexpressions",
         "static-shape-parts",
         "reshape-chains",
         "reshape-through-elementwise",

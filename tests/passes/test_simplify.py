@@ -306,3 +306,131 @@ def test_ifs_with_constant_conditions_inside_bodies_take_their_branch():
     for flag in (True, False):
         feeds = {"x": rng(2).standard_normal((2, 3)).astype(np.float32), "flag": np.array(flag)}
         np.testing.assert_array_equal(run_model(out, feeds)["y"], run_model(model, feeds)["y"])
+
+
+def duplicated_shape_reads(opset: int = 17, output_duplicate: bool = False):
+    """TorchScript's attention reshape: Shape(x) written once per dim read, each index its own constant."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", ["batch", "seq", 8])
+    dims = []
+    for k in (0, 1):
+        shape = b.node("Shape", [x])
+        dim = b.node("Gather", [shape, b.const(np.array(k, np.int64))], axis=0)
+        dims.append(b.node("Unsqueeze", [dim, b.const(np.array([0], np.int64))]))
+    target = b.node("Concat", [*dims, b.const(np.array([2, 4], np.int64))], axis=0)
+    y = b.node("Reshape", [x, target])
+    b.output(y)
+    if output_duplicate:
+        b.output(dims[0], dtype=np.int64)
+        b.output(dims[1], dtype=np.int64)
+    return b.model()
+
+
+def test_duplicate_shape_reads_merge_and_the_output_is_unchanged():
+    model = duplicated_shape_reads()
+    out, report = fold(model)
+    assert op_types(out).count("Shape") == 1, op_types(out)
+    assert report.rewrites["common-subexpressions"] >= 1
+    for shape in ((2, 5, 8), (3, 1, 8)):
+        assert_parity(model, out, shapes={"x": shape})
+
+
+def test_duplicates_that_are_graph_outputs_stay():
+    model = duplicated_shape_reads(output_duplicate=True)
+    out, _ = fold(model)
+    assert op_types(out).count("Unsqueeze") == 2
+    assert_parity(model, out, shapes={"x": (2, 5, 8)})
+
+
+@pytest.mark.parametrize("op, attrs", [("RandomNormalLike", {"seed": 1.0}), ("Dropout", {})])
+def test_ops_with_a_random_result_never_merge(op, attrs):
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 3])
+    first, second = b.node(op, [x], **attrs), b.node(op, [x], **attrs)
+    b.output(b.node("Add", [first, second]))
+    out, _ = fold(b.model())
+    assert op_types(out).count(op) == 2
+
+
+def test_nodes_differing_in_an_attribute_stay_apart():
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 3])
+    b.output(b.node("Add", [b.node("Softmax", [x], axis=0), b.node("Softmax", [x], axis=1)]))
+    model = b.model()
+    out, _ = fold(model)
+    assert op_types(out).count("Softmax") == 2
+    assert_parity(model, out)
+
+
+def test_a_cast_to_the_type_it_has_goes():
+    b = GraphBuilder(opset=17)
+    x = b.input("x", ["batch", 4])
+    n = b.node("Gather", [b.node("Shape", [x]), b.const(np.array(0, np.int64))], axis=0)
+    n = b.node("Cast", [n], to=7)  # int64 to int64
+    r = b.node("Range", [b.const(np.array(0, np.int64)), n, b.const(np.array(1, np.int64))])
+    b.output(b.node("Cast", [r], to=1))  # int64 to float: stays
+    model = b.model()
+    out, report = fold(model)
+    assert op_types(out).count("Cast") == 1 and report.rewrites["same-type-cast"] == 1
+    assert_parity(model, out, shapes={"x": (3, 4)})
+
+
+@pytest.mark.parametrize(
+    "opset, first, second, rank",
+    [(17, [1], [2], 2), (17, [0], [0], 2), (17, [-1], [0], 2), (11, [1], [1], 2), (17, [0, 2], [1], 1)],
+)
+def test_unsqueezes_in_a_row_become_one(opset, first, second, rank):
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", ["batch", 5][:rank])
+
+    def unsqueeze(t, axes):
+        if opset >= 13:
+            return b.node("Unsqueeze", [t, b.const(np.array(axes, np.int64))])
+        return b.node("Unsqueeze", [t], axes=axes)
+
+    b.output(b.node("Relu", [unsqueeze(unsqueeze(x, first), second)]))
+    model = b.model()
+    out, _ = fold(model)
+    assert op_types(out).count("Unsqueeze") == 1, op_types(out)
+    shape = (3, 5)[:rank]
+    assert_parity(model, out, shapes={"x": shape})
+    x = rng().standard_normal(shape).astype(np.float32)
+    expected = np.maximum(np.expand_dims(np.expand_dims(x, first), second), 0)  # numpy, not the code under test
+    assert run_model(out, {"x": x})[out.graph.output[0].name].shape == expected.shape
+
+
+def test_a_conv_after_an_if_keeps_its_channel_count():
+    """silero's last If: Gather(Shape(conv output), 1) == 1 when the conv has one output channel, though
+    the conv reads an If's output of unknown rank."""
+    from onnx import TensorProto, helper
+
+    def branch(name: str, op: str):
+        return helper.make_graph(
+            [helper.make_node(op, ["x"], [f"{name}_out"])], name, [],
+            [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)],
+        )  # fmt: skip
+
+    r = rng()
+    b = GraphBuilder(opset=17)
+    b.input("x", [2, 3, 6])
+    b.input("flag", [], dtype=np.bool_)
+    b.node("If", ["flag"], outputs=["h"], then_branch=branch("t", "Relu"), else_branch=branch("e", "Neg"))
+    y = b.node("Sigmoid", [b.node("Conv", ["h", b.weight(r.standard_normal((1, 3, 1)).astype(np.float32))])])
+    channels = b.node("Gather", [b.node("Shape", [y]), b.const(np.array(1, np.int64))], axis=0)
+    is_one = b.node("Equal", [channels, b.const(np.array(1, np.int64))])
+    squeeze = helper.make_graph(
+        [helper.make_node("Squeeze", [y, "axis1"], ["sq"])], "sq", [],
+        [helper.make_tensor_value_info("sq", TensorProto.FLOAT, None)],
+        initializer=[helper.make_tensor("axis1", TensorProto.INT64, [1], [1])],
+    )  # fmt: skip
+    keep = helper.make_graph(
+        [helper.make_node("Identity", [y], ["id"])], "id", [], [helper.make_tensor_value_info("id", TensorProto.FLOAT, None)]
+    )
+    b.node("If", [is_one], outputs=["z"], then_branch=squeeze, else_branch=keep)
+    b.output("z")
+    model = b.model()
+    out, _ = fold(model)
+    assert op_types(out).count("If") == 1, op_types(out)
+    for flag in (True, False):
+        feeds = {"x": r.standard_normal((2, 3, 6)).astype(np.float32), "flag": np.array(flag)}
+        np.testing.assert_allclose(run_model(out, feeds)["z"], run_model(model, feeds)["z"], rtol=0, atol=0)

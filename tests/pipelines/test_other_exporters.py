@@ -49,9 +49,10 @@ def test_constant_of_shape_weights_no_fold_needs_stay_computed():
     shape = b.const(np.array([512, 3, 3, 3], np.int64))
     w = b.node("ConstantOfShape", [shape], value=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.01]))
     y = b.node("Relu", [b.node("Conv", [x, w], pads=[1, 1, 1, 1])])
-    for _ in range(40):  # enough of them to pass the growth limit together
+    for k in range(40):  # enough of them to pass the growth limit together; each its own value
         shape = b.const(np.array([512, 512, 1, 1], np.int64))
-        w = b.node("ConstantOfShape", [shape], value=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.001]))
+        fill = helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.001 * (k + 1)])
+        w = b.node("ConstantOfShape", [shape], value=fill)
         y = b.node("Relu", [b.node("Conv", [y, w])])
     b.output(y)
     model = _initializers_as_inputs(b.model())
