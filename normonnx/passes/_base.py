@@ -50,6 +50,12 @@ class FoldOptions:
     constant_initializer_inputs: bool = False
     # Zero Pads into Conv, x*1 and x+0 away, Reshape chains read through (passes.simplify).
     simplify: bool = True
+    # Rewrites left undone: the anchor node of a rule's rewrite, or the name of a simplification
+    # pass (what bisecting a fold whose output failed parity varies).
+    undone: frozenset[str] = frozenset()
+
+
+UNDONE = "left undone: the fold with this rewrite failed parity"
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,9 @@ class RulePass:
             if isinstance(plan, Refusal):
                 ctx.refused(plan.node, plan.family, self.name, plan.reason)
                 continue
+            if plan.anchor in ctx.options.undone:
+                ctx.refused(plan.anchor, plan.family, self.name, UNDONE)
+                continue
             try:
                 done = rule.rewrite(plan, ctx)
             except FoldMathError as e:  # a value that would not survive the cast: the graph is untouched
@@ -192,6 +201,8 @@ class Pipeline:
             for _ in range(rounds):
                 changed = 0
                 for p in stage.passes:
+                    if p.name in ctx.options.undone:
+                        continue
                     n = p.run(ctx)
                     result.rewrites[p.name] += n
                     changed += n

@@ -34,9 +34,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from normonnx.families import LINEAR_OPS
-from normonnx.graph.access import constant_value, describe, op_is, producer, sole_consumer
+from normonnx.graph.access import constant_value, describe, op_is, producer, rank_of, sole_consumer
 from normonnx.graph.bridge import detach
-from normonnx.graph.access import rank_of
 from normonnx.passes import _foldmath as fm
 from normonnx.passes._affine import ARITHMETIC_OPS, AffineNode, batchnorm_problem, read_affine
 from normonnx.passes._base import PassContext, Refusal

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import onnx
 
-from normonnx.graph.modelio import staged_save
+from normonnx.graph.modelio import save_model, staged_save
+from normonnx.validate.bisect import Bisection, bisect
 from normonnx.validate.parity import ParityResult
 from normonnx.validate.verify import verify_parity
 
@@ -52,3 +56,25 @@ def write_verified(
             staged.commit()
             output = str(dst)
     return parity, output, staged.stale
+
+
+def bisect_rewrites(
+    kind: str,
+    rewrites: Sequence[str],
+    build: Callable[[frozenset[str]], onnx.ModelProto],
+    reference: str | os.PathLike | onnx.ModelProto,
+    *,
+    shapes: dict[str, tuple[int, ...]] | None,
+    isolated: bool,
+) -> Bisection:
+    """The one of ``rewrites`` (the full result failed parity) without which the result passes:
+    ``build(undone)`` makes the model with those left undone; each is verified from disk."""
+    with tempfile.TemporaryDirectory(prefix="normonnx-bisect-") as tmp:
+        path = Path(tmp) / "candidate.onnx"
+
+        def fails(applied: frozenset[str]) -> bool:
+            save_model(build(frozenset(rewrites) - applied), path)
+            return not verify_parity(reference, path, shapes=shapes, isolated=isolated).passed
+
+        log.info("the output failed parity; bisecting its %d %s", len(rewrites), kind)
+        return bisect(kind, rewrites, fails)

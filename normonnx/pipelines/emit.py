@@ -28,10 +28,11 @@ from normonnx.errors import UnusableInputError
 from normonnx.families import BY_KEY, WITH_OP, is_default_domain, op_available
 from normonnx.graph.bridge import model_and_name, prepare_graph, to_model
 from normonnx.graph.opsets import OLDEST_RUNNABLE_OPSET, OpsetError, convert_opset, default_opset, runnable_copy
-from normonnx.passes._base import Decision, PassContext, Pipeline
+from normonnx.passes._base import Decision, FoldOptions, PassContext, Pipeline
 from normonnx.passes.registry import lower_pipeline, raise_pipeline
 from normonnx.recognize.scan import scan, summarize
 from normonnx.reports.schema import SCHEMA_VERSION
+from normonnx.validate.bisect import Bisection
 from normonnx.validate.parity import ParityResult
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class EmitReport:
     output: str | None = None
     nodes_before: int = 0
     nodes_after: int = 0
+    notes: list[str] = field(default_factory=list)
+    bisection: Bisection | None = None  # when the full emit failed parity: the rewrite left undone
 
     @property
     def refused(self) -> list[Decision]:
@@ -99,12 +102,16 @@ class EmitReport:
             "refused": [asdict(d) for d in self.refused],
             "parity": self.parity.to_dict() if self.parity else None,
             "seconds": round(self.seconds, 4),
+            "notes": self.notes,
+            "bisection": self.bisection.to_dict() if self.bisection else None,
         }
 
 
-def _run(model: onnx.ModelProto, pipeline: Pipeline, decisions: list[Decision]) -> onnx.ModelProto:
+def _run(
+    model: onnx.ModelProto, pipeline: Pipeline, decisions: list[Decision], undone: frozenset[str]
+) -> onnx.ModelProto:
     graph = prepare_graph(model, always_infer=True)
-    ctx = PassContext(graph)
+    ctx = PassContext(graph, FoldOptions(undone=undone))
     pipeline.run(ctx)
     decisions.extend(ctx.decisions)
     return to_model(graph, model, sort=True)
@@ -136,12 +143,46 @@ def emit_file(
     start = time.perf_counter()
     check_output_path(Path(dst), [Path(src)])
     log.info("%s: emitting at opset %s, style %s", src, opset or "of the model", style)
-    model, report = emit(src, opset, style)
-    older = runnable_copy(load_model(src, load_weights=True)) if report.source_opset < OLDEST_RUNNABLE_OPSET else None
+    proto = load_model(src, load_weights=True)
+    model, report = emit(proto, opset, style, name=str(src))
+    older = runnable_copy(proto) if report.source_opset < OLDEST_RUNNABLE_OPSET else None
     report.parity, report.output, _ = write_verified(
         model, src, dst, verify=verify, shapes=shapes, isolated=isolated, reference=older
     )
+    if report.output is None and report.parity is not None:
+        report = _without_the_rewrite_at_fault(proto, src, dst, opset, style, report, shapes, isolated, older)
     report.seconds = time.perf_counter() - start
+    return report
+
+
+def _without_the_rewrite_at_fault(proto, src, dst, opset, style, failed: EmitReport, shapes, isolated, older):
+    """The full emit failed parity: bisect its rewrites and deliver it with the one at fault left undone."""
+    from normonnx.pipelines._staging import bisect_rewrites, write_verified
+
+    worst = failed.parity.worst()
+    items = list(dict.fromkeys(d.node for d in failed.decisions if d.folded))
+
+    def emit_without(undone: frozenset[str]) -> tuple[onnx.ModelProto, EmitReport]:
+        return emit(proto, opset, style, undone=undone, name=str(src))
+
+    found = bisect_rewrites(
+        "emit rewrites", items, lambda undone: emit_without(undone)[0], src if older is None else older,
+        shapes=shapes, isolated=isolated,
+    )  # fmt: skip
+    failed.bisection = found
+    if found.culprit is None:
+        failed.notes.append(f"bisecting the {len(items)} rewrites blamed none: {found.note}")
+        return failed
+    model, report = emit_without(frozenset([found.culprit]))
+    report.bisection = found
+    report.parity, report.output, _ = write_verified(
+        model, src, dst, verify=True, shapes=shapes, isolated=isolated, reference=older
+    )
+    err = f", max|diff| {worst.max_abs:.3g} on {worst.name}" if worst is not None else ""
+    report.notes.append(
+        f"{found.culprit} left as it was: rewriting it broke parity{err}"
+        f" (found by bisection over {len(items)} rewrites in {found.runs} runs)"
+    )
     return report
 
 
@@ -149,8 +190,12 @@ def emit(
     model: onnx.ModelProto | str | os.PathLike,
     opset: int | None = None,
     style: str = "auto",
+    *,
+    undone: frozenset[str] = frozenset(),
+    name: str | None = None,
 ) -> tuple[onnx.ModelProto, EmitReport]:
-    """Every normalization of ``model`` in the form ``style`` wants at ``opset``.
+    """Every normalization of ``model`` in the form ``style`` wants at ``opset`` (but those whose anchor
+    is in ``undone``, left as they are). ``name`` names a model given in memory in messages.
 
     The default ``opset`` is the model's own, or the oldest normonnx writes when the model's is older.
 
@@ -158,6 +203,7 @@ def emit(
     """
     start = time.perf_counter()
     proto, source = model_and_name(model)
+    source = name or source
     src = default_opset(proto)
     # A file older than the oldest opset normonnx writes (model-zoo files at 7..10) is raised to it.
     target = (src if src >= MIN_OPSET else MIN_OPSET) if opset is None else opset
@@ -173,13 +219,13 @@ def emit(
     if src < 21 <= target and "GroupNormalization" in _ops_in(out) and "groupnorm" not in lower_first:
         lower_first.append("groupnorm")
     if lower_first:
-        out = _run(out, lower_pipeline(lower_first), decisions)
+        out = _run(out, lower_pipeline(lower_first), decisions, undone)
     if target != src:
         try:
             out = convert_opset(out, target)
         except OpsetError as e:
             raise OpsetError(f"{source}: {e}") from None
-    out = _run(out, raise_pipeline(f for f in WITH_OP if forms[f] == "op"), decisions)
+    out = _run(out, raise_pipeline(f for f in WITH_OP if forms[f] == "op"), decisions, undone)
     report = EmitReport(source, src, target, style, forms, before, summarize(scan(prepare_graph(out))), decisions)
     report.nodes_before, report.nodes_after = len(proto.graph.node), len(out.graph.node)
     report.seconds = time.perf_counter() - start

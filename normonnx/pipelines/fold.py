@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -31,11 +31,12 @@ from normonnx.graph.bridge import (
 )
 from normonnx.graph.modelio import load_model, tensor_bytes
 from normonnx.graph.opsets import OLDEST_RUNNABLE_OPSET, default_opset, runnable_copy
-from normonnx.passes._base import Decision, FoldOptions, PassContext
+from normonnx.passes._base import Decision, FoldOptions, PassContext, RulePass
 from normonnx.passes.fold_constants import FoldConstants
 from normonnx.passes.registry import fold_pipeline
 from normonnx.recognize.scan import SUBGRAPH_NOTE, Found, scan, summarize
 from normonnx.reports.schema import SCHEMA_VERSION
+from normonnx.validate.bisect import Bisection
 from normonnx.validate.parity import ParityResult
 from normonnx.validate.verify import verify_parity
 
@@ -75,6 +76,7 @@ class FoldReport:
     output: str | None = None
     stale_files: list[str] = field(default_factory=list)  # weights the replaced output used; never deleted
     notes: list[str] = field(default_factory=list)  # e.g. a fixpoint that did not converge
+    bisection: Bisection | None = None  # when the full fold failed parity: the rewrite left undone
 
     @property
     def folded(self) -> list[NormStatus]:
@@ -99,6 +101,7 @@ class FoldReport:
             "parity": self.parity.to_dict() if self.parity else None,
             "stale_files": self.stale_files,
             "notes": self.notes,
+            "bisection": self.bisection.to_dict() if self.bisection else None,
         }
 
 
@@ -287,8 +290,55 @@ def fold_file(
         report.parity, report.output, report.stale_files = write_verified(
             model, src, dst, verify=verify, shapes=shapes, isolated=isolated, reference_proto=proto, reference=older
         )
+        if report.output is None and report.parity is not None and store is None:
+            report = _without_the_rewrite_at_fault(proto, src, dst, options, report, shapes, isolated, older)
     finally:
         if store is not None:
             store.close()
     report.seconds = time.perf_counter() - start
+    return report
+
+
+def _rewrites(report: FoldReport, options: FoldOptions) -> list[str]:
+    """What a fold did, as bisection varies it: each rule rewrite by its anchor, each simplification pass
+    that changed something by its name."""
+    rules = {p.name for stage in fold_pipeline(options).stages for p in stage.passes if isinstance(p, RulePass)}
+    anchors = [d.node for d in report.decisions if d.folded]
+    passes = [name for name, n in report.rewrites.items() if n and name not in rules and name in _PASS_NAMES]
+    return list(dict.fromkeys([*anchors, *passes]))
+
+
+_PASS_NAMES = frozenset(fold_pipeline(FoldOptions(fold_norm_affine=True)).names)
+
+
+def _without_the_rewrite_at_fault(proto, src, dst, options, failed: FoldReport, shapes, isolated, older) -> FoldReport:
+    """The full fold failed parity: bisect its rewrites, and deliver the fold with the one at fault left
+    undone (verified like any output). When no single rewrite is to blame, nothing is written."""
+    from normonnx.pipelines._staging import bisect_rewrites, write_verified
+
+    options = options or FoldOptions()
+    worst = failed.parity.worst()
+    items = _rewrites(failed, options)
+
+    def fold_without(undone: frozenset[str]) -> tuple[onnx.ModelProto, FoldReport]:
+        return fold(proto, replace(options, undone=options.undone | undone))
+
+    found = bisect_rewrites(
+        "fold rewrites", items, lambda undone: fold_without(undone)[0], src if older is None else older,
+        shapes=shapes, isolated=isolated,
+    )  # fmt: skip
+    failed.bisection = found
+    if found.culprit is None:
+        failed.notes.append(f"bisecting the {len(items)} rewrites blamed none: {found.note}")
+        return failed
+    model, report = fold_without(frozenset([found.culprit]))
+    report.source, report.bisection = str(src), found
+    report.parity, report.output, report.stale_files = write_verified(
+        model, src, dst, verify=True, shapes=shapes, isolated=isolated, reference_proto=proto, reference=older
+    )
+    err = f", max|diff| {worst.max_abs:.3g} on {worst.name}" if worst is not None else ""
+    report.notes.append(
+        f"folded {len(report.folded)}/{len(report.norms)}; {found.culprit} kept: folding it broke parity{err}"
+        f" (found by bisection over {len(items)} rewrites in {found.runs} runs)"
+    )
     return report

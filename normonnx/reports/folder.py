@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 from normonnx.errors import OutputError
 from normonnx.fileio import write_json_atomic, write_text_atomic
 from normonnx.reports.markdown import bench_markdown, check_markdown, convert_markdown, demo_markdown
-from normonnx.reports.plots import plot_demo_summary, plot_latency, plot_output_errors, plot_stats
+from normonnx.reports.plots import (
+    plot_demo_summary,
+    plot_divergence_path,
+    plot_latency,
+    plot_output_errors,
+    plot_stats,
+)
 from normonnx.reports.schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -40,6 +46,8 @@ def write_report(folder: str | os.PathLike, check: CheckReport | None = None, be
         data["check"] = check.to_dict()
         if plot_output_errors(check, folder / "output_errors.png"):
             plots.append("output_errors.png")
+        if plot_divergence_path(check, folder / "divergence_path.png"):
+            plots.append("divergence_path.png")
     if bench is not None:
         parts.append(bench_markdown(bench))
         data["bench"] = bench.to_dict(with_times=True)

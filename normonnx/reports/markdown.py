@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from normonnx.reports.table import table
-from normonnx.reports.text import convert_rows
+from normonnx.reports.text import bisection_lines, convert_rows, localization_lines
 
 if TYPE_CHECKING:
     from normonnx.pipelines.convert import ConvertReport
@@ -30,17 +30,18 @@ def check_markdown(report: CheckReport) -> str:
     ]  # fmt: skip
     head = ("output", "shape", "max abs", "max rel", "cosine", "p99 abs", "threshold", "judged by", "result")
     lines.append(table(head, rows, markdown=True))
+    if report.bisection is not None:
+        lines += ["", "## Bisection", "", *bisection_lines(report.bisection)]
     loc = report.localization
     if loc is not None:
-        lines += ["", f"Localization over {loc.compared} shared intermediate tensors:"]
-        if loc.first:
-            d = loc.first
-            lines.append(
-                f"first divergence at node `{d.node}` ({d.op}), tensor `{d.tensor}`:"
-                f" max|diff| {d.max_abs:.3g} > {d.threshold:.3g}"
-            )
-        else:
-            lines.append(loc.note or "no intermediate tensor diverges")
+        lines += ["", "## Localization", "", *localization_lines(loc)]
+        if loc.diverging:
+            rows = [
+                (f"`{d.node}`", d.op, d.module or "-", f"`{d.tensor}`", f"{d.max_abs:.3g}", f"{d.relative:.3g}")
+                for d in loc.diverging
+            ]
+            head = ("node", "op", "module", "tensor", "max abs", "relative")
+            lines += ["", "First persistent divergences, in graph order:", "", table(head, rows, markdown=True)]
     lines += [f"- {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
 

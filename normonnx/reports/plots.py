@@ -73,6 +73,29 @@ def plot_output_errors(report: CheckReport, path: Path) -> bool:
     return True
 
 
+def plot_divergence_path(report: CheckReport, path: Path) -> bool:
+    """The relative error of each compared tensor from the first divergence to an output, node by node."""
+    loc = report.localization
+    plt = pyplot()
+    if plt is None or loc is None or not loc.path:
+        return False
+    floor = 1e-12
+    steps = loc.path
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.45 * len(steps) + 2.5), 4.2))
+    xs = list(range(len(steps)))
+    ax.plot(xs, [max(p["relative"], floor) for p in steps], marker="o", color="tab:red")
+    ax.set_xticks(xs, [f"{p['op']} {p['tensor']}"[:40] for p in steps], rotation=40, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("max|diff| / max(1, max|ref|)  (log scale)")
+    ax.grid(axis="y", which="major", alpha=0.3)
+    where = loc.first.module or loc.first.node
+    ax.set_title(_wrapped(f"error from the first divergence ({where}) to the output"), fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
 def plot_stats(stats: dict[str, LatencyStats], path: Path, title: str) -> bool:
     """Latency distributions, one box per model: whiskers at p5/p95 and the axis fitted to them, so a
     few stalls of the machine do not squash the boxes; how many runs fall outside is said."""

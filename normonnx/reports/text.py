@@ -87,6 +87,7 @@ def render_emit(report: EmitReport) -> str:
         lines.append(f"  kept {d.family} {d.node} as it was: {d.detail}")
     if report.parity is not None:
         lines.append(report.parity.summary())
+    lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
 
 
@@ -121,20 +122,48 @@ def render_check(report: CheckReport) -> str:
     if report.fp16_baseline is not None:
         base = ", ".join(f"{o.name} {o.max_abs:.3g}" for o in report.fp16_baseline.outputs)
         lines.append(f"unmodified fp16 model's error: {base} (the candidate may be at most 2x)")
-    loc = report.localization
-    if loc is not None:
-        if loc.first:
-            d = loc.first
-            lines.append(
-                f"first divergence: node {d.node} ({d.op}) output {d.tensor}: max|diff| {d.max_abs:.3g}"
-                f" > {d.threshold:.3g} ({loc.compared} shared tensors compared)"
-            )
-        else:
-            lines.append(
-                f"localization: {loc.note or 'no shared intermediate tensor diverges'} ({loc.compared} compared)"
-            )
+    lines += bisection_lines(report.bisection)
+    lines += localization_lines(report.localization)
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
+
+
+def bisection_lines(b) -> list[str]:
+    """Which transformation bisection blamed, and in how many runs."""
+    if b is None:
+        return []
+    if b.culprit:
+        return [f"bisection over {len(b.candidates)} {b.kind}: {b.culprit} breaks it ({b.runs} runs)"]
+    return [f"bisection over {len(b.candidates)} {b.kind}: none blamed ({b.note}; {b.runs} runs)"]
+
+
+def localization_lines(loc) -> list[str]:
+    """What localization found, in a few lines (shared by the text and markdown reports)."""
+    if loc is None:
+        return []
+    how = ", ".join(f"{n} by {k}" for k, n in sorted(loc.aligned.items()))
+    compared = f"{loc.compared} tensors compared" + (f" ({how})" if how else "")
+    if not loc.first:
+        return [f"localization: {loc.note or 'no compared tensor diverges for good'}; {compared}"]
+    d = loc.first
+    where = f" in module {d.module}" if d.module else ""
+    lines = [
+        f"first divergence: node {d.node} ({d.op}){where}, output {d.tensor}: max|diff| {d.max_abs:.3g}"
+        f" > {d.threshold:.3g}; {compared}"
+    ]
+    if d.inputs:
+        lines.append(
+            "  its inputs: " + ", ".join(f"{i['tensor']} {'agrees' if i['agrees'] else 'differs'}" for i in d.inputs)
+        )
+    if loc.changed_meaning:
+        shown = ", ".join(loc.changed_meaning[:3]) + (" ..." if len(loc.changed_meaning) > 3 else "")
+        lines.append(
+            f"  {len(loc.changed_meaning)} shared names earlier or beside it hold another value while what is"
+            f" computed from them agrees (a changed meaning, not a divergence): {shown}"
+        )
+    if len(loc.path) > 1:
+        lines.append("  error to the output: " + " -> ".join(f"{p['op']} {p['relative']:.2g}" for p in loc.path))
+    return lines
 
 
 def render_bench(report: BenchReport) -> str:

@@ -15,28 +15,32 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from normonnx.errors import UnusableInputError
+from normonnx.errors import UnusableInputError, first_line
 from normonnx.graph.modelio import has_external_data, load_model
 from normonnx.graph.opsets import runnable_copy
-from normonnx.isolation import call_isolated
+from normonnx.isolation import IsolatedRunError, call_isolated
 from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate import execute
+from normonnx.validate.align import Pair, align
+from normonnx.validate.bisect import Bisection, bisect
 from normonnx.validate.inputs import check_shape_names, input_specs, load_npz, save_npz
-from normonnx.validate.localize import Localization, common_tensors, first_divergence
-from normonnx.validate.parity import FP16_GATE, Gate, ParityResult, compare, rejudge_with_noise
+from normonnx.validate.localize import Localization, first_divergence
+from normonnx.validate.parity import FP16_GATE, Gate, ParityResult, compare, compare_output, rejudge_with_noise
 from normonnx.validate.probe import probe_shapes, probed_feeds
 from normonnx.validate.runner import SessionConfig, require_provider
+from normonnx.validate.scopes import module_paths, module_tensors
 from normonnx.validate.verify import onnx_outputs
 
 log = logging.getLogger(__name__)
 
 FP16_BASELINE_FACTOR = 2.0
+LOCALIZE_CHUNK = 200  # tensors held at once when localizing against torch
 
 
 @dataclass
@@ -49,6 +53,7 @@ class CheckReport:
     parity: ParityResult
     localization: Localization | None = None
     fp16_baseline: ParityResult | None = None
+    bisection: Bisection | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -68,6 +73,7 @@ class CheckReport:
             "parity": self.parity.to_dict(),
             "localization": self.localization.to_dict() if self.localization else None,
             "fp16_baseline": self.fp16_baseline.to_dict() if self.fp16_baseline else None,
+            "bisection": self.bisection.to_dict() if self.bisection else None,
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
         }
@@ -105,13 +111,14 @@ def _match_outputs(refs: list[dict], cands: list[dict], notes: list[str]) -> lis
     raise UnusableInputError(f"the models' outputs differ: {cand_names} vs the reference's {ref_names}")
 
 
-def _torch_reference(spec: str, checkpoint: str | None, feeds: list[dict], names: list[str]) -> list[dict]:
-    """The factory's module (the check's feeds replace its example inputs) in torch eager."""
+def _torch_reference(spec: str, checkpoint: str | None, feeds: list[dict], names: list[str]):
+    """(the factory's module, its outputs on every feed in torch eager: the check's feeds replace its
+    example inputs)."""
     from normonnx.torchfront.exporter import build_module
     from normonnx.validate.torch_reference import torch_outputs
 
     module = build_module(spec, checkpoint)[0]
-    return [torch_outputs(module, [f[n] for n in names]) for f in feeds]
+    return module, [torch_outputs(module, [f[n] for n in names]) for f in feeds]
 
 
 def check(
@@ -178,18 +185,32 @@ def check(
             ref_src, ref_feeds, ref_cfg, label=f"{ref_name} (reference)", timeout=timeout, isolated=isolated
         )
     else:
-        refs = _torch_reference(torch_spec, checkpoint, feeds, [s.name for s in specs])
+        torch_module, refs = _torch_reference(torch_spec, checkpoint, feeds, [s.name for s in specs])
     unknown = sorted(set(gates or ()) - set(refs[0]))
     if unknown:
         raise UnusableInputError(f"--tol {unknown[0]}: no such output (the outputs: {', '.join(refs[0])})")
     cand_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in input_specs(cand_proto)})
     log.info("running the candidate on %s", provider)
-    cands = onnx_outputs(cand_src, cand_feeds, cand_cfg, label=cand_name, timeout=timeout, isolated=isolated)
+    load_error = None
+    try:
+        cands = onnx_outputs(cand_src, cand_feeds, cand_cfg, label=cand_name, timeout=timeout, isolated=isolated)
+    except IsolatedRunError as e:
+        if not optimize:
+            raise
+        # It may run with onnxruntime's optimizations off: then they are to blame (bisected below).
+        load_error = first_line(e)
+        plain = replace(cand_cfg, optimize=False)
+        cands = onnx_outputs(cand_src, cand_feeds, plain, label=cand_name, timeout=timeout, isolated=isolated)
     try:
         cands = _match_outputs(refs, cands, notes)
     except UnusableInputError as e:
         raise UnusableInputError(f"{cand_name}: {e}") from None
     result = compare(refs, cands, gates, default_gate)
+    plain_passed = load_error is not None and result.passed
+    if load_error is not None:
+        for o in result.outputs:
+            o.passed, o.reason = False, "does not run with ORT_ENABLE_ALL (it runs with optimizations off)"
+        notes.append(f"with onnxruntime's optimizations on: {load_error}")
     result.inputs = probed
     if save_inputs is not None:
         save_npz(save_inputs, feeds)
@@ -218,12 +239,58 @@ def check(
             ref_src, ref_feeds, noisy_cfg, label=f"{ref_name} (noise floor)", timeout=timeout, isolated=isolated
         )
         rejudge_with_noise(result, compare(refs, noisy), strict=frozenset(gates or ()))
-    if ref_src is not None and (localize or (localize is None and not result.passed)):
-        report.localization = _localize(
-            cand_src, cand_proto, ref_src, ref_proto, cand_feeds[0], ref_feeds[0], cand_cfg, renames or {}, timeout
+    if optimize and not result.passed:
+        report.bisection = _bisect_onnxruntime(
+            cand_src, cand_feeds, refs, cand_cfg, gates, default_gate, plain_passed, timeout, isolated
         )
+        if report.bisection.culprit:
+            notes.append(
+                f"onnxruntime's {report.bisection.culprit} breaks it: it passes with that transformer disabled"
+                f" (SessionOptions disabled_optimizers=['{report.bisection.culprit}'])"
+            )
+    if localize or (localize is None and not result.passed):
+        if ref_src is not None:
+            report.localization = _localize(
+                cand_src, cand_proto, ref_src, ref_proto, cand_feeds[0], ref_feeds[0], cand_cfg, renames or {},
+                default_gate, timeout,
+            )  # fmt: skip
+        else:
+            report.localization = _localize_torch(
+                torch_module, cand_src, cand_proto, feeds[0], cand_feeds[0], [s.name for s in specs], cand_cfg,
+                default_gate, timeout,
+            )  # fmt: skip
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _bisect_onnxruntime(cand_src, feeds, refs, cfg, gates, default_gate, plain_known, timeout, isolated) -> Bisection:
+    """The onnxruntime graph transformer that breaks the candidate, bisected over those that changed it
+    once the candidate passes with all of them disabled (``plain_known``: it passed with optimizations off)."""
+    kind = "onnxruntime graph transformers"
+
+    def passes(config: SessionConfig) -> bool:
+        try:
+            got = onnx_outputs(cand_src, feeds, config, label="bisection", timeout=timeout, isolated=isolated)
+        except IsolatedRunError:
+            return False
+        return compare(refs, _match_outputs(refs, got, []), gates, default_gate).passed
+
+    names = call_isolated(
+        execute.applied_transformers, cand_src, cfg, label="onnxruntime transformers", timeout=timeout
+    )
+
+    def fails(applied: frozenset[str]) -> bool:
+        return not passes(replace(cfg, disabled_optimizers=tuple(n for n in names if n not in applied)))
+
+    if fails(frozenset()):
+        if not plain_known and not passes(replace(cfg, optimize=False)):
+            return Bisection(kind, names, None, 2, "it fails with onnxruntime's optimizations off too: not theirs")
+        # Optimizations on change more than the graph: kernels pack weights differently, for one.
+        note = "it fails with every transformer that changed the graph disabled: not a graph transformer"
+        return Bisection(kind, names, None, 1, note)
+    found = bisect(kind, names, fails)
+    found.runs += 1  # the run with all of them disabled
+    return found
 
 
 def _check_save_paths(save_inputs, save_outputs, *protected) -> None:
@@ -287,24 +354,54 @@ def _fp16_baseline(report: CheckReport, ref_proto, given, feeds, refs, timeout) 
     return base_result
 
 
-def _localize(cand_src, cand_proto, ref_src, ref_proto, cand_feed, ref_feed, cfg, renames, timeout) -> Localization:
-    names = common_tensors(cand_proto, ref_proto, renames)
-    if not names:
-        return Localization(0, None, [], "the models share no intermediate tensor names")
-    cand_values = call_isolated(
-        execute.run_intermediates, cand_src, cand_feed, names, cfg, label="localize (candidate)", timeout=timeout
-    )
-    ref_names = [renames.get(n, n) for n in names]
-    ref_values = call_isolated(
-        execute.run_intermediates,
+def _localize(
+    cand_src, cand_proto, ref_src, ref_proto, cand_feed, ref_feed, cfg, renames, gate, timeout
+) -> Localization:
+    """The first persistent divergence between the candidate and an ONNX reference, on one input."""
+    pairs = align(cand_proto, ref_proto, renames)
+    if not pairs:
+        return Localization(0, None, [], "the models share no intermediate tensor")
+    results = call_isolated(
+        execute.compare_intermediates,
+        cand_src,
         ref_src,
+        cand_feed,
         ref_feed,
-        ref_names,
-        SessionConfig(),
-        label="localize (reference)",
+        [(p.candidate, p.reference) for p in pairs],
+        cfg,
+        gate,
+        label="localize",
         timeout=timeout,
     )
-    return first_divergence(cand_proto, cand_values, ref_values, renames)
+    return first_divergence(cand_proto, pairs, results, module_paths(cand_proto))
+
+
+def _localize_torch(module, cand_src, cand_proto, torch_feed, cand_feed, names, cfg, gate, timeout) -> Localization:
+    """The first persistent divergence between the candidate and the torch module's own submodules."""
+    from normonnx.validate.torch_reference import module_outputs
+
+    deepest: dict[str, str] = {}  # tensor -> the innermost module whose output it is
+    for path, tensor in module_tensors(cand_proto, {p for p, _ in module.named_modules() if p}).items():
+        if len(path) > len(deepest.get(tensor, "")):
+            deepest[tensor] = path
+    candidates = {path: tensor for tensor, path in deepest.items()}
+    if not candidates:
+        return Localization(0, None, [], "the exporter recorded no module scopes in the candidate's nodes")
+    pairs, results = [], []
+    items = list(candidates.items())
+    for start in range(0, len(items), LOCALIZE_CHUNK):
+        part = dict(items[start : start + LOCALIZE_CHUNK])
+        refs = module_outputs(module, [torch_feed[n] for n in names], list(part))
+        got = call_isolated(
+            execute.run_intermediates, cand_src, cand_feed, list(part.values()), cfg, label="localize", timeout=timeout
+        )
+        for path, tensor in part.items():
+            if path not in refs or tensor not in got:
+                continue
+            a, b = np.asarray(got[tensor]), refs[path]
+            pairs.append(Pair(tensor, path, "module"))
+            results.append(compare_output(tensor, [b], [a], gate) if a.shape == b.shape else None)
+    return first_divergence(cand_proto, pairs, results, module_paths(cand_proto))
 
 
 def read_renames(path: str | os.PathLike | None) -> dict[str, str]:

@@ -111,6 +111,77 @@ def run_intermediates(
     return values
 
 
+def _with_outputs(base: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(base)
+    declared = {o.name for o in base.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in declared)
+    return model
+
+
+def compare_intermediates(
+    cand_source: ModelSource,
+    ref_source: ModelSource,
+    cand_feed: dict[str, np.ndarray],
+    ref_feed: dict[str, np.ndarray],
+    pairs: Sequence[tuple[str, str]],
+    cand_config: SessionConfig,
+    gate=None,
+    chunk: int = 200,
+) -> list:
+    """Each (candidate tensor, reference tensor) pair compared (``parity.compare_output``; None when the
+    two are not both floating tensors), one chunk of tensors at a time: only the results come back, and
+    no more than a chunk's values are held at once. The reference runs with optimizations off."""
+    import onnx
+
+    from normonnx.graph.modelio import load_model
+    from normonnx.validate.parity import compare_output
+
+    def proto(source):
+        return onnx.ModelProto.FromString(source) if isinstance(source, bytes) else load_model(source)
+
+    cand_base, ref_base = proto(cand_source), proto(ref_source)
+    results: list = []
+    for start in range(0, len(pairs), chunk):
+        part = list(pairs[start : start + chunk])
+        got = run(session(_with_outputs(cand_base, [c for c, _ in part]), cand_config), cand_feed, [c for c, _ in part])
+        want = run(
+            session(_with_outputs(ref_base, [r for _, r in part]), SessionConfig()), ref_feed, [r for _, r in part]
+        )
+        for c, r in part:
+            a, b = np.asarray(got[c]), np.asarray(want[r])
+            floats = a.dtype.kind == "f" and b.dtype.kind == "f"
+            results.append(compare_output(c, [b], [a], gate) if floats and a.shape == b.shape else None)
+        del got, want
+    return results
+
+
+def applied_transformers(source: ModelSource, config: SessionConfig) -> list[str]:
+    """The onnxruntime graph transformers that changed this model when a session was made for it, in
+    the order they first did (read from onnxruntime's verbose log, which goes to this process's stderr;
+    a session that fails to build still names those that ran before it failed)."""
+    import re
+    import tempfile
+    from dataclasses import replace
+
+    with tempfile.TemporaryFile() as log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            session(_model(source), replace(config, optimize=True, verbose=True))
+        except Exception:
+            pass
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+    names = re.findall(r"GraphTransformer (\S+) modified: 1", text)
+    return list(dict.fromkeys(n for n in names if n not in config.disabled_optimizers))
+
+
 def run_float64(source: ModelSource, feeds: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]] | None:
     """The model's outputs computed in double precision (None when neither runtime can run it so)."""
     import onnx

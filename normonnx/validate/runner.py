@@ -35,6 +35,10 @@ class SessionConfig:
     # onnxruntime's idle pool threads spin-wait for a while; with two sessions timed in
     # turns, one session's spinning threads steal cores from the other's run.
     spin: bool = True
+    # onnxruntime graph transformers (and rewrite rules) switched off by name: what bisection varies.
+    disabled_optimizers: tuple[str, ...] = ()
+    # Log at verbose level so that the transformers that changed the graph can be read back (a child only).
+    verbose: bool = False
 
 
 def available_providers() -> list[str]:
@@ -67,7 +71,7 @@ def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = 
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if config.optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
-    options.log_severity_level = 3
+    options.log_severity_level = 0 if config.verbose else 3
     threads = config.threads or int(os.environ.get(THREADS_ENV, "0") or 0)
     if threads:
         options.intra_op_num_threads = threads
@@ -88,6 +92,10 @@ def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = 
         source: bytes | str = model.SerializeToString()
     else:
         source = str(Path(model))
+    if config.disabled_optimizers:
+        return ort.InferenceSession(
+            source, options, providers=providers, disabled_optimizers=list(config.disabled_optimizers)
+        )
     return ort.InferenceSession(source, options, providers=providers)
 
 

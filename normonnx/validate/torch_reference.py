@@ -44,6 +44,34 @@ def torch_outputs(module, inputs: Sequence) -> dict[str, np.ndarray]:
     }
 
 
+def module_outputs(module, inputs: Sequence, paths: Sequence[str]) -> dict[str, np.ndarray]:
+    """The output of each submodule in ``paths`` on ``module(*inputs)`` (forward hooks; only modules that
+    ran once and returned one floating tensor: a shared module's output is not one tensor of the graph)."""
+    import torch
+
+    wanted = set(paths)
+    calls: dict[str, list] = {}
+
+    def keep(path: str):
+        def hook(_module, _inputs, out) -> None:
+            # A copy: an in-place op after the module (ReLU(inplace=True)) would change the tensor itself.
+            calls.setdefault(path, []).append(out.detach().clone() if isinstance(out, torch.Tensor) else None)
+
+        return hook
+
+    handles = [sub.register_forward_hook(keep(path)) for path, sub in module.named_modules() if path in wanted]
+    try:
+        torch_outputs(module, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    result = {}
+    for path, outs in calls.items():
+        if len(outs) == 1 and outs[0] is not None and outs[0].is_floating_point():
+            result[path] = outs[0].detach().float().numpy()
+    return result
+
+
 def torch_parity(module, model: onnx.ModelProto, example: Sequence, samples: int = 3, seed: int = 0) -> ParityResult:
     """The ONNX model on onnxruntime (optimizations off) against torch eager, on inputs shaped like
     ``example`` (floating tensors redrawn from a seed; integer and boolean ones kept as given)."""

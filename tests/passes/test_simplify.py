@@ -424,7 +424,10 @@ def test_a_conv_after_an_if_keeps_its_channel_count():
         initializer=[helper.make_tensor("axis1", TensorProto.INT64, [1], [1])],
     )  # fmt: skip
     keep = helper.make_graph(
-        [helper.make_node("Identity", [y], ["id"])], "id", [], [helper.make_tensor_value_info("id", TensorProto.FLOAT, None)]
+        [helper.make_node("Identity", [y], ["id"])],
+        "id",
+        [],
+        [helper.make_tensor_value_info("id", TensorProto.FLOAT, None)],
     )
     b.node("If", [is_one], outputs=["z"], then_branch=squeeze, else_branch=keep)
     b.output("z")

@@ -122,7 +122,12 @@ def test_check_cli_exit_codes_json_and_report(cli, tmp_path):
     assert data["passed"] and data["schema"] == 1 and r.err.strip().endswith("PASSED")
     r = cli("check", tmp_path / "bad.onnx", "--against", tmp_path / "ref.onnx", "--report", tmp_path / "rep")
     assert r.code == 1 and r.out.strip().endswith("FAILED") and "first divergence: node conv1" in r.out
-    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["output_errors.png", "report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == [
+        "divergence_path.png",
+        "output_errors.png",
+        "report.json",
+        "report.md",
+    ]
     r = cli("check", tmp_path / "good.onnx", "--against", tmp_path / "missing.onnx")
     assert r.code == 2 and "no such file" in r.err
     r = cli("check", tmp_path / "good.onnx")
