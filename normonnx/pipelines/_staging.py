@@ -13,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -78,3 +79,44 @@ def bisect_rewrites(
 
         log.info("the output failed parity; bisecting its %d %s", len(rewrites), kind)
         return bisect(kind, rewrites, fails)
+
+
+def deliver_without_the_rewrite_at_fault(
+    kind: str,
+    failed: Any,
+    rewrites: Sequence[str],
+    build: Callable[[frozenset[str]], tuple[onnx.ModelProto, Any]],
+    kept: Callable[[str, Any], str],
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    shapes: dict[str, tuple[int, ...]] | None,
+    isolated: bool,
+    reference: onnx.ModelProto | None,
+    reference_proto: onnx.ModelProto | None = None,
+) -> Any:
+    """``failed`` (a fold or emit report whose output failed parity) bisected over its ``rewrites``; the
+    report of the output rebuilt with the one at fault undone and written if it passes, its note saying
+    ``kept(culprit, report)`` and the error; ``failed`` itself, noted, when no single rewrite is to blame."""
+    worst = failed.parity.worst()
+    found = bisect_rewrites(
+        kind, rewrites, lambda undone: build(undone)[0], src if reference is None else reference,
+        shapes=shapes, isolated=isolated,
+    )  # fmt: skip
+    failed.bisection = found
+    if found.culprit is None:
+        failed.notes.append(f"bisecting the {len(rewrites)} rewrites blamed none: {found.note}")
+        return failed
+    model, report = build(frozenset([found.culprit]))
+    report.bisection = found
+    report.parity, report.output, stale = write_verified(
+        model, src, dst, verify=True, shapes=shapes, isolated=isolated, reference_proto=reference_proto,
+        reference=reference,
+    )  # fmt: skip
+    if hasattr(report, "stale_files"):
+        report.stale_files = stale
+    err = f", max|diff| {worst.max_abs:.3g} on {worst.name}" if worst is not None else ""
+    report.notes.append(
+        f"{kept(found.culprit, report)}{err} (found by bisection over {len(rewrites)} rewrites in {found.runs} runs)"
+    )
+    return report

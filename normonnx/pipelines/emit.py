@@ -157,33 +157,14 @@ def emit_file(
 
 def _without_the_rewrite_at_fault(proto, src, dst, opset, style, failed: EmitReport, shapes, isolated, older):
     """The full emit failed parity: bisect its rewrites and deliver it with the one at fault left undone."""
-    from normonnx.pipelines._staging import bisect_rewrites, write_verified
+    from normonnx.pipelines._staging import deliver_without_the_rewrite_at_fault
 
-    worst = failed.parity.worst()
-    items = list(dict.fromkeys(d.node for d in failed.decisions if d.folded))
-
-    def emit_without(undone: frozenset[str]) -> tuple[onnx.ModelProto, EmitReport]:
-        return emit(proto, opset, style, undone=undone, name=str(src))
-
-    found = bisect_rewrites(
-        "emit rewrites", items, lambda undone: emit_without(undone)[0], src if older is None else older,
-        shapes=shapes, isolated=isolated,
+    return deliver_without_the_rewrite_at_fault(
+        "emit rewrites", failed, list(dict.fromkeys(d.node for d in failed.decisions if d.folded)),
+        lambda undone: emit(proto, opset, style, undone=undone, name=str(src)),
+        lambda culprit, _: f"{culprit} left as it was: rewriting it broke parity",
+        src, dst, shapes=shapes, isolated=isolated, reference=older,
     )  # fmt: skip
-    failed.bisection = found
-    if found.culprit is None:
-        failed.notes.append(f"bisecting the {len(items)} rewrites blamed none: {found.note}")
-        return failed
-    model, report = emit_without(frozenset([found.culprit]))
-    report.bisection = found
-    report.parity, report.output, _ = write_verified(
-        model, src, dst, verify=True, shapes=shapes, isolated=isolated, reference=older
-    )
-    err = f", max|diff| {worst.max_abs:.3g} on {worst.name}" if worst is not None else ""
-    report.notes.append(
-        f"{found.culprit} left as it was: rewriting it broke parity{err}"
-        f" (found by bisection over {len(items)} rewrites in {found.runs} runs)"
-    )
-    return report
 
 
 def emit(

@@ -314,31 +314,17 @@ _PASS_NAMES = frozenset(fold_pipeline(FoldOptions(fold_norm_affine=True)).names)
 def _without_the_rewrite_at_fault(proto, src, dst, options, failed: FoldReport, shapes, isolated, older) -> FoldReport:
     """The full fold failed parity: bisect its rewrites, and deliver the fold with the one at fault left
     undone (verified like any output). When no single rewrite is to blame, nothing is written."""
-    from normonnx.pipelines._staging import bisect_rewrites, write_verified
+    from normonnx.pipelines._staging import deliver_without_the_rewrite_at_fault
 
     options = options or FoldOptions()
-    worst = failed.parity.worst()
-    items = _rewrites(failed, options)
 
     def fold_without(undone: frozenset[str]) -> tuple[onnx.ModelProto, FoldReport]:
-        return fold(proto, replace(options, undone=options.undone | undone))
+        model, report = fold(proto, replace(options, undone=options.undone | undone))
+        report.source = str(src)
+        return model, report
 
-    found = bisect_rewrites(
-        "fold rewrites", items, lambda undone: fold_without(undone)[0], src if older is None else older,
-        shapes=shapes, isolated=isolated,
+    return deliver_without_the_rewrite_at_fault(
+        "fold rewrites", failed, _rewrites(failed, options), fold_without,
+        lambda culprit, r: f"folded {len(r.folded)}/{len(r.norms)}; {culprit} kept: folding it broke parity",
+        src, dst, shapes=shapes, isolated=isolated, reference=older, reference_proto=proto,
     )  # fmt: skip
-    failed.bisection = found
-    if found.culprit is None:
-        failed.notes.append(f"bisecting the {len(items)} rewrites blamed none: {found.note}")
-        return failed
-    model, report = fold_without(frozenset([found.culprit]))
-    report.source, report.bisection = str(src), found
-    report.parity, report.output, report.stale_files = write_verified(
-        model, src, dst, verify=True, shapes=shapes, isolated=isolated, reference_proto=proto, reference=older
-    )
-    err = f", max|diff| {worst.max_abs:.3g} on {worst.name}" if worst is not None else ""
-    report.notes.append(
-        f"folded {len(report.folded)}/{len(report.norms)}; {found.culprit} kept: folding it broke parity{err}"
-        f" (found by bisection over {len(items)} rewrites in {found.runs} runs)"
-    )
-    return report

@@ -249,6 +249,8 @@ def check(
                 f" (SessionOptions disabled_optimizers=['{report.bisection.culprit}'])"
             )
     if localize or (localize is None and not result.passed):
+        if load_error is not None:  # what the candidate computes, where it runs at all
+            cand_cfg = replace(cand_cfg, optimize=False)
         if ref_src is not None:
             report.localization = _localize(
                 cand_src, cand_proto, ref_src, ref_proto, cand_feeds[0], ref_feeds[0], cand_cfg, renames or {},

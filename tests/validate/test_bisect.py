@@ -162,3 +162,12 @@ def test_an_emit_whose_one_rewrite_breaks_parity_is_delivered_without_it(tmp_pat
     out = onnx.load(tmp_path / "out.onnx")
     assert [n.name for n in out.graph.node if n.op_type == "LayerNormalization"] == ["ln2"]
     assert any(note.startswith("ln2 left as it was: rewriting it broke parity") for note in report.notes)
+
+
+def test_check_optimize_names_the_transformer_on_the_command_line(cli, tmp_path):
+    path = tmp_path / "ln16.onnx"
+    onnx.save(fp16_layernorm_model(), path)
+    r = cli("check", path, "--against", path, "--optimize", "--atol", "1e-4", "--rtol", "1e-4")
+    assert r.code == 1, r.err
+    line = next(ln for ln in r.out.splitlines() if ln.startswith("bisection over"))
+    assert "onnxruntime graph transformers: LayerNormFusion" in line, r.out
