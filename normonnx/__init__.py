@@ -5,7 +5,8 @@ The public API mirrors the CLI::
     model, report = normonnx.fold("model.onnx")          # fold constant normalizations
     normonnx.inspect("model.onnx")                       # what is there, what folds, why not
     model, report = normonnx.emit("model.onnx", 13)      # every normalization re-emitted at opset 13
-    report = normonnx.check("new.onnx", against="model.onnx")   # parity, localization
+    report = normonnx.check("new.onnx", against="model.onnx")   # parity, localization, bisection
+    model, report = normonnx.half("model.onnx", "fp16")  # norm-aware half precision, judged half-faithfully
 
 Attributes load lazily, so ``import normonnx`` imports neither torch nor
 onnxruntime.
@@ -28,6 +29,8 @@ _API = {
     "export_model": ("normonnx.pipelines.export", "export_model"),
     "convert": ("normonnx.pipelines.convert", "convert"),
     "check": ("normonnx.validate.check", "check"),
+    "half": ("normonnx.pipelines.half", "half_model"),
+    "half_file": ("normonnx.pipelines.half", "half_file"),
     "bench": ("normonnx.validate.benchmark", "bench"),
     "load_model": ("normonnx.graph.modelio", "load_model"),
     "save_model": ("normonnx.graph.modelio", "save_model"),

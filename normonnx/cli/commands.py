@@ -72,6 +72,25 @@ def cmd_fold(args: argparse.Namespace) -> int:
     return finish(args, dst, report, report.output is not None, src)
 
 
+def cmd_half(args: argparse.Namespace) -> int:
+    from normonnx.pipelines.half import half_file
+    from normonnx.reports.text import render_half
+    from normonnx.validate.inputs import parse_shape_overrides
+
+    dst = args.output or args.output_pos
+    if dst is None:
+        raise UnusableInputError("no output given: normonnx half IN.onnx -o OUT.onnx")
+    check_report_path(args.report, args.input, dst)
+    with Progress(label=f"half {Path(args.input).name}"):
+        report = half_file(
+            args.input, dst, args.dtype, keep_io_types=args.keep_io_types, inputs_npz=args.inputs,
+            shapes=parse_shape_overrides(args.shape),
+        )  # fmt: skip
+    write_json(args.report, report.to_dict())
+    show(args, report, render_half, f"normonnx half {args.input} -> {dst} ({args.dtype})")
+    return finish(args, dst, report, report.output is not None, f"{args.input} in half-faithful arithmetic")
+
+
 def cmd_emit(args: argparse.Namespace) -> int:
     from normonnx.validate.inputs import parse_shape_overrides
 
@@ -106,7 +125,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     check_report_path(args.report, args.output, args.checkpoint)
     with Progress(label=f"export {args.factory}"):
-        report = export_file(args.factory, args.output, **factory_options(args), verify=not args.no_verify)
+        report = export_file(
+            args.factory, args.output, **factory_options(args), verify=not args.no_verify, precision=args.precision
+        )
     write_json(args.report, report.to_dict())
     show(args, report, render_export, f"normonnx export {args.factory} -> {args.output} with {report.exporter}")
     return finish(args, args.output, report, report.output is not None, "torch eager")
@@ -137,6 +158,7 @@ def check_options(args: argparse.Namespace) -> dict:
         "default_gate": _check_gate(args),
         "optimize": args.optimize,
         "localize": True if args.localize else None,
+        "evaluator": args.evaluator,
         "fp16_baseline": args.fp16_baseline,
         "renames": read_renames(args.map),
         **run_options(args),
@@ -202,6 +224,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             floor=not args.no_floor,
             bench_runs=args.runs,
             progress=lambda step: bar.update(note=step),
+            precision=args.precision,
         )
     show(args, report, render_convert)
     verdict(args, f"report: {args.output}/report.md")

@@ -64,6 +64,20 @@ def _add_export(sub) -> None:
     p = _parser(sub, "export", "export a torch model with every normalization in the chosen form")
     options.add_factory(p, "ONNX file to write")
     options.add_target(p, DEFAULT_OPSET)
+    options.add_precision(p)
+
+
+def _add_half(sub) -> None:
+    p = _parser(sub, "half", "convert to fp16/bf16 with every normalization's statistics kept in float32")
+    p.add_argument("input", metavar="IN", help="float32 ONNX file (never modified)")
+    p.add_argument("output_pos", nargs="?", metavar="OUT", help=argparse.SUPPRESS)
+    p.add_argument("-o", "--output", metavar="OUT", help="the ONNX file to write")
+    p.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16", help="the half type (default fp16)")
+    p.add_argument("--keep-io-types", action="store_true", help="inputs and outputs stay float32")
+    p.add_argument("--inputs", metavar="DATA.npz", help="calibration and verification inputs (default: seeded)")
+    options.add_shape(p)
+    p.add_argument("--report", metavar="REPORT.json", help="also write the report as JSON")
+    options.add_json(p, "print the report as JSON")
 
 
 def _add_inspect(sub) -> None:
@@ -88,6 +102,11 @@ def _add_check(sub) -> None:
     options.add_provider(p)
     p.add_argument("--optimize", action="store_true", help="run the candidate with ORT_ENABLE_ALL (as deployed)")
     p.add_argument("--localize", action="store_true", help="name the first diverging node even when parity holds")
+    p.add_argument(
+        "--evaluator",
+        choices=("faithful", "onnxruntime"),
+        help="what computes an fp16/bf16 candidate (default on CPU: faithful, every op rounded as a GPU does)",
+    )
     p.add_argument("--fp16-baseline", metavar="BASE.onnx", help="the unmodified fp16 model (default: derived)")
     p.add_argument("--map", metavar="RENAMES.json", help="candidate->reference tensor renames for localization")
     p.add_argument("--report", metavar="DIR", help="write report.md, report.json and plots")
@@ -123,6 +142,7 @@ def _add_convert(sub) -> None:
     options.add_form(p, DEFAULT_OPSET)
     p.add_argument("--data", metavar="HELDOUT.npz", help="held-out inputs for top-1 agreement with torch")
     p.add_argument("--no-floor", action="store_true", help="skip the no-normalization latency floor")
+    options.add_precision(p)
     p.add_argument(
         "--runs", type=options.positive_int("--runs"), default=100, help="timed runs per model (default 100)"
     )
@@ -144,7 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"normonnx {__version__}")
     options.add_global(parser, in_subcommand=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    for add in (_add_export, _add_emit, _add_fold, _add_inspect, _add_check, _add_bench, _add_convert, _add_demo):
+    for add in (
+        _add_export,
+        _add_emit,
+        _add_fold,
+        _add_half,
+        _add_inspect,
+        _add_check,
+        _add_bench,
+        _add_convert,
+        _add_demo,
+    ):
         add(sub)
     parser.commands = tuple(sub.choices)
     return parser

@@ -43,6 +43,12 @@ def add_provider(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
 
 
+def add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision", choices=("fp16", "bf16"), help="also convert with normonnx half (verified half-faithfully)"
+    )
+
+
 def add_json(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--json", action="store_true", help=what)
 

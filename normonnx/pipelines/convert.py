@@ -192,6 +192,7 @@ def convert(
     progress: Progress | None = None,
     dynamic_batch: bool = False,
     dynamic: Sequence[str] = (),
+    precision: str | None = None,
 ) -> ConvertReport:
     from normonnx.graph.bridge import rename_inputs
     from normonnx.graph.modelio import save_model
@@ -227,6 +228,18 @@ def convert(
     report.forms_after = fold_report.after.norms
     say("parity vs torch")
     report.parity, report.parity_resized, _ = parity_at_two_sizes(module, folded, example, exported.dynamic)
+    half = None
+    if precision is not None:
+        from normonnx.pipelines.half import half_model
+
+        say(f"half precision ({precision})")
+        half, half_report = half_model(folded, precision)
+        report.notes.append(
+            f"model.{precision}.onnx: {half_report.weight_bytes_half:.0%} of weight bytes in {precision},"
+            f" {len(half_report.kept)} nodes kept in float32; half-faithful {half_report.parity.summary()}"
+        )
+        if not half_report.passed:
+            raise UnusableInputError(f"{spec}: the {precision} model fails its half-faithful gate; nothing written")
     # Everything that can refuse the model has run: only now does anything reach the disk.
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -234,11 +247,16 @@ def convert(
     try:
         save_model(unfolded, files["unfolded"])
         save_model(folded, files["model"])
+        if half is not None:
+            files[precision] = out / f"model.{precision}.onnx"
+            save_model(half, files[precision])
         if data is not None:
             say("top-1 agreement")
             report.top1 = top1_agreement(module, files["model"], data)
             report.top1_samples = len(data)
         models = {"folded": files["model"], "unfolded": files["unfolded"]}
+        if precision == "fp16":  # onnxruntime's CPU has no bf16 kernels for most ops: bf16 is not timed
+            models["fp16"] = files["fp16"]
         if floor:
             say("floor")
             files["floor"] = out / "model.floor.onnx"
@@ -277,8 +295,12 @@ def _bench(report: ConvertReport, models: dict[str, Path], runs: int) -> None:
     from normonnx.validate.latency import measure, speedup
 
     feeds = random_inputs(input_specs(load_model(models["folded"], load_weights=False)), 0)
+    per_model = []  # the same values, in each model's input types (an fp16 model takes fp16)
+    for path in models.values():
+        types = {s.name: s.dtype for s in input_specs(load_model(path, load_weights=False))}
+        per_model.append({k: v.astype(types.get(k, v.dtype)) for k, v in feeds.items()})
     stats = call_isolated(
-        measure, {k: str(v) for k, v in models.items()}, feeds, runs=runs, warmup=5, label=f"bench {report.name}"
+        measure, {k: str(v) for k, v in models.items()}, per_model, runs=runs, warmup=5, label=f"bench {report.name}"
     )
     report.latency = stats
     sp = speedup(stats, "unfolded", "folded")

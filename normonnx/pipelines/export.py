@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import onnx
 
@@ -43,10 +44,12 @@ class ExportReport:
     parity_resized: ParityResult | None = None  # with the dynamic axes at a second size
     resized_shapes: list[list[int]] = field(default_factory=list)
 
+    half: Any = None  # the HalfReport of --precision
+
     @property
     def passed(self) -> bool:
         checks = [p for p in (self.parity, self.parity_resized) if p is not None]
-        return all(p.passed for p in checks)
+        return all(p.passed for p in checks) and (self.half is None or self.half.passed)
 
     def to_dict(self) -> dict:
         return {
@@ -55,6 +58,7 @@ class ExportReport:
             "exporter": self.exporter,
             "output": self.output,
             "emit": self.emit.to_dict(),
+            "half": self.half.to_dict() if self.half is not None else None,
             "parity": self.parity.to_dict() if self.parity else None,
             "dynamic": {k: {str(a): d for a, d in v.items()} for k, v in self.dynamic.items()},
             "parity_resized": self.parity_resized.to_dict() if self.parity_resized else None,
@@ -152,12 +156,21 @@ def export_model(
     return export_module(module, example, name=spec, **options)
 
 
-def export_file(spec: str, output: str | os.PathLike, **kwargs) -> ExportReport:
-    """Export and write ``output`` atomically, only if parity with torch holds (when verified)."""
+def export_file(spec: str, output: str | os.PathLike, *, precision: str | None = None, **kwargs) -> ExportReport:
+    """Export and write ``output`` atomically, only if parity with torch holds (when verified); with
+    ``precision`` (fp16, bf16) the verified export is converted by ``normonnx half`` and written only if
+    that passes its half-faithful gate too."""
     from normonnx.graph.modelio import check_output_path, save_model
 
     check_output_path(output, [])
     model, report = export_model(spec, **kwargs)
+    if report.passed and precision is not None:
+        from normonnx.pipelines.half import half_model
+
+        model, report.half = half_model(model, precision)
+        report.notes.append(
+            f"converted to {precision}: {'passed' if report.half.passed else 'FAILED'} the half-faithful gate"
+        )
     if report.passed:
         save_model(model, output)
         report.output = str(output)

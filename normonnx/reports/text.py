@@ -279,3 +279,29 @@ def render_demo(reports: list[ConvertReport], families: dict[str, tuple[str, ...
         for r in reports
     ]
     return table(head, rows)
+
+
+def render_half(report) -> str:
+    halves, linear = report.linear_ops_half
+    lines = [
+        f"{report.dtype}: {report.weight_bytes_half:.1%} of weight bytes and {halves}/{linear} Conv/MatMul/Gemm"
+        f" in {report.dtype}; {len(report.kept)} nodes kept in float32",
+        f"calibration: {report.calibration}",
+    ]
+    reasons: dict[str, list[str]] = {}
+    for k in report.kept:
+        reasons.setdefault(k.reason, []).append(k.node)
+    for reason, nodes in reasons.items():
+        shown = ", ".join(nodes[:4]) + (f" and {len(nodes) - 4} more" if len(nodes) > 4 else "")
+        lines.append(f"  float32: {shown}: {reason}")
+    if report.parity is not None:
+        lines.append(f"judged by: {report.evaluator}")
+        lines.append(report.parity.summary(" vs the float32 model"))
+    if report.plain_cast is not None:
+        worst = ", ".join(
+            f"{o.name} {o.max_abs:.3g}" + (f" ({o.nonfinite_mismatch} non-finite)" if o.nonfinite_mismatch else "")
+            for o in report.plain_cast.outputs
+        )
+        lines.append(f"a plain cast to {report.dtype}, judged the same way: {worst}")
+    lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines)

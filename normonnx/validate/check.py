@@ -29,9 +29,19 @@ from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate import execute
 from normonnx.validate.align import Pair, align
 from normonnx.validate.bisect import Bisection, bisect
+from normonnx.validate.faithful import NotSimulated, faithful_outputs, half_type
 from normonnx.validate.inputs import check_shape_names, input_specs, load_npz, save_npz
 from normonnx.validate.localize import Localization, first_divergence
-from normonnx.validate.parity import FP16_GATE, Gate, ParityResult, compare, compare_output, rejudge_with_noise
+from normonnx.validate.parity import (
+    FAITHFUL_GATE,
+    FP16_GATE,
+    Gate,
+    ParityResult,
+    compare,
+    compare_output,
+    limit_by_baseline,
+    rejudge_with_noise,
+)
 from normonnx.validate.probe import probe_shapes, probed_feeds
 from normonnx.validate.runner import SessionConfig, require_provider
 from normonnx.validate.scopes import module_paths, module_tensors
@@ -54,6 +64,7 @@ class CheckReport:
     localization: Localization | None = None
     fp16_baseline: ParityResult | None = None
     bisection: Bisection | None = None
+    evaluator: str = "onnxruntime"  # what computed the candidate's outputs
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -74,6 +85,7 @@ class CheckReport:
             "localization": self.localization.to_dict() if self.localization else None,
             "fp16_baseline": self.fp16_baseline.to_dict() if self.fp16_baseline else None,
             "bisection": self.bisection.to_dict() if self.bisection else None,
+            "evaluator": self.evaluator,
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
         }
@@ -136,6 +148,7 @@ def check(
     provider: str = "cpu",
     optimize: bool = False,
     localize: bool | None = None,
+    evaluator: str | None = None,
     fp16_baseline: onnx.ModelProto | str | os.PathLike | None = None,
     renames: dict[str, str] | None = None,
     timeout: float = 900,
@@ -192,8 +205,12 @@ def check(
     cand_feeds = _cast_feeds(feeds, {s.name: s.dtype for s in input_specs(cand_proto)})
     log.info("running the candidate on %s", provider)
     load_error = None
+    faithful = _half_judged_faithfully(cand_proto, ref_proto, provider, evaluator)
     try:
-        cands = onnx_outputs(cand_src, cand_feeds, cand_cfg, label=cand_name, timeout=timeout, isolated=isolated)
+        if faithful:
+            cands = faithful_outputs(cand_proto, feeds, label=f"{cand_name} (half-faithful)", timeout=timeout)
+        else:
+            cands = onnx_outputs(cand_src, cand_feeds, cand_cfg, label=cand_name, timeout=timeout, isolated=isolated)
     except IsolatedRunError as e:
         if not optimize:
             raise
@@ -205,7 +222,10 @@ def check(
         cands = _match_outputs(refs, cands, notes)
     except UnusableInputError as e:
         raise UnusableInputError(f"{cand_name}: {e}") from None
-    result = compare(refs, cands, gates, default_gate)
+    result = compare(refs, cands, gates, default_gate or (FAITHFUL_GATE if faithful else None))
+    if faithful:
+        for o in result.outputs:
+            o.judged_by = "half-faithful"
     plain_passed = load_error is not None and result.passed
     if load_error is not None:
         for o in result.outputs:
@@ -229,9 +249,12 @@ def check(
         notes=notes,
     )
     half_candidate = _has_fp16_outputs(cands) and not _has_fp16_outputs(refs)
-    if fp16_baseline is not None and not half_candidate:
+    if fp16_baseline is not None and not (half_candidate or faithful):
         raise UnusableInputError("--fp16-baseline: applies only to an fp16 candidate checked against an fp32 reference")
-    if half_candidate:
+    if faithful:
+        report.evaluator = "half-faithful (float32 inside every op, every half tensor rounded as a GPU stores it)"
+        _faithful_baseline(report, ref_proto, baseline, cand_proto, feeds, refs, timeout)
+    elif half_candidate:
         report.fp16_baseline = _fp16_baseline(report, ref_proto, baseline, feeds, refs, timeout)
     elif not result.passed and ref_src is not None and not optimize and default_gate is None:
         noisy_cfg = SessionConfig(optimize=True)
@@ -315,6 +338,42 @@ def _check_save_paths(save_inputs, save_outputs, *protected) -> None:
 
 def _prefixed(prefix: str, values: dict) -> dict:
     return {f"{prefix}/{k}": v for k, v in values.items()}
+
+
+def _half_judged_faithfully(cand_proto, ref_proto, provider: str, evaluator: str | None) -> bool:
+    """A half-precision candidate of a float32 model is judged in half-faithful arithmetic on the CPU
+    (onnxruntime's CPU provider computes fp16 in fp32 behind casts and hides overflow) unless
+    ``evaluator`` says onnxruntime."""
+    if evaluator not in (None, "faithful", "onnxruntime"):
+        raise UnusableInputError(f"--evaluator {evaluator}: choose faithful or onnxruntime")
+    if evaluator == "onnxruntime" or (evaluator is None and provider != "cpu"):
+        return False
+    half = half_type(cand_proto) is not None and (ref_proto is None or half_type(ref_proto) is None)
+    if evaluator == "faithful" and not half:
+        raise UnusableInputError("--evaluator faithful: applies to an fp16/bf16 candidate of a float32 reference")
+    return half
+
+
+def _faithful_baseline(report, ref_proto, given, cand_proto, feeds, refs, timeout) -> None:
+    """A plain cast of the reference to the candidate's half type, judged the same way: where it stays
+    finite, the candidate may be at most twice as far off."""
+    from normonnx.graph.precision import with_float_type
+
+    if given is not None:
+        proto, name = given[1], given[2]
+    elif ref_proto is not None:
+        proto, name = with_float_type(ref_proto, half_type(cand_proto)), "the reference cast to the half type"
+    else:
+        report.notes.append("no plain-cast baseline for a torch reference; the 1e-2 gate only")
+        return
+    try:
+        base = faithful_outputs(proto, feeds, label="plain half cast", timeout=timeout)
+    except (IsolatedRunError, NotSimulated) as e:
+        report.notes.append(f"no plain-cast baseline ({first_line(e)}); the 1e-2 gate only")
+        return
+    report.fp16_baseline = compare(refs, _match_outputs(refs, base, report.notes), default=FAITHFUL_GATE)
+    report.notes.append(f"baseline: {name}, judged half-faithfully")
+    limit_by_baseline(report.parity, report.fp16_baseline, FP16_BASELINE_FACTOR)
 
 
 def _has_fp16_outputs(outputs: list[dict]) -> bool:

@@ -158,6 +158,34 @@ def compare_intermediates(
     return results
 
 
+def tensor_ranges(
+    source: ModelSource,
+    feeds: Sequence[dict[str, np.ndarray]],
+    names: Sequence[str],
+    config: SessionConfig,
+    chunk: int = 400,
+) -> dict[str, float]:
+    """The largest finite |value| each named floating tensor takes over ``feeds`` (a calibration run);
+    values are reduced here, a chunk of tensors at a time, and only the peaks go back."""
+    import onnx
+
+    from normonnx.graph.modelio import load_model
+
+    base = onnx.ModelProto.FromString(source) if isinstance(source, bytes) else load_model(source)
+    peaks: dict[str, float] = {}
+    for start in range(0, len(names), chunk):
+        part = list(names[start : start + chunk])
+        sess = session(_with_outputs(base, part), config)
+        for feed in feeds:
+            for name, value in run(sess, feed, part).items():
+                value = np.asarray(value)
+                if value.dtype.kind != "f":
+                    continue
+                finite = np.abs(value[np.isfinite(value)])
+                peaks[name] = max(peaks.get(name, 0.0), float(finite.max()) if finite.size else 0.0)
+    return peaks
+
+
 def applied_transformers(source: ModelSource, config: SessionConfig) -> list[str]:
     """The onnxruntime graph transformers that changed this model when a session was made for it, in
     the order they first did (read from onnxruntime's verbose log, which goes to this process's stderr;

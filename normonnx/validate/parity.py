@@ -33,6 +33,8 @@ class Gate:
 
 
 FP32_GATE = Gate(1e-5, 1e-5)
+# A half-precision candidate judged in half-faithful arithmetic against the float32 model (DESIGN.md 5).
+FAITHFUL_GATE = Gate(1e-2, 1e-2)
 # fp16 candidates are judged against an fp32 reference: normalized max error 5e-3.
 FP16_GATE = Gate(5e-3, 5e-3)
 
@@ -203,3 +205,13 @@ def rejudge_with_noise(
         else:
             o.reason += f"; the original's own {o.dtype} error is {floor:.3g}"
     return result
+
+
+def limit_by_baseline(result: ParityResult, baseline: ParityResult, factor: float) -> None:
+    """Where ``baseline`` (the plain half cast of the same model) is finite, an output passes only within
+    ``factor`` times the baseline's error."""
+    limits = {o.name: o.max_abs for o in baseline.outputs if np.isfinite(o.max_abs) and o.nonfinite_mismatch == 0}
+    for o in result.outputs:
+        if o.passed and o.name in limits and o.max_abs > factor * limits[o.name]:
+            o.passed = False
+            o.reason = f"max|diff| {o.max_abs:.3g} > {factor:g}x the plain half cast's {limits[o.name]:.3g}"

@@ -72,16 +72,22 @@ def test_nan_in_the_candidate_fails():
     assert "NaN/Inf" in result.parity.outputs[0].reason
 
 
-def test_fp16_candidate_within_the_gate_and_the_baseline_passes():
+@pytest.mark.parametrize(
+    "evaluator, gate, note",
+    [("onnxruntime", 5e-3, "converted to float16"), (None, 1e-2, "the reference cast to the half type")],
+)
+def test_fp16_candidate_within_the_gate_and_the_baseline_passes(evaluator, gate, note):
     ref = conv_bn_model()
     folded, _ = fold(ref)
-    result = check(to_float16(folded), against=ref)
+    result = check(to_float16(folded), against=ref, evaluator=evaluator)
     assert result.passed, result.to_dict()
-    assert result.fp16_baseline is not None and "converted to float16" in result.notes[0]
-    assert result.parity.outputs[0].threshold == pytest.approx(5e-3 * max(1, result.parity.outputs[0].ref_max))
+    assert result.fp16_baseline is not None and note in result.notes[0]
+    assert result.parity.outputs[0].threshold == pytest.approx(gate * max(1, result.parity.outputs[0].ref_max))
+    assert (result.parity.outputs[0].judged_by == "half-faithful") == (evaluator is None)
 
 
-def test_fp16_candidate_worse_than_twice_the_baseline_fails(tmp_path):
+@pytest.mark.parametrize("evaluator, reason", [("onnxruntime", "unmodified fp16 model"), (None, "plain half cast")])
+def test_fp16_candidate_worse_than_twice_the_baseline_fails(tmp_path, evaluator, reason):
     ref = conv_bn_model()
     base = to_float16(ref)
     onnx.save(base, tmp_path / "base16.onnx")
@@ -90,10 +96,10 @@ def test_fp16_candidate_worse_than_twice_the_baseline_fails(tmp_path):
     noisy.CopyFrom(ref)
     w = next(t for t in noisy.graph.initializer if t.name == noisy.graph.node[0].input[1])
     w.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w) * np.float32(1.002), w.name))
-    result = check(to_float16(noisy), against=ref, fp16_baseline=tmp_path / "base16.onnx")
+    result = check(to_float16(noisy), against=ref, fp16_baseline=tmp_path / "base16.onnx", evaluator=evaluator)
     out = result.parity.outputs[0]
-    assert not result.passed and "unmodified fp16 model" in out.reason
-    assert out.max_abs <= out.threshold  # the plain fp16 gate alone would have passed it
+    assert not result.passed and reason in out.reason, out
+    assert out.max_abs <= out.threshold  # the gate alone would have passed it
 
 
 def test_npz_inputs_and_per_output_tolerance(tmp_path):

@@ -1,0 +1,189 @@
+"""``normonnx half``: a float32 model in fp16 or bf16 whose normalizations never overflow, verified in
+half-faithful arithmetic.
+
+The model's normalizations are folded first (a BatchNorm folded into its conv has no statistics left to protect),
+calibrated in float32 on seeded inputs (or ``--inputs``) to find the tensors beyond the half
+type's range, converted by ``passes.to_half`` and judged by ``validate.faithful``: every op
+computed as a GPU computes it (float32 inside, every half tensor rounded as it is stored), not
+as onnxruntime's CPU provider does (fp32 behind casts it inserts, which hides overflow). The
+gate (DESIGN.md section 5): finite wherever the float32 model is, max|diff| <= 1e-2 *
+max(1, max|ref|), and no more than twice the error of a plain cast of the same model where that
+one is finite. Nothing is written unless the gate holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from normonnx.errors import UnusableInputError
+from normonnx.graph.bridge import model_and_name, prepare_graph
+from normonnx.graph.modelio import iter_nodes, load_model, staged_save
+from normonnx.graph.precision import with_float_type
+from normonnx.isolation import call_isolated
+from normonnx.passes._base import FoldOptions
+from normonnx.passes.to_half import LINEAR_OPS, KeptFloat32, convert, plan_float32
+from normonnx.pipelines.fold import fold
+from normonnx.reports.schema import SCHEMA_VERSION
+from normonnx.validate import execute
+from normonnx.validate.faithful import faithful_outputs
+from normonnx.validate.inputs import input_specs, load_npz
+from normonnx.validate.parity import FAITHFUL_GATE, ParityResult, compare, limit_by_baseline
+from normonnx.validate.probe import probe_shapes, probed_feeds
+from normonnx.validate.runner import SessionConfig
+
+log = logging.getLogger(__name__)
+DTYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+BASELINE_FACTOR = 2.0
+
+
+@dataclass
+class HalfReport:
+    source: str
+    dtype: str
+    keep_io_types: bool
+    kept: list[KeptFloat32] = field(default_factory=list)
+    weight_bytes_half: float = 0.0  # share of weight bytes stored in the half type
+    linear_ops_half: tuple[int, int] = (0, 0)  # (in half, all) Conv/ConvTranspose/MatMul/Gemm
+    calibration: str = ""
+    evaluator: str = "half-faithful (float32 inside every op, every half tensor rounded)"
+    parity: ParityResult | None = None
+    plain_cast: ParityResult | None = None
+    output: str | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.parity is not None and self.parity.passed
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA_VERSION,
+            "source": self.source,
+            "output": self.output,
+            "dtype": self.dtype,
+            "keep_io_types": self.keep_io_types,
+            "kept_float32": [asdict(k) for k in self.kept],
+            "weight_bytes_half": round(self.weight_bytes_half, 4),
+            "linear_ops_half": list(self.linear_ops_half),
+            "calibration": self.calibration,
+            "evaluator": self.evaluator,
+            "parity": self.parity.to_dict() if self.parity else None,
+            "plain_cast": self.plain_cast.to_dict() if self.plain_cast else None,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose every node has a name of its own (the plan names nodes)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    seen: set[str] = set()
+    for k, n in enumerate(out.graph.node):
+        if not n.name or n.name in seen:
+            n.name = f"{n.op_type}_{k}__half"
+        seen.add(n.name)
+    return out
+
+
+def _bodies(model: onnx.ModelProto) -> bool:
+    return any(a.HasField("g") or a.graphs for n in model.graph.node for a in n.attribute)
+
+
+def _shares(model: onnx.ModelProto, half: int) -> tuple[float, tuple[int, int]]:
+    """(share of weight bytes in the half type, (linear ops reading half data, all linear ops))."""
+    sizes = {t.name: (t.data_type, int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize)
+             for t in model.graph.initializer if t.data_type in (half, TensorProto.FLOAT)}  # fmt: skip
+    total = sum(b for _, b in sizes.values())
+    in_half = sum(b for dt, b in sizes.values() if dt == half)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.value_info]}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    linear = [n for n in model.graph.node if n.op_type in LINEAR_OPS]
+    halves = sum(types.get(n.input[0]) == half for n in linear)
+    return (in_half / total if total else 1.0), (halves, len(linear))
+
+
+def half_model(
+    model: onnx.ModelProto | str | os.PathLike,
+    dtype: str = "fp16",
+    *,
+    keep_io_types: bool = False,
+    inputs_npz: str | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    samples: int = 3,
+    timeout: float = 900,
+) -> tuple[onnx.ModelProto, HalfReport]:
+    """``model`` in ``dtype`` (``fp16`` or ``bf16``), and the report that judges it."""
+    start = time.perf_counter()
+    if dtype not in DTYPES:
+        raise UnusableInputError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    half = DTYPES[dtype]
+    proto, source = model_and_name(model)
+    if _bodies(proto):
+        raise UnusableInputError(f"{source}: If/Loop/Scan bodies are not converted to half precision yet")
+    if any(n.op_type == "Cast" and any(a.name == "to" and a.i in DTYPES.values() for a in n.attribute)
+           for n in iter_nodes(proto.graph)):  # fmt: skip
+        raise UnusableInputError(f"{source}: the model already computes in half precision")
+    report = HalfReport(source, dtype, keep_io_types)
+    # The normalization folds only: the simplifications reorder arithmetic, which in bfloat16 measurably
+    # costs precision (vit_ln: twice a plain cast's error with them, 1.2x without), and speed is fold's job.
+    folded, _ = fold(proto, FoldOptions(simplify=False))
+    folded = _named(folded)
+    specs = input_specs(folded)
+    if inputs_npz:
+        feeds = load_npz(inputs_npz, specs)
+        report.calibration = f"float32 run on {inputs_npz}"
+    else:
+        probed = probe_shapes(folded, folded.SerializeToString(), shapes, label=source, timeout=timeout)
+        feeds = probed_feeds(specs, probed, samples)
+        report.calibration = f"float32 run on {samples} seeded input sets at {probed.describe()}"
+    names = [o for n in folded.graph.node for o in n.output if o]
+    ranges = call_isolated(
+        execute.tensor_ranges, folded.SerializeToString(), feeds, names, SessionConfig(), label="calibration",
+        timeout=timeout,
+    )  # fmt: skip
+    kept = plan_float32(prepare_graph(folded, always_infer=True), ranges, half)
+    out = convert(_named(folded), kept, half, keep_io_types)
+    onnx.checker.check_model(out)
+    report.kept = sorted(kept.values(), key=lambda k: k.node)
+    report.weight_bytes_half, report.linear_ops_half = _shares(out, half)
+    refs = call_isolated(execute.run_outputs, proto.SerializeToString(), feeds, SessionConfig(), label=source,
+                         timeout=timeout)  # fmt: skip
+    got = faithful_outputs(out, feeds, label="half-faithful run", timeout=timeout)
+    report.parity = compare(refs, got, default=FAITHFUL_GATE)
+    plain = with_float_type(proto, half)
+    try:
+        plain_out = faithful_outputs(plain, feeds, label="plain cast", timeout=timeout)
+        report.plain_cast = compare(refs, plain_out, default=FAITHFUL_GATE)
+    except Exception as e:
+        report.notes.append(f"a plain cast of the model does not run ({str(e).splitlines()[0][:120]})")
+    if report.plain_cast is not None:
+        limit_by_baseline(report.parity, report.plain_cast, BASELINE_FACTOR)
+    report.seconds = time.perf_counter() - start
+    return out, report
+
+
+def half_file(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "fp16", **kwargs) -> HalfReport:
+    """``half_model`` of ``src`` written to ``dst`` (atomically) only if the half-faithful gate holds."""
+    from normonnx.graph.modelio import check_output_path
+
+    start = time.perf_counter()
+    check_output_path(Path(dst), [Path(src)])
+    model, report = half_model(load_model(src), dtype, **kwargs)
+    report.source = str(src)
+    if report.passed:
+        with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:
+            staged.commit()
+        report.output = str(dst)
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,190 @@
+"""normonnx half (issue 11): half precision whose normalizations do not overflow, judged in half-faithful
+arithmetic. Expected values come from numpy (float64 and per-op float16 rounding), never from the
+code under test."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from normonnx.graph.precision import to_float16
+from normonnx.pipelines.half import half_file, half_model
+from normonnx.validate.check import check
+from normonnx.validate.faithful import faithful_copy
+from tests.builders import run_model
+
+D = 64
+
+
+def decomposed_layernorm(scale: float = 300.0, rms: bool = False) -> onnx.ModelProto:
+    """MatMul (weights x ``scale``: activations of a few hundred) then a LayerNorm (or RMSNorm) written out."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.array([-1], np.int64), "axis"),
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, D).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.uniform(-0.5, 0.5, D).astype(np.float32), "beta"),
+        numpy_helper.from_array((rng.standard_normal((D, D)) * scale / np.sqrt(D)).astype(np.float32), "w"),
+    ]
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "w"], ["h"])]
+    centered = "h"
+    if not rms:
+        nodes += [n("ReduceMean", ["h", "axis"], ["mu"], keepdims=1), n("Sub", ["h", "mu"], ["d"])]
+        centered = "d"
+    nodes += [
+        n("Pow", [centered, "two"], ["sq"]), n("ReduceMean", ["sq", "axis"], ["var"], keepdims=1),
+        n("Add", ["var", "eps"], ["ve"]), n("Sqrt", ["ve"], ["sd"]), n("Div", [centered, "sd"], ["xn"]),
+        n("Mul", ["xn", "gamma"], ["xg"]), n("Add", ["xg", "beta"], ["y"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5, D])], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def numpy_fp16_layernorm(x: np.ndarray, model: onnx.ModelProto) -> np.ndarray:
+    """The same LayerNorm in numpy, every op's result rounded to float16 (what a GPU stores)."""
+    p = {t.name: numpy_helper.to_array(t).astype(np.float16) for t in model.graph.initializer}
+    r = lambda a: np.asarray(a, np.float32).astype(np.float16)  # noqa: E731
+    h = r(x.astype(np.float16).astype(np.float32) @ p["w"].astype(np.float32))
+    mu = r(h.astype(np.float32).mean(-1, keepdims=True))
+    d = r(h.astype(np.float32) - mu)
+    var = r((r(d.astype(np.float32) ** 2)).astype(np.float32).mean(-1, keepdims=True))
+    sd = r(np.sqrt(r(var.astype(np.float32) + np.float32(p["eps"]))))
+    y = r(r(r(d.astype(np.float32) / sd) * p["gamma"].astype(np.float32)) + p["beta"].astype(np.float32))
+    return y.astype(np.float32)
+
+
+def test_the_faithful_evaluator_rounds_every_op_as_numpy_does_in_float16():
+    model = decomposed_layernorm(scale=10.0)
+    x = np.random.default_rng(3).standard_normal((2, 5, D)).astype(np.float32)
+    got = run_model(faithful_copy(to_float16(model)), {"x": x})["y"]
+    np.testing.assert_allclose(got, numpy_fp16_layernorm(x, model), rtol=0, atol=2e-3)
+
+
+def test_a_plain_cast_that_passes_on_onnxruntime_cpu_fails_half_faithfully_and_normonnx_half_does_not(tmp_path):
+    model = decomposed_layernorm()
+    onnx.save(model, tmp_path / "ln.onnx")
+    onnx.save(to_float16(model), tmp_path / "plain.onnx")
+    on_cpu = check(tmp_path / "plain.onnx", against=tmp_path / "ln.onnx", evaluator="onnxruntime")
+    faithful = check(tmp_path / "plain.onnx", against=tmp_path / "ln.onnx")
+    assert on_cpu.passed, "premise: onnxruntime's CPU computes fp16 in fp32 and hides the overflow"
+    assert not faithful.passed and faithful.parity.outputs[0].judged_by == "half-faithful"
+    report = half_file(tmp_path / "ln.onnx", tmp_path / "ln.fp16.onnx")
+    assert report.passed and report.output, report.to_dict()
+    assert {k.op for k in report.kept} >= {"ReduceMean", "Pow", "Sqrt", "Div"}
+    assert report.linear_ops_half == (1, 1) and report.weight_bytes_half > 0.8
+    again = check(tmp_path / "ln.fp16.onnx", against=tmp_path / "ln.onnx")
+    assert again.passed
+    ref = run_model(model, {"x": (x := np.random.default_rng(9).standard_normal((2, 5, D)).astype(np.float32))})["y"]
+    got = run_model(faithful_copy(onnx.load(tmp_path / "ln.fp16.onnx")), {"x": x})["y"]
+    assert np.isfinite(got).all() and np.abs(got - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("rms", [False, True])
+def test_large_activation_norms_convert_within_the_gate(dtype, rms):
+    out, report = half_model(decomposed_layernorm(scale=400.0, rms=rms), dtype)
+    assert report.passed, report.to_dict()
+    half = TensorProto.FLOAT16 if dtype == "fp16" else TensorProto.BFLOAT16
+    weights = {t.name: t.data_type for t in out.graph.initializer}
+    assert weights["w"] == half  # the MatMul runs in the half type
+
+
+def test_stash_type_is_honoured_by_the_faithful_evaluator():
+    """LayerNormalization on fp16 data: stash_type=1 computes the statistics in float32 and stays exact to
+    fp16 rounding; stash_type=0 computes them in fp16, where x^2 of values near 300 overflows."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 5, D)) * 300).astype(np.float32)
+
+    def ln(stash: int) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(np.ones(D, np.float16), "g"), numpy_helper.from_array(np.zeros(D, np.float16), "b")]
+        node = helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], stash_type=stash)
+        graph = helper.make_graph(
+            [node], "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 5, D])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 5, D])], inits,
+        )  # fmt: skip
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    x64 = x.astype(np.float16).astype(np.float64)
+    expected = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+    stash_one = run_model(faithful_copy(ln(1)), {"x": x})["y"]
+    stash_zero = run_model(faithful_copy(ln(0)), {"x": x})["y"]
+    assert np.abs(stash_one - expected).max() < 1e-2
+    assert not np.isfinite(stash_zero).all() or np.abs(stash_zero - expected).max() > 0.1
+
+
+def test_half_on_the_command_line_writes_a_verified_model(cli, tmp_path):
+    onnx.save(decomposed_layernorm(), tmp_path / "ln.onnx")
+    r = cli("half", tmp_path / "ln.onnx", "-o", tmp_path / "ln.fp16.onnx", "--report", tmp_path / "r.json")
+    assert r.code == 0, r.err
+    assert "float32: " in r.out and "judged by: half-faithful" in r.out
+    assert (tmp_path / "ln.fp16.onnx").is_file() and (tmp_path / "r.json").is_file()
+    r = cli("half", tmp_path / "missing.onnx", "-o", tmp_path / "x.onnx")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    ["resnet_bn", "preact_cnn", "bit_ws_gn", "bcn_micro", "vit_ln", "convnext_cf", "rms_transformer", "style_in",
+     "frozen_backbone", "weightnorm_cnn"],
+)  # fmt: skip
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_reference_zoo_models_convert(tmp_path, name, dtype):
+    pytest.importorskip("torch")
+    from normonnx.pipelines.export import export_file
+    from normonnx.zoo import CHECKPOINTS
+
+    src = tmp_path / f"{name}.onnx"
+    export_file(f"normonnx.zoo:{name}", src, checkpoint=str(CHECKPOINTS / f"{name}.safetensors"), opset=18)
+    report = half_file(src, tmp_path / f"{name}.{dtype}.onnx", dtype)
+    assert report.passed, report.to_dict()
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _cuda(), reason="no CUDA device: scripts/gpu_half_check.sh runs where one is lent")
+def test_the_faithful_evaluator_predicts_torchs_cuda_half_kernels():
+    from scripts.gpu_half_check import main
+
+    assert main() == 0
+
+
+def test_export_with_precision_writes_the_verified_half_model(tmp_path):
+    pytest.importorskip("torch")
+    from normonnx.pipelines.export import export_file
+    from normonnx.zoo import CHECKPOINTS
+
+    out = tmp_path / "vit.fp16.onnx"
+    report = export_file(
+        "normonnx.zoo:vit_ln", out, checkpoint=str(CHECKPOINTS / "vit_ln.safetensors"), opset=18, precision="fp16"
+    )
+    assert report.passed and report.half.passed and report.output == str(out)
+    weights = [t.data_type for t in onnx.load(out).graph.initializer if t.data_type != TensorProto.INT64]
+    assert weights and all(dt == TensorProto.FLOAT16 for dt in weights)
+
+
+@pytest.mark.slow
+def test_convert_with_precision_adds_the_half_model_and_times_it(cli, tmp_path):
+    pytest.importorskip("torch")
+    from normonnx.zoo import CHECKPOINTS
+
+    ckpt = CHECKPOINTS / "rms_transformer.safetensors"
+    r = cli("convert", "normonnx.zoo:rms_transformer", "--checkpoint", ckpt, "-o", tmp_path / "c", "--precision",
+            "fp16", "--no-floor", "--runs", "10")  # fmt: skip
+    assert r.code == 0, r.err
+    assert (tmp_path / "c" / "model.fp16.onnx").is_file()
+    assert "fp16" in (tmp_path / "c" / "report.json").read_text()
