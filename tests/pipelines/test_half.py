@@ -103,7 +103,10 @@ def test_stash_type_is_honoured_by_the_faithful_evaluator():
     x = (rng.standard_normal((2, 5, D)) * 300).astype(np.float32)
 
     def ln(stash: int) -> onnx.ModelProto:
-        inits = [numpy_helper.from_array(np.ones(D, np.float16), "g"), numpy_helper.from_array(np.zeros(D, np.float16), "b")]
+        inits = [
+            numpy_helper.from_array(np.ones(D, np.float16), "g"),
+            numpy_helper.from_array(np.zeros(D, np.float16), "b"),
+        ]
         node = helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], stash_type=stash)
         graph = helper.make_graph(
             [node], "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 5, D])],

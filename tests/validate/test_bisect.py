@@ -117,7 +117,9 @@ def test_a_fold_whose_one_rewrite_breaks_parity_is_delivered_without_it(tmp_path
     monkeypatch.setattr(_foldmath, "batchnorm_affine", buggy)
     report = fold_file(tmp_path / "chain.onnx", tmp_path / "out.onnx")
     assert report.output == str(tmp_path / "out.onnx") and report.parity.passed
-    assert report.bisection.culprit == "bn3" and report.bisection.runs <= math.log2(len(report.bisection.candidates)) + 2
+    assert (
+        report.bisection.culprit == "bn3" and report.bisection.runs <= math.log2(len(report.bisection.candidates)) + 2
+    )
     out = onnx.load(tmp_path / "out.onnx")
     assert [n.name for n in out.graph.node if n.op_type == "BatchNormalization"] == ["bn3"]
     assert any("bn3 kept: folding it broke parity" in note for note in report.notes), report.notes
