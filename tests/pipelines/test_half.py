@@ -50,7 +50,7 @@ def decomposed_layernorm(scale: float = 300.0, rms: bool = False) -> onnx.ModelP
 def numpy_fp16_layernorm(x: np.ndarray, model: onnx.ModelProto) -> np.ndarray:
     """The same LayerNorm in numpy, every op's result rounded to float16 (what a GPU stores)."""
     p = {t.name: numpy_helper.to_array(t).astype(np.float16) for t in model.graph.initializer}
-    r = lambda a: np.asarray(a, np.float32).astype(np.float16)  # noqa: E731
+    r = lambda a: np.asarray(a, np.float32).astype(np.float16)
     h = r(x.astype(np.float16).astype(np.float32) @ p["w"].astype(np.float32))
     mu = r(h.astype(np.float32).mean(-1, keepdims=True))
     d = r(h.astype(np.float32) - mu)

@@ -53,8 +53,9 @@ def fp16_layernorm_model() -> onnx.ModelProto:
     n = helper.make_node
     nodes = [
         n("Identity", ["x"], ["xi"]), n("Add", ["xi", "bias"], ["h"]),
-        n("ReduceMean", ["h", "axis"], ["mu"], keepdims=1), n("Sub", ["h", "mu"], ["d"]), n("Pow", ["d", "two"], ["sq"]),
-        n("ReduceMean", ["sq", "axis"], ["var"], keepdims=1), n("Add", ["var", "eps"], ["ve"]), n("Sqrt", ["ve"], ["sd"]),
+        n("ReduceMean", ["h", "axis"], ["mu"], keepdims=1), n("Sub", ["h", "mu"], ["d"]),
+        n("Pow", ["d", "two"], ["sq"]), n("ReduceMean", ["sq", "axis"], ["var"], keepdims=1),
+        n("Add", ["var", "eps"], ["ve"]), n("Sqrt", ["ve"], ["sd"]),
         n("Div", ["d", "sd"], ["xn"]), n("Mul", ["xn", "gamma"], ["xg"]), n("Add", ["xg", "beta"], ["ln"]),
         n("Relu", ["ln"], ["r1"]), n("Relu", ["ln"], ["r2"]), n("Mul", ["r2", "two_again"], ["r2s"]),
         n("Add", ["r1", "r2s"], ["out"]),
