@@ -158,22 +158,10 @@ def judge(ref_model: onnx.ModelProto, model: onnx.ModelProto, feeds: list[dict],
 
 
 def shares(model: onnx.ModelProto, half: int) -> dict:
-    """Share of weight bytes in the half type, and share of the MACs (Conv/MatMul/Gemm, by weight size)
-    whose data input is half."""
-    inits = {t.name: t for t in model.graph.initializer}
-    size = lambda t: int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-    floats = [t for t in inits.values() if t.data_type in (TensorProto.FLOAT, half)]
-    total = sum(size(t) for t in floats) or 1
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
-    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.value_info]}
-    types.update({t.name: t.data_type for t in inits.values()})
-    linear = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")]
-    weight = lambda n: int(np.prod(inits[n.input[1]].dims)) if len(n.input) > 1 and n.input[1] in inits else 1
-    macs = sum(weight(n) for n in linear) or 1
-    return {
-        "weights_half": sum(size(t) for t in floats if t.data_type == half) / total,
-        "macs_half": sum(weight(n) for n in linear if types.get(n.input[0]) == half) / macs,
-    }
+    from normonnx.pipelines.half import precision_shares
+
+    got = precision_shares(model, half)
+    return {"weights_half": got.weight_bytes, "macs_half": got.macs}
 
 
 def latency(paths: dict[str, Path], feeds: dict[str, np.ndarray], seconds: float = 3.0) -> dict[str, float]:

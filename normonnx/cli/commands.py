@@ -73,22 +73,25 @@ def cmd_fold(args: argparse.Namespace) -> int:
 
 
 def cmd_half(args: argparse.Namespace) -> int:
-    from normonnx.pipelines.half import half_file
-    from normonnx.reports.text import render_half
     from normonnx.validate.inputs import parse_shape_overrides
 
-    dst = args.output or args.output_pos
-    if dst is None:
-        raise UnusableInputError("no output given: normonnx half IN.onnx -o OUT.onnx")
-    check_report_path(args.report, args.input, dst)
-    with Progress(label=f"half {Path(args.input).name}"):
+    shapes = parse_shape_overrides(args.shape)
+    pair = _one_file(args, "half")
+    if pair is None:
+        return many.rewrite_many(args, "half", batch.half_one, args.dtype, args.keep_io_types, args.calibration, shapes)
+    _refuse_jobs(args)
+    from normonnx.pipelines.half import half_file
+    from normonnx.reports.text import render_half
+
+    src, dst = pair
+    check_report_path(args.report, src, dst)
+    with Progress(label=f"half {Path(src).name}"):
         report = half_file(
-            args.input, dst, args.dtype, keep_io_types=args.keep_io_types, inputs_npz=args.inputs,
-            shapes=parse_shape_overrides(args.shape),
-        )  # fmt: skip
+            src, dst, args.dtype, keep_io_types=args.keep_io_types, inputs_npz=args.calibration, shapes=shapes
+        )
     write_json(args.report, report.to_dict())
-    show(args, report, render_half, f"normonnx half {args.input} -> {dst} ({args.dtype})")
-    return finish(args, dst, report, report.output is not None, f"{args.input} in half-faithful arithmetic")
+    show(args, report, render_half, f"normonnx half {src} -> {dst} ({args.dtype})")
+    return finish(args, dst, report, report.output is not None, f"{src} in half-faithful arithmetic")
 
 
 def cmd_emit(args: argparse.Namespace) -> int:

@@ -69,13 +69,12 @@ def _add_export(sub) -> None:
 
 def _add_half(sub) -> None:
     p = _parser(sub, "half", "convert to fp16/bf16 with every normalization's statistics kept in float32")
-    p.add_argument("input", metavar="IN", help="float32 ONNX file (never modified)")
-    p.add_argument("output_pos", nargs="?", metavar="OUT", help=argparse.SUPPRESS)
-    p.add_argument("-o", "--output", metavar="OUT", help="the ONNX file to write")
+    options.add_files(p, "convert")
     p.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16", help="the half type (default fp16)")
     p.add_argument("--keep-io-types", action="store_true", help="inputs and outputs stay float32")
-    p.add_argument("--inputs", metavar="DATA.npz", help="calibration and verification inputs (default: seeded)")
-    options.add_shape(p)
+    p.add_argument(
+        "--inputs", dest="calibration", metavar="DATA.npz", help="calibration and verification inputs (default: seeded)"
+    )
     p.add_argument("--report", metavar="REPORT.json", help="also write the report as JSON")
     options.add_json(p, "print the report as JSON")
 

@@ -28,6 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper, numpy_helper
 
+from normonnx.families import LINEAR_OPS
 from normonnx.graph.access import describe, static_shape
 from normonnx.recognize.moments import match_core, match_shifted
 
@@ -43,7 +44,6 @@ _ISLAND_OPS = {"InstanceNormalization", "BatchNormalization", "GroupNormalizatio
 _ALWAYS_FP32 = {"Pow": "Pow overflows fp16 from modest inputs", "Exp": "Exp overflows fp16 above 11"}
 _LONG_REDUCTIONS = {"Softmax", "LogSoftmax", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp",
                     "CumSum"}  # fmt: skip
-LINEAR_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 @dataclass(frozen=True)

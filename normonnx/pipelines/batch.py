@@ -166,6 +166,31 @@ def emit_one(
     return _timed(source, work)
 
 
+def half_one(
+    source: str,
+    output: str,
+    dtype: str = "fp16",
+    keep_io_types: bool = False,
+    inputs_npz=None,
+    shapes=None,
+    isolated: bool = True,
+) -> FileResult:
+    """``normonnx half SOURCE -o OUTPUT`` as one row (its onnxruntime runs are isolated either way)."""
+
+    def work() -> FileResult:
+        from normonnx.pipelines.half import half_file
+
+        report = half_file(source, output, dtype, keep_io_types=keep_io_types, inputs_npz=inputs_npz, shapes=shapes)
+        verdict, code = _verdict(report.parity, report.output is not None)
+        return FileResult(
+            source, report.output, verdict, code, kept=len(report.kept), max_error=_worst_error(report.parity),
+            message=f"{report.weight_bytes_half:.0%} of weight bytes in {dtype}"
+            if report.output else (report.parity.summary() if report.parity else ""),
+        )  # fmt: skip
+
+    return _timed(source, work)
+
+
 def check_one(
     candidate: str, reference: str, report_path: str | None = None, isolated: bool = True, **options
 ) -> FileResult:

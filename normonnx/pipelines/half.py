@@ -24,12 +24,13 @@ import onnx
 from onnx import TensorProto
 
 from normonnx.errors import UnusableInputError
+from normonnx.families import LINEAR_OPS
 from normonnx.graph.bridge import model_and_name, prepare_graph
 from normonnx.graph.modelio import iter_nodes, load_model, staged_save
 from normonnx.graph.precision import with_float_type
 from normonnx.isolation import call_isolated
 from normonnx.passes._base import FoldOptions
-from normonnx.passes.to_half import LINEAR_OPS, KeptFloat32, convert, plan_float32
+from normonnx.passes.to_half import KeptFloat32, convert, plan_float32
 from normonnx.pipelines.fold import fold
 from normonnx.reports.schema import SCHEMA_VERSION
 from normonnx.validate import execute
@@ -99,18 +100,32 @@ def _bodies(model: onnx.ModelProto) -> bool:
     return any(a.HasField("g") or a.graphs for n in model.graph.node for a in n.attribute)
 
 
-def _shares(model: onnx.ModelProto, half: int) -> tuple[float, tuple[int, int]]:
-    """(share of weight bytes in the half type, (linear ops reading half data, all linear ops))."""
-    sizes = {t.name: (t.data_type, int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize)
-             for t in model.graph.initializer if t.data_type in (half, TensorProto.FLOAT)}  # fmt: skip
-    total = sum(b for _, b in sizes.values())
-    in_half = sum(b for dt, b in sizes.values() if dt == half)
+@dataclass(frozen=True)
+class Shares:
+    """How much of a model computes in the half type."""
+
+    weight_bytes: float  # share of the float weight bytes stored in it
+    linear_ops: tuple[int, int]  # (Conv/ConvTranspose/MatMul/Gemm reading half data, all of them)
+    macs: float  # share of their work (weighted by weight size) on half data
+
+
+def precision_shares(model: onnx.ModelProto, half: int) -> Shares:
+    inits = {t.name: t for t in model.graph.initializer}
+    nbytes = {n: int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+              for n, t in inits.items() if t.data_type in (half, TensorProto.FLOAT)}  # fmt: skip
+    total = sum(nbytes.values())
+    in_half = sum(b for n, b in nbytes.items() if inits[n].data_type == half)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.value_info]}
-    types.update({t.name: t.data_type for t in model.graph.initializer})
+    types.update({n: t.data_type for n, t in inits.items()})
     linear = [n for n in model.graph.node if n.op_type in LINEAR_OPS]
-    halves = sum(types.get(n.input[0]) == half for n in linear)
-    return (in_half / total if total else 1.0), (halves, len(linear))
+    on_half = [n for n in linear if types.get(n.input[0]) == half]
+    work = lambda n: int(np.prod(inits[n.input[1]].dims)) if len(n.input) > 1 and n.input[1] in inits else 1
+    macs = sum(work(n) for n in linear)
+    return Shares(
+        in_half / total if total else 1.0, (len(on_half), len(linear)),
+        sum(work(n) for n in on_half) / macs if macs else 1.0,
+    )  # fmt: skip
 
 
 def half_model(
@@ -156,7 +171,8 @@ def half_model(
     out = convert(_named(folded), kept, half, keep_io_types)
     onnx.checker.check_model(out)
     report.kept = sorted(kept.values(), key=lambda k: k.node)
-    report.weight_bytes_half, report.linear_ops_half = _shares(out, half)
+    shares = precision_shares(out, half)
+    report.weight_bytes_half, report.linear_ops_half = shares.weight_bytes, shares.linear_ops
     refs = call_isolated(execute.run_outputs, proto.SerializeToString(), feeds, SessionConfig(), label=source,
                          timeout=timeout)  # fmt: skip
     got = faithful_outputs(out, feeds, label="half-faithful run", timeout=timeout)

@@ -191,3 +191,14 @@ def test_convert_with_precision_adds_the_half_model_and_times_it(cli, tmp_path):
     assert r.code == 0, r.err
     assert (tmp_path / "c" / "model.fp16.onnx").is_file()
     assert "fp16" in (tmp_path / "c" / "report.json").read_text()
+
+
+def test_half_over_a_folder_writes_each_file_and_a_summary(cli, tmp_path):
+    (tmp_path / "in").mkdir()
+    onnx.save(decomposed_layernorm(), tmp_path / "in" / "a.onnx")
+    onnx.save(decomposed_layernorm(rms=True), tmp_path / "in" / "b.onnx")
+    r = cli("half", tmp_path / "in", "-o", tmp_path / "out", "--dtype", "bf16")
+    assert r.code == 0, r.err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.onnx", "b.onnx", "summary.json"]
+    rows = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())["files"]
+    assert [row["verdict"] for row in rows] == ["PASSED", "PASSED"]
