@@ -133,21 +133,19 @@ def test_half_on_the_command_line_writes_a_verified_model(cli, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name",
-    ["resnet_bn", "preact_cnn", "bit_ws_gn", "bcn_micro", "vit_ln", "convnext_cf", "rms_transformer", "style_in",
-     "frozen_backbone", "weightnorm_cnn"],
-)  # fmt: skip
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_reference_zoo_models_convert(tmp_path, name, dtype):
+@pytest.mark.parametrize("name", ["resnet_bn", "bit_ws_gn", "vit_ln", "rms_transformer", "style_in"])
+def test_reference_zoo_models_convert(tmp_path, name):
+    """One model per normalization family (benchmarks/half.md has all ten), in both half types."""
     pytest.importorskip("torch")
     from normonnx.pipelines.export import export_file
     from normonnx.zoo import CHECKPOINTS
 
     src = tmp_path / f"{name}.onnx"
     export_file(f"normonnx.zoo:{name}", src, checkpoint=str(CHECKPOINTS / f"{name}.safetensors"), opset=18)
-    report = half_file(src, tmp_path / f"{name}.{dtype}.onnx", dtype)
-    assert report.passed, report.to_dict()
+    for dtype in ("fp16", "bf16"):
+        report = half_file(src, tmp_path / f"{name}.{dtype}.onnx", dtype)
+        assert report.passed, report.to_dict()
+        assert all(o.nonfinite_mismatch == 0 for o in report.parity.outputs)
 
 
 def _cuda() -> bool:
