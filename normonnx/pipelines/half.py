@@ -27,6 +27,7 @@ from normonnx.errors import UnusableInputError
 from normonnx.families import LINEAR_OPS
 from normonnx.graph.bridge import model_and_name, prepare_graph
 from normonnx.graph.modelio import iter_nodes, load_model, staged_save
+from normonnx.graph.opsets import OpsetError, convert_opset, default_opset
 from normonnx.graph.precision import with_float_type
 from normonnx.isolation import call_isolated
 from normonnx.passes._base import FoldOptions
@@ -43,6 +44,7 @@ from normonnx.validate.runner import SessionConfig
 log = logging.getLogger(__name__)
 DTYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 BASELINE_FACTOR = 2.0
+BF16_OPSET = 22
 
 
 @dataclass
@@ -149,10 +151,39 @@ def half_model(
     if any(n.op_type == "Cast" and any(a.name == "to" and a.i in DTYPES.values() for a in n.attribute)
            for n in iter_nodes(proto.graph)):  # fmt: skip
         raise UnusableInputError(f"{source}: the model already computes in half precision")
-    report = HalfReport(source, dtype, keep_io_types)
     # The normalization folds only: the simplifications reorder arithmetic, which in bfloat16 measurably
     # costs precision (vit_ln: twice a plain cast's error with them, 1.2x without), and speed is fold's job.
     folded, _ = fold(proto, FoldOptions(simplify=False))
+    attempts = [(folded, [])]
+    if half == TensorProto.BFLOAT16 and default_opset(folded) < BF16_OPSET:
+        # Conv, ConvTranspose and the pooling ops take bfloat16 from opset 22 on: that first, and the
+        # model at its own opset (those ops in float32) when that fails the gate.
+        try:
+            raised = convert_opset(folded, BF16_OPSET)
+            attempts.insert(
+                0, (raised, [f"raised to opset {BF16_OPSET}, the first whose Conv and pooling take bfloat16"])
+            )
+        except OpsetError as e:
+            attempts[0][1].append(f"kept at opset {default_opset(folded)} ({e}): Conv and pooling stay float32")
+    tried: list[str] = []
+    for k, (candidate, notes) in enumerate(attempts):
+        out, report = _converted(proto, candidate, source, dtype, half, keep_io_types, inputs_npz, shapes, samples,
+                                 timeout)  # fmt: skip
+        report.notes = [*tried, *notes, *report.notes]
+        if report.passed or k == len(attempts) - 1:
+            break
+        worst = report.parity.worst()
+        tried.append(
+            f"at opset {BF16_OPSET} (Conv in bfloat16) it failed the gate (max|diff| {worst.max_abs:.3g} on"
+            f" {worst.name}): Conv and pooling kept in float32 at opset {default_opset(folded)}"
+        )
+    report.seconds = time.perf_counter() - start
+    return out, report
+
+
+def _converted(proto, folded, source, dtype, half, keep_io_types, inputs_npz, shapes, samples, timeout):
+    """One conversion of ``folded`` (the float32 ``proto`` with its normalizations folded) and its verdict."""
+    report = HalfReport(source, dtype, keep_io_types)
     folded = _named(folded)
     specs = input_specs(folded)
     if inputs_npz:
@@ -185,7 +216,6 @@ def half_model(
         report.notes.append(f"a plain cast of the model does not run ({str(e).splitlines()[0][:120]})")
     if report.plain_cast is not None:
         limit_by_baseline(report.parity, report.plain_cast, BASELINE_FACTOR)
-    report.seconds = time.perf_counter() - start
     return out, report
 
 
