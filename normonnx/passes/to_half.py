@@ -233,8 +233,11 @@ def convert(model: onnx.ModelProto, kept: dict[str, KeptFloat32], half: int, kee
                 n.input[:] = [inner if x == o.name else x for x in n.input]
             nodes.append(helper.make_node("Cast", [inner], [o.name], to=want, name=f"{o.name}__output_cast"))
         o.type.tensor_type.elem_type = want
-    for i in g.input:
-        if i.name in storage and i.name not in inits:
+    stored = {t.name: t.data_type for t in new_inits}
+    for i in g.input:  # an initializer listed as an input too (ir_version 3) is declared as it is stored
+        if i.name in stored:
+            i.type.tensor_type.elem_type = stored[i.name]
+        elif i.name in storage:
             i.type.tensor_type.elem_type = storage[i.name]
     del g.node[:]
     g.node.extend(_without_round_trips(nodes, {o.name for o in g.output}))

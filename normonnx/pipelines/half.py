@@ -27,7 +27,7 @@ from normonnx.errors import UnusableInputError
 from normonnx.families import LINEAR_OPS
 from normonnx.graph.bridge import model_and_name, prepare_graph
 from normonnx.graph.modelio import iter_nodes, load_model, staged_save
-from normonnx.graph.opsets import OpsetError, convert_opset, default_opset
+from normonnx.graph.opsets import OpsetError, convert_opset, default_opset, runnable_copy
 from normonnx.graph.precision import with_float_type
 from normonnx.isolation import call_isolated
 from normonnx.passes._base import FoldOptions
@@ -44,7 +44,8 @@ from normonnx.validate.runner import SessionConfig
 log = logging.getLogger(__name__)
 DTYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 BASELINE_FACTOR = 2.0
-BF16_OPSET = 22
+BF16_OPSET = 22  # the first opset whose Conv and pooling take bfloat16
+BF16_CAST_OPSET = 13  # the first whose Cast does
 
 
 @dataclass
@@ -139,13 +140,16 @@ def half_model(
     shapes: dict[str, tuple[int, ...]] | None = None,
     samples: int = 3,
     timeout: float = 900,
+    name: str | None = None,
 ) -> tuple[onnx.ModelProto, HalfReport]:
-    """``model`` in ``dtype`` (``fp16`` or ``bf16``), and the report that judges it."""
+    """``model`` in ``dtype`` (``fp16`` or ``bf16``), and the report that judges it (``name`` names a model
+    given in memory in messages)."""
     start = time.perf_counter()
     if dtype not in DTYPES:
         raise UnusableInputError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     half = DTYPES[dtype]
     proto, source = model_and_name(model)
+    source = name or source
     if _bodies(proto):
         raise UnusableInputError(f"{source}: If/Loop/Scan bodies are not converted to half precision yet")
     if any(n.op_type == "Cast" and any(a.name == "to" and a.i in DTYPES.values() for a in n.attribute)
@@ -153,18 +157,22 @@ def half_model(
         raise UnusableInputError(f"{source}: the model already computes in half precision")
     # The normalization folds only: the simplifications reorder arithmetic, which in bfloat16 measurably
     # costs precision (vit_ln: twice a plain cast's error with them, 1.2x without), and speed is fold's job.
+    older = runnable_copy(proto)  # onnxruntime runs nothing before opset 7: the reference is onnx's upgrade
+    proto = older if older is not None else proto
     folded, _ = fold(proto, FoldOptions(simplify=False))
     attempts = [(folded, [])]
     if half == TensorProto.BFLOAT16 and default_opset(folded) < BF16_OPSET:
-        # Conv, ConvTranspose and the pooling ops take bfloat16 from opset 22 on: that first, and the
-        # model at its own opset (those ops in float32) when that fails the gate.
-        try:
-            raised = convert_opset(folded, BF16_OPSET)
-            attempts.insert(
-                0, (raised, [f"raised to opset {BF16_OPSET}, the first whose Conv and pooling take bfloat16"])
-            )
-        except OpsetError as e:
-            attempts[0][1].append(f"kept at opset {default_opset(folded)} ({e}): Conv and pooling stay float32")
+        # Conv, ConvTranspose and the pooling ops take bfloat16 from opset 22 on: that first; when it fails
+        # the gate, the model at its own opset (those ops in float32), at least 13 (Cast takes bfloat16 there).
+        attempts = []
+        for target in dict.fromkeys((BF16_OPSET, max(default_opset(folded), BF16_CAST_OPSET))):
+            try:
+                raised = convert_opset(folded, target)
+            except OpsetError as e:
+                raise UnusableInputError(
+                    f"{source}: bfloat16 needs opset {target}; onnx cannot raise it: {e}"
+                ) from None
+            attempts.append((raised, [f"raised to opset {target}"] if target != default_opset(folded) else []))
     tried: list[str] = []
     for k, (candidate, notes) in enumerate(attempts):
         out, report = _converted(proto, candidate, source, dtype, half, keep_io_types, inputs_npz, shapes, samples,
@@ -175,7 +183,7 @@ def half_model(
         worst = report.parity.worst()
         tried.append(
             f"at opset {BF16_OPSET} (Conv in bfloat16) it failed the gate (max|diff| {worst.max_abs:.3g} on"
-            f" {worst.name}): Conv and pooling kept in float32 at opset {default_opset(folded)}"
+            f" {worst.name}): Conv and pooling kept in float32 at opset {default_opset(attempts[-1][0])}"
         )
     report.seconds = time.perf_counter() - start
     return out, report
@@ -225,7 +233,7 @@ def half_file(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "fp16
 
     start = time.perf_counter()
     check_output_path(Path(dst), [Path(src)])
-    model, report = half_model(load_model(src), dtype, **kwargs)
+    model, report = half_model(load_model(src), dtype, name=str(src), **kwargs)
     report.source = str(src)
     if report.passed:
         with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:

@@ -200,3 +200,36 @@ def test_half_over_a_folder_writes_each_file_and_a_summary(cli, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.onnx", "b.onnx", "summary.json"]
     rows = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())["files"]
     assert [row["verdict"] for row in rows] == ["PASSED", "PASSED"]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_an_ir_version_3_file_whose_initializers_are_inputs_converts(tmp_path, dtype):
+    """The old model zoo lists every initializer as a graph input: those declarations follow the data's type."""
+    from tests.pipelines.test_other_exporters import zoo_style_conv_bn
+
+    model = zoo_style_conv_bn()
+    model.graph.node.append(helper.make_node("Relu", [model.graph.output[0].name], ["relu_out"]))
+    model.graph.output[0].name = "relu_out"
+    onnx.save(model, tmp_path / "zoo.onnx")
+    report = half_file(tmp_path / "zoo.onnx", tmp_path / "zoo.half.onnx", dtype)
+    assert report.passed, report.to_dict()
+    out = onnx.load(tmp_path / "zoo.half.onnx")
+    declared = {i.name: i.type.tensor_type.elem_type for i in out.graph.input}
+    assert all(declared[t.name] == t.data_type for t in out.graph.initializer if t.name in declared)
+
+
+def test_a_model_with_if_bodies_is_refused_naming_the_file(cli, tmp_path):
+    then = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "t", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])])  # fmt: skip
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "e", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2])])  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "if.onnx")
+    r = cli("half", tmp_path / "if.onnx", "-o", tmp_path / "if.fp16.onnx")
+    assert r.code == 2 and str(tmp_path / "if.onnx") in r.err and len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "if.fp16.onnx").exists()
