@@ -174,9 +174,11 @@ def convert(model: onnx.ModelProto, kept: dict[str, KeptFloat32], half: int, kee
         if i.name in floats and i.name not in inits:
             storage[i.name] = FLOAT if keep_io_types else half
     for n in g.node:
-        for o in n.output:
+        for k, o in enumerate(n.output):
             if o in floats:
-                storage[o] = FLOAT if n.name in in_fp32 else half
+                # A normalization op's Mean/InvStdDev outputs have the stash type: float32 (stash_type=1).
+                stats = k > 0 and n.op_type in _WITH_STASH
+                storage[o] = FLOAT if n.name in in_fp32 or stats else half
     exempt = {n.input[k] for n in g.node for op, k in _FLOAT32_INPUTS if n.op_type == op and len(n.input) > k}
     readers: dict[str, set[int]] = {}
     for n in g.node:

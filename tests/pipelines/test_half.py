@@ -233,3 +233,23 @@ def test_a_model_with_if_bodies_is_refused_naming_the_file(cli, tmp_path):
     r = cli("half", tmp_path / "if.onnx", "-o", tmp_path / "if.fp16.onnx")
     assert r.code == 2 and str(tmp_path / "if.onnx") in r.err and len(r.err.strip().splitlines()) == 1
     assert not (tmp_path / "if.fp16.onnx").exists()
+
+
+def test_layernorm_statistics_outputs_stay_float32(tmp_path):
+    """onnx's backend test: LayerNormalization with its Mean and InvStdDev as graph outputs; with stash_type=1
+    those are float32 whatever the data type."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), "g"),
+             numpy_helper.from_array(rng.uniform(-0.5, 0.5, 8).astype(np.float32), "b")]  # fmt: skip
+    node = helper.make_node("LayerNormalization", ["x", "g", "b"], ["y", "mean", "inv_std"], axis=-1)
+    graph = helper.make_graph(
+        [node], "ln3", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 8]),
+         helper.make_tensor_value_info("mean", TensorProto.FLOAT, [2, 3, 1]),
+         helper.make_tensor_value_info("inv_std", TensorProto.FLOAT, [2, 3, 1])], inits,
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "ln3.onnx")
+    report = half_file(tmp_path / "ln3.onnx", tmp_path / "ln3.fp16.onnx")
+    assert report.passed, report.to_dict()
+    types = {o.name: o.type.tensor_type.elem_type for o in onnx.load(tmp_path / "ln3.fp16.onnx").graph.output}
+    assert types == {"y": TensorProto.FLOAT16, "mean": TensorProto.FLOAT, "inv_std": TensorProto.FLOAT}
