@@ -10,7 +10,6 @@ aligned; If/Loop/Scan bodies are not entered.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from dataclasses import dataclass
 
 import onnx
@@ -122,7 +121,3 @@ def align(candidate: onnx.ModelProto, reference: onnx.ModelProto, renames: dict[
     pairs += [Pair(c, r, "structure") for c, r in structural.items()]
     pairs.sort(key=lambda p: order[p.candidate])
     return pairs
-
-
-def count_by_how(pairs: list[Pair]) -> dict[str, int]:
-    return dict(Counter(p.how for p in pairs))

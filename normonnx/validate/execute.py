@@ -32,6 +32,15 @@ def _model(source: ModelSource | onnx.ModelProto) -> onnx.ModelProto | str:
     return source
 
 
+def _proto(source: ModelSource) -> onnx.ModelProto:
+    """The model a child was given, as a proto (bytes parsed, a path loaded and validated)."""
+    import onnx
+
+    from normonnx.graph.modelio import load_model
+
+    return onnx.ModelProto.FromString(source) if isinstance(source, bytes) else load_model(source)
+
+
 def fits_a_message(model: onnx.ModelProto) -> bool:
     """Whether a child can get ``model`` as bytes: no external data, under protobuf's 2 GiB."""
     from normonnx.graph.modelio import has_external_data
@@ -93,20 +102,13 @@ def run_intermediates(
     source: ModelSource, feeds: dict[str, np.ndarray], names: Sequence[str], config: SessionConfig, chunk: int = 400
 ) -> dict[str, np.ndarray]:
     """Values of the named intermediate tensors (floats only), in chunks to bound memory."""
-    import onnx
-
-    from normonnx.graph.modelio import load_model
-
-    base = onnx.ModelProto.FromString(source) if isinstance(source, bytes) else load_model(source)
-    declared = {o.name for o in base.graph.output}
+    base = _proto(source)
+    declared = [o.name for o in base.graph.output]
     values: dict[str, np.ndarray] = {}
     for start in range(0, len(names), chunk):
         part = [n for n in names[start : start + chunk] if n not in declared]
-        model = onnx.ModelProto()
-        model.CopyFrom(base)
-        model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in part)
-        sess = session(model, config)
-        out = run(sess, feeds, [*part, *[o.name for o in base.graph.output]])
+        sess = session(_with_outputs(base, part), config)
+        out = run(sess, feeds, [*part, *declared])
         values.update({k: v for k, v in out.items() if np.asarray(v).dtype.kind == "f"})
     return values
 
@@ -134,15 +136,9 @@ def compare_intermediates(
     """Each (candidate tensor, reference tensor) pair compared (``parity.compare_output``; None when the
     two are not both floating tensors), one chunk of tensors at a time: only the results come back, and
     no more than a chunk's values are held at once. The reference runs with optimizations off."""
-    import onnx
-
-    from normonnx.graph.modelio import load_model
     from normonnx.validate.parity import compare_output
 
-    def proto(source):
-        return onnx.ModelProto.FromString(source) if isinstance(source, bytes) else load_model(source)
-
-    cand_base, ref_base = proto(cand_source), proto(ref_source)
+    cand_base, ref_base = _proto(cand_source), _proto(ref_source)
     results: list = []
     for start in range(0, len(pairs), chunk):
         part = list(pairs[start : start + chunk])
@@ -167,11 +163,7 @@ def tensor_ranges(
 ) -> dict[str, float]:
     """The largest finite |value| each named floating tensor takes over ``feeds`` (a calibration run);
     values are reduced here, a chunk of tensors at a time, and only the peaks go back."""
-    import onnx
-
-    from normonnx.graph.modelio import load_model
-
-    base = onnx.ModelProto.FromString(source) if isinstance(source, bytes) else load_model(source)
+    base = _proto(source)
     peaks: dict[str, float] = {}
     for start in range(0, len(names), chunk):
         part = list(names[start : start + chunk])
@@ -212,12 +204,10 @@ def applied_transformers(source: ModelSource, config: SessionConfig) -> list[str
 
 def run_float64(source: ModelSource, feeds: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]] | None:
     """The model's outputs computed in double precision (None when neither runtime can run it so)."""
-    import onnx
 
-    from normonnx.graph.modelio import load_model
     from normonnx.graph.precision import to_float64
 
-    model = to_float64(onnx.ModelProto.FromString(source) if isinstance(source, bytes) else load_model(source))
+    model = to_float64(_proto(source))
     wide = [{k: (v.astype(np.float64) if v.dtype.kind == "f" else v) for k, v in f.items()} for f in feeds]
     names = [o.name for o in model.graph.output]
     try:
