@@ -134,9 +134,9 @@ def converters(dtype: str) -> dict:
 
 
 def judge(ref_model: onnx.ModelProto, model: onnx.ModelProto, feeds: list[dict], refs: list[dict], half: int) -> dict:
-    from normonnx.validate.faithful import faithful_outputs
+    from normonnx.validate.runners import FaithfulRunner
 
-    got = faithful_outputs(model, feeds, label="faithful")
+    got = FaithfulRunner(model, label="faithful").infer(feeds)
     out = {}
     nonfinite, errors, agree, total = 0, [], 0, 0
     for r, g in zip(refs, got, strict=True):
@@ -168,10 +168,9 @@ def latency(paths: dict[str, Path], feeds: dict[str, np.ndarray], seconds: float
     """Median per-round ratio of each model's latency over the float32 model's (onnxruntime CPU,
     ORT_ENABLE_ALL, interleaved; "copy" is the float32 file again: the noise floor). Models onnxruntime's
     CPU cannot run (bf16 kernels it lacks) are left out."""
-    from normonnx.isolation import call_isolated
     from normonnx.validate.inputs import input_specs
-    from normonnx.validate.latency import measure
     from normonnx.validate.runner import SessionConfig, session
+    from normonnx.validate.runners import RunOptions, measure_interleaved
 
     runnable = {}
     for name, path in paths.items():
@@ -184,21 +183,18 @@ def latency(paths: dict[str, Path], feeds: dict[str, np.ndarray], seconds: float
     for path in runnable.values():
         specs = {s.name: s.dtype for s in input_specs(onnx.load(str(path), load_external_data=False))}
         per_model.append({k: v.astype(specs[k]) for k, v in feeds.items() if k in specs})
-    stats = call_isolated(
-        measure, {n: str(p) for n, p in runnable.items()}, per_model, SessionConfig(optimize=True, spin=False),
-        warmup=3, runs=300, max_seconds=seconds, label="latency",
-    )  # fmt: skip
+    deployed = SessionConfig(optimize=True, spin=False)
+    runners = {n: RunOptions().runner(str(p), deployed, label=n) for n, p in runnable.items()}
+    stats = measure_interleaved(runners, per_model, warmup=3, runs=300, max_seconds=seconds, label="latency")
     base = np.asarray(stats["float32"].times_ms)
     return {n: float(np.median(np.asarray(st.times_ms)[: len(base)] / base[: len(st.times_ms)]))
             for n, st in stats.items() if n != "float32"}  # fmt: skip
 
 
 def main() -> int:
-    from normonnx.isolation import call_isolated
-    from normonnx.validate import execute
     from normonnx.validate.inputs import input_specs
     from normonnx.validate.probe import probe_shapes, probed_feeds
-    from normonnx.validate.runner import SessionConfig
+    from normonnx.validate.runners import RunOptions
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,8 +202,9 @@ def main() -> int:
         for kind, name, path in export_all(folder):
             ref_model = onnx.load(path)
             specs = input_specs(ref_model)
-            feeds = probed_feeds(specs, probe_shapes(ref_model, str(path), label=name), SAMPLES)
-            refs = call_isolated(execute.run_outputs, str(path), feeds, SessionConfig(), label=name)
+            original = RunOptions().runner(str(path), label=name)
+            feeds = probed_feeds(specs, probe_shapes(ref_model, original), SAMPLES)
+            refs = original.infer(feeds)
             copy = folder / f"{name}.copy.onnx"
             onnx.save(ref_model, copy)
             for dtype in ("fp16", "bf16"):

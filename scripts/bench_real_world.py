@@ -96,23 +96,23 @@ def outputs_and_latency(original: Path, outputs: dict[str, Path], max_seconds: f
     """Max normalized error of each output against the original, and interleaved latency (ms)."""
     import onnx
 
-    from normonnx.isolation import call_isolated
     from normonnx.validate.inputs import input_specs
-    from normonnx.validate.latency import measure
     from normonnx.validate.parity import compare
     from normonnx.validate.probe import probe_shapes, probed_feeds
     from normonnx.validate.runner import SessionConfig
-    from normonnx.validate.verify import onnx_outputs
+    from normonnx.validate.runners import RunOptions, measure_interleaved
 
+    options = RunOptions()  # every run in a child process
     proto = onnx.load(str(original), load_external_data=False)
-    probed = probe_shapes(proto, str(original), label=str(original))
+    reference = options.runner(str(original))
+    probed = probe_shapes(proto, reference)
     feeds = probed_feeds(input_specs(proto), probed, 2)
-    refs = onnx_outputs(original, feeds, SessionConfig(optimize=False))
+    refs = reference.infer(feeds)
     result: dict = {"shapes": probed.describe(), "error": {}, "latency_ms": {}, "ratios": {}}
     timed = {}
     for tool, path in outputs.items():
         try:
-            got = onnx_outputs(path, feeds, SessionConfig(optimize=False), label=f"{tool} output")
+            got = options.runner(str(path), label=f"{tool} output").infer(feeds)
             parity = compare(refs, got)
             result["error"][tool] = max(o.max_abs / max(1.0, o.ref_max) for o in parity.outputs)
             timed[tool] = str(path)
@@ -126,15 +126,10 @@ def outputs_and_latency(original: Path, outputs: dict[str, Path], max_seconds: f
         for path in models.values():
             specs = {s.name: s.dtype for s in input_specs(onnx.load(path, load_external_data=False))}
             per_model.append({k: np.asarray(v).astype(specs[k]) for k, v in feeds[0].items() if k in specs})
-        stats = call_isolated(
-            measure,
-            models,
-            per_model,
-            SessionConfig(optimize=True, spin=False),
-            warmup=3,
-            runs=400,
-            max_seconds=max_seconds,
-            label=f"latency of {original.name}",
+        deployed = SessionConfig(optimize=True, spin=False)
+        runners = {name: options.runner(path, deployed, label=name) for name, path in models.items()}
+        stats = measure_interleaved(
+            runners, per_model, warmup=3, runs=400, max_seconds=max_seconds, label=f"latency of {original.name}"
         )
     times = {k: np.asarray(v.times_ms) for k, v in stats.items()}
     result["latency_ms"] = {k: float(np.median(v)) for k, v in times.items()}

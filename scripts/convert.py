@@ -5,7 +5,7 @@ The same arguments as `normonnx convert` (run `python scripts/convert.py -h`), f
 schedulers that call a file rather than a console entry point:
 
     python scripts/convert.py normonnx.zoo:resnet_bn \\
-        --checkpoint normonnx/zoo/checkpoints/resnet_bn.safetensors -o out/resnet
+        --checkpoint models/checkpoints/resnet_bn.safetensors -o out/resnet
 """
 
 from __future__ import annotations

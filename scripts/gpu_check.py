@@ -41,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     from normonnx.errors import NormonnxError
+    from normonnx.pipelines.bench import bench
+    from normonnx.pipelines.check import check
     from normonnx.pipelines.export import export_file
     from normonnx.pipelines.fold import fold_file
-    from normonnx.validate.benchmark import bench
-    from normonnx.validate.check import check
     from normonnx.validate.runner import PROVIDERS
 
     available = ort.get_available_providers()

@@ -37,7 +37,7 @@ def main() -> int:
 
     from normonnx.graph.precision import with_float_type
     from normonnx.pipelines.half import half_model
-    from normonnx.validate.faithful import faithful_outputs
+    from normonnx.validate.runners import FaithfulRunner
     from scripts.bench_half import large_activation_models
 
     if not torch.cuda.is_available():
@@ -60,10 +60,11 @@ def main() -> int:
                     cast = gpu.to(torch_type)
                     on_gpu = relative(cast(example.cuda().to(torch_type)).float().cpu().numpy(), ref)
                     gpu.float()
-                    plain = faithful_outputs(with_float_type(model, onnx_type), [{"x": x}], label="plain")[0]
+                    plain = FaithfulRunner(with_float_type(model, onnx_type), label="plain").infer([{"x": x}])[0]
                     predicted = relative(next(iter(plain.values())), ref)
                     ours_model, _ = half_model(model, dtype)
-                    ours = relative(next(iter(faithful_outputs(ours_model, [{"x": x}], label="ours")[0].values())), ref)
+                    ours_out = FaithfulRunner(ours_model, label="ours").infer([{"x": x}])[0]
+                    ours = relative(next(iter(ours_out.values())), ref)
                     agree = (np.isfinite(on_gpu) == np.isfinite(predicted)) and (
                         not np.isfinite(on_gpu) or on_gpu / 4 <= max(predicted, 1e-7) <= on_gpu * 4 + 1e-4
                     )

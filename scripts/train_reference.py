@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Train the reference zoo on procedurally drawn shapes, deterministically, on CPU.
 
-Every network of normonnx/zoo/__init__.py is trained from a fixed seed on
-normonnx/zoo/data.py's training split and evaluated on its held-out split, so its
-BatchNorm statistics and affine parameters are real. Writes
-normonnx/zoo/checkpoints/<name>.safetensors and <name>.json (how it was trained,
-the accuracy reached).
+Every network of models/__init__.py (installed as ``normonnx.zoo``) is trained
+from a fixed seed on models/data.py's training split and evaluated on its
+held-out split, so its BatchNorm statistics and affine parameters are real.
+Writes models/checkpoints/<name>.safetensors and <name>.json (how it was
+trained, the accuracy reached), which the wheel ships as package data.
 
-    python scripts/train_reference.py [--only resnet_bn,vit_ln] [--out normonnx/zoo/checkpoints]
+    python scripts/train_reference.py [--only resnet_bn,vit_ln] [--out models/checkpoints]
 """
 
 from __future__ import annotations

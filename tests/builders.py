@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from normonnx.validate.parity import Gate, ParityResult
+from normonnx.results import ParityResult
+from normonnx.validate.parity import Gate
 from normonnx.validate.verify import verify_parity
 
 _counter = itertools.count()
@@ -117,14 +118,14 @@ def assert_parity(reference, candidate, gate: Gate | None = None, shapes=None) -
 
 
 def apply(model: onnx.ModelProto, *passes, options=None):
-    """Run the given passes (or rules) once each, in order, the way fold does; return (model, ctx)."""
+    """Run the given rules once each, in order, the way fold does; return (model, ctx)."""
     from normonnx.graph.bridge import prepare_graph, to_model
-    from normonnx.passes._base import FoldOptions, PassContext, RulePass
+    from normonnx.passes import FoldOptions, PassContext, run_rule
 
     graph = prepare_graph(model)
     ctx = PassContext(graph, options or FoldOptions())
     for p in passes:
-        (p if hasattr(p, "run") else RulePass(p)).run(ctx)
+        run_rule(p, ctx)
     return to_model(graph, model), ctx
 
 
@@ -177,6 +178,6 @@ def decomposed_norm(
 
 def run_model(model: onnx.ModelProto, feeds: dict) -> dict:
     """One run on onnxruntime CPU (graph optimizations off): {output name: array}."""
-    from normonnx.validate.verify import onnx_outputs
+    from normonnx.validate.runners import RunOptions
 
-    return onnx_outputs(model, [feeds])[0]
+    return RunOptions().runner(model).infer([feeds])[0]

@@ -6,11 +6,13 @@ marked ``requires_torch`` (or skip their module with ``pytest.importorskip``).
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnx
@@ -21,6 +23,22 @@ from tests.builders import GraphBuilder
 requires_torch = pytest.mark.skipif(
     importlib.util.find_spec("torch") is None, reason="torch is not installed (pip install 'normonnx[export]')"
 )
+# Why a test skips when an optional package is missing: the package and the extra that installs it.
+NO_MATPLOTLIB = "matplotlib is not installed: plots need the report extra (pip install 'normonnx[report]')"
+NO_SYMPY_FOR_TORCH = "sympy is not installed: torch's exporter needs it (pip install 'normonnx[export]')"
+NO_SYMPY_FOR_ORT = "sympy is not installed: onnxruntime.transformers needs it (pip install 'normonnx[export]' has it)"
+
+
+def skip_without(module: str, reason: str) -> ModuleType:
+    """``module``, imported, or a skip with ``reason``.
+
+    Any ImportError counts as absent, as normonnx's own optional imports treat it: a package that is there
+    but cannot be imported is no more usable than a missing one.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pytest.skip(reason)
 
 
 @dataclass

@@ -1,17 +1,21 @@
 """The command line as the ecosystem's tools behave: --version, global options on either side of the
-subcommand, onnxsim's positional output, a per-op table, saved inputs and outputs, -v steps, | head."""
+subcommand, onnxsim's positional output, a per-op table, saved inputs and outputs, -v steps, | head; and a
+new verb from its descriptor alone."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from normonnx import __version__
-from tests.conftest import run_cli_process
+from normonnx.cli import main
+from normonnx.cli.verb import Verb, passed
+from tests.conftest import NO_SYMPY_FOR_TORCH, run_cli_process, skip_without
 
 
 def test_version(cli):
@@ -70,6 +74,7 @@ def test_convert_prints_plain_text(cli, tmp_path):
     import pytest
 
     pytest.importorskip("torch")
+    skip_without("sympy", NO_SYMPY_FOR_TORCH)
     r = cli("convert", "normonnx.zoo:resnet_bn", "-o", tmp_path / "out", "--no-floor", "--runs", "5")
     assert r.code == 0, r.err
     assert "|---|" not in r.out and not r.out.lstrip().startswith("#")
@@ -100,3 +105,60 @@ def test_many_files_under_v_log_each_files_steps(cli, conv_bn_path, tmp_path):
     r = cli("-v", "fold", conv_bn_path, conv_bn_path.parent / "missing.onnx", "-o", tmp_path / "out")
     steps = [line for line in r.err.splitlines() if line.startswith("normonnx: ")]
     assert any("folding" in s for s in steps) and any("verifying parity" in s for s in steps), r.err
+
+
+@dataclass
+class NodeCount:
+    """The report of the verb below: what any pipeline's report offers the handler."""
+
+    model: str
+    nodes: int
+    most: int | None
+
+    @property
+    def passed(self) -> bool:
+        return self.most is None or self.nodes <= self.most
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "nodes": self.nodes, "passed": self.passed}
+
+
+def _count_arguments(p) -> None:
+    p.add_argument("input")
+    p.add_argument("--most", type=int)
+    p.add_argument("--report")
+    p.add_argument("--json", action="store_true")
+
+
+COUNT = Verb(
+    "count",
+    "count the nodes of an ONNX file",
+    _count_arguments,
+    files=lambda args: (args.input, None),
+    run=lambda c: NodeCount(c.source, len(onnx.load(c.source).graph.node), **c.options),
+    render=lambda r: f"{r.nodes} nodes",
+    options=lambda args: {"most": args.most},
+    report="json",
+    title=lambda c, r: f"normonnx count {c.source}",
+    close=passed,
+)
+
+
+def test_a_descriptor_is_all_a_new_verb_needs(capsys, conv_bn_path, tmp_path):
+    report = tmp_path / "count.json"
+    code = main(["count", str(conv_bn_path), "--most", "3", "--json", "--report", str(report)], commands=[COUNT])
+    captured = capsys.readouterr()
+    expected = {"model": str(conv_bn_path), "nodes": 5, "passed": False}  # Conv, BN, Relu, BN, Conv
+    assert code == 1 and json.loads(captured.out) == expected
+    assert captured.err == "FAILED\n"  # with --json the verdict goes to stderr
+    assert json.loads(report.read_text()) == expected
+
+    assert main(["count", str(conv_bn_path)], commands=[COUNT]) == 0
+    assert capsys.readouterr().out == f"normonnx count {conv_bn_path}\n5 nodes\nPASSED\n"
+
+    before = conv_bn_path.read_bytes()
+    assert main(["count", str(conv_bn_path), "--report", str(conv_bn_path)], commands=[COUNT]) == 2
+    assert "--report would overwrite" in capsys.readouterr().err and conv_bn_path.read_bytes() == before
+    # the parser knows the verbs it was given, and only those
+    assert main(["fold", str(conv_bn_path), "-o", str(tmp_path / "o.onnx")], commands=[COUNT]) == 2
+    assert "invalid choice: 'fold'" in capsys.readouterr().err

@@ -3,8 +3,10 @@
 Every subcommand returns an exit code: 0 success, 1 verification failure,
 2 unusable input. A user error is one line on stderr, never a traceback;
 ``--debug`` shows the traceback of an unexpected error. ``main.py`` holds
-the parser and the error boundary, ``commands.py`` one handler per
-subcommand, ``many.py`` the many-file forms, ``options.py`` the shared
+the parser (built from the verbs' descriptors) and the error boundary,
+``verb.py`` the descriptor type and the one handler that runs any verb,
+``commands.py`` one descriptor per subcommand, ``many.py`` the one-file or
+many-file decision and the many-file forms, ``options.py`` the shared
 options, ``output.py`` what goes to stdout and stderr.
 """
 

@@ -1,139 +1,242 @@
-"""One handler per subcommand: arguments in, a pipeline run, a report out, an exit code back.
+"""Every verb of the command line, as data: one :class:`~normonnx.cli.verb.Verb` each, in ``COMMANDS``.
 
-Handlers do no work of their own beyond reading arguments; every step lives
-in ``pipelines``/``validate`` and every rendering in ``reports``.
+A verb's entry names its arguments, the options its pipeline takes, its one-file
+pipeline (and its many-file job, in ``pipelines/batch.py``), its renderer (in
+``reports/text.py``), its title and how its exit code is derived; ``verb.handle``
+does the rest. Pipelines and renderers are imported when a verb runs, so that
+``normonnx --help`` loads none of them. ``demo`` fits no such shape and keeps a
+thin handler.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import importlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from normonnx.cli import many
+from normonnx.cli import many, options
 from normonnx.cli.options import factory_options, run_options, tolerances
-from normonnx.cli.output import check_report_path, finish, out, show, verdict, write_json
+from normonnx.cli.output import out, verdict
+from normonnx.cli.verb import Call, Command, Report, Thin, Verb, passed, wrote
 from normonnx.errors import EXIT_OK, EXIT_VERIFY_FAILED, UnusableInputError
 from normonnx.pipelines import batch
-from normonnx.reports.progress import Progress
+from normonnx.pipelines.export import DEFAULT_OPSET
 
 
-def _one_file(args: argparse.Namespace, verb: str) -> tuple[str, str] | None:
-    """(input, output) of a one-file run; None for a many-file run (``FILES_OR_DIRS... -o OUTDIR``)."""
-    inputs = args.inputs
-    if args.output is None:
-        if len(inputs) == 2 and not Path(inputs[0]).is_dir():
-            if Path(inputs[1]).exists():  # two existing files: a forgotten -o OUTDIR must not cost the second
-                raise UnusableInputError(
-                    f"{inputs[1]}: exists; to replace it pass -o {inputs[1]}, to {verb} both files pass -o OUTDIR"
-                )
-            return inputs[0], inputs[1]  # `normonnx fold IN OUT`, as onnxsim users type it
-        raise UnusableInputError(
-            f"no output given: normonnx {verb} IN.onnx -o OUT.onnx (or IN.onnx OUT.onnx), or FILES_OR_DIRS... -o OUTDIR"
-        )
-    names_folder = Path(args.output).is_dir() or args.output.endswith(("/", os.sep))
-    if len(inputs) == 1 and not Path(inputs[0]).is_dir() and not names_folder:
-        return inputs[0], args.output
-    if Path(args.output).suffix == ".onnx" and not Path(args.output).is_dir():
-        if len(inputs) == 1:
-            raise UnusableInputError(
-                f"{inputs[0]}: is a directory; to {verb} every model in it, pass -o an output folder, not a .onnx file"
-            )
-        raise UnusableInputError(f"-o {args.output}: {len(inputs)} inputs need an output folder, not a .onnx file")
-    return None
+def _text(renderer: str) -> Callable[[Any], str]:
+    """``reports.text.<renderer>``, imported when a report is shown."""
+
+    def render(report: Any) -> str:
+        return getattr(importlib.import_module("normonnx.reports.text"), renderer)(report)
+
+    return render
 
 
-def _refuse_jobs(args: argparse.Namespace) -> None:
-    if getattr(args, "jobs", 1) != 1:
-        raise UnusableInputError(f"--jobs {args.jobs}: applies to many-file runs (FILES_OR_DIRS... -o OUTDIR)")
+def _rewriting(
+    name: str,
+    help: str,
+    arguments: Callable[[argparse.ArgumentParser], None],
+    options: Callable[[argparse.Namespace], dict],
+    *,
+    title_extra: Callable[[Call], str] = lambda c: "",
+    verified: Callable[[Call], str] = lambda c: c.source,
+) -> Verb:
+    """A verb that rewrites IN into OUT, verified, one file or many, with a JSON report (fold, emit, half):
+    ``pipelines.<name>.<name>_file`` for one file, ``batch.<name>_one`` for each of many."""
 
+    def run(c: Call) -> Report:
+        pipeline = importlib.import_module(f"normonnx.pipelines.{name}")
+        return getattr(pipeline, f"{name}_file")(c.source, c.output, **c.options)
 
-def cmd_fold(args: argparse.Namespace) -> int:
-    from normonnx.passes._base import FoldOptions
-    from normonnx.validate.inputs import parse_shape_overrides
-
-    options = FoldOptions(
-        fold_norm_affine=args.norm_affine, constant_initializer_inputs=args.constant_initializer_inputs
+    return Verb(
+        name,
+        help,
+        arguments,
+        files=many.in_out(name),
+        run=run,
+        render=_text(f"render_{name}"),
+        options=options,
+        many=many.rewrites(getattr(batch, f"{name}_one")),
+        report="json",
+        title=lambda c, r: f"normonnx {name} {c.source} -> {c.output}{title_extra(c)}",
+        close=wrote(verified),
     )
-    shapes = parse_shape_overrides(args.shape)
-    pair = _one_file(args, "fold")
-    if pair is None:
-        return many.rewrite_many(args, "fold", batch.fold_one, options, not args.no_verify, shapes)
-    _refuse_jobs(args)
-    from normonnx.pipelines.fold import fold_file
-    from normonnx.reports.text import render_fold
-
-    src, dst = pair
-    check_report_path(args.report, src, dst)
-    with Progress(label=f"fold {Path(src).name}"):
-        report = fold_file(src, dst, options, verify=not args.no_verify, shapes=shapes)
-    write_json(args.report, report.to_dict())
-    show(args, report, render_fold, f"normonnx fold {src} -> {dst}")
-    return finish(args, dst, report, report.output is not None, src)
 
 
-def cmd_half(args: argparse.Namespace) -> int:
+def _shapes(args: argparse.Namespace) -> dict:
     from normonnx.validate.inputs import parse_shape_overrides
 
-    shapes = parse_shape_overrides(args.shape)
-    pair = _one_file(args, "half")
-    if pair is None:
-        return many.rewrite_many(args, "half", batch.half_one, args.dtype, args.keep_io_types, args.calibration, shapes)
-    _refuse_jobs(args)
-    from normonnx.pipelines.half import half_file
-    from normonnx.reports.text import render_half
-
-    src, dst = pair
-    check_report_path(args.report, src, dst)
-    with Progress(label=f"half {Path(src).name}"):
-        report = half_file(
-            src, dst, args.dtype, keep_io_types=args.keep_io_types, inputs_npz=args.calibration, shapes=shapes
-        )
-    write_json(args.report, report.to_dict())
-    show(args, report, render_half, f"normonnx half {src} -> {dst} ({args.dtype})")
-    return finish(args, dst, report, report.output is not None, f"{src} in half-faithful arithmetic")
+    return parse_shape_overrides(args.shape)
 
 
-def cmd_emit(args: argparse.Namespace) -> int:
-    from normonnx.validate.inputs import parse_shape_overrides
-
-    shapes = parse_shape_overrides(args.shape)
-    pair = _one_file(args, "emit")
-    if pair is None:
-        return many.rewrite_many(args, "emit", batch.emit_one, args.opset, args.norm_style, not args.no_verify, shapes)
-    _refuse_jobs(args)
-    from normonnx.pipelines.emit import emit_file
-    from normonnx.reports.text import render_emit
-
-    src, dst = pair
-    check_report_path(args.report, src, dst)
-    with Progress(label=f"emit {Path(src).name}"):
-        report = emit_file(src, dst, args.opset, args.norm_style, verify=not args.no_verify, shapes=shapes)
-    write_json(args.report, report.to_dict())
-    show(args, report, render_emit, f"normonnx emit {src} -> {dst}")
-    return finish(args, dst, report, report.output is not None, src)
+# fold
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
+def _fold_arguments(p: argparse.ArgumentParser) -> None:
+    options.add_files(p, "fold")
+    p.add_argument("--report", metavar="REPORT.json", help="also write the fold report as JSON")
+    p.add_argument("--no-verify", action="store_true", help="skip the parity check against the input")
+    p.add_argument(
+        "--norm-affine",
+        action="store_true",
+        help="also fold LayerNorm/RMSNorm/GroupNorm/InstanceNorm affines into the linear op after them",
+    )
+    p.add_argument(
+        "--constant-initializer-inputs",
+        action="store_true",
+        help="treat weights also listed as graph inputs (ir_version >= 4) as constants and drop them from the inputs",
+    )
+    options.add_json(p, "print the report as JSON")
+
+
+def _fold_options(args: argparse.Namespace) -> dict:
+    from normonnx.passes import FoldOptions
+
+    fold = FoldOptions(fold_norm_affine=args.norm_affine, constant_initializer_inputs=args.constant_initializer_inputs)
+    return {"options": fold, "verify": not args.no_verify, "shapes": _shapes(args)}
+
+
+FOLD = _rewriting("fold", "fold every constant normalization of ONNX files", _fold_arguments, _fold_options)
+
+
+# emit
+
+
+def _emit_arguments(p: argparse.ArgumentParser) -> None:
+    options.add_files(p, "emit")
+    options.add_target(p, None)
+
+
+def _emit_options(args: argparse.Namespace) -> dict:
+    return {"opset": args.opset, "style": args.norm_style, "verify": not args.no_verify, "shapes": _shapes(args)}
+
+
+EMIT = _rewriting(
+    "emit", "re-emit every normalization of ONNX files at an opset and style", _emit_arguments, _emit_options
+)
+
+
+# half
+
+
+def _half_arguments(p: argparse.ArgumentParser) -> None:
+    options.add_files(p, "convert")
+    p.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16", help="the half type (default fp16)")
+    p.add_argument("--keep-io-types", action="store_true", help="inputs and outputs stay float32")
+    p.add_argument(
+        "--inputs", dest="calibration", metavar="DATA.npz", help="calibration and verification inputs (default: seeded)"
+    )
+    p.add_argument("--report", metavar="REPORT.json", help="also write the report as JSON")
+    options.add_json(p, "print the report as JSON")
+
+
+def _half_options(args: argparse.Namespace) -> dict:
+    return {
+        "dtype": args.dtype,
+        "keep_io_types": args.keep_io_types,
+        "inputs_npz": args.calibration,
+        "shapes": _shapes(args),
+    }
+
+
+HALF = _rewriting(
+    "half",
+    "convert to fp16/bf16 with every normalization's statistics kept in float32",
+    _half_arguments,
+    _half_options,
+    title_extra=lambda c: f" ({c.args.dtype})",
+    verified=lambda c: f"{c.source} in half-faithful arithmetic",
+)
+
+
+# inspect
+
+
+def _inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="ONNX file")
+    options.add_json(p, "print as JSON")
+
+
+def _inspect(c: Call) -> Report:
     from normonnx.pipelines.inspect import inspect_model
-    from normonnx.reports.text import render_inspection
 
-    show(args, inspect_model(args.input), render_inspection)
-    return EXIT_OK
+    return inspect_model(c.source)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+INSPECT = Verb(
+    "inspect",
+    "list every normalization, its form, and whether it folds (or why not)",
+    _inspect_arguments,
+    files=lambda args: (args.input, None),
+    run=_inspect,
+    render=_text("render_inspection"),
+    progress=False,
+)
+
+
+# export
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    options.add_factory(p, "ONNX file to write")
+    options.add_target(p, DEFAULT_OPSET)
+    options.add_precision(p)
+
+
+def _export(c: Call) -> Report:
     from normonnx.pipelines.export import export_file
-    from normonnx.reports.text import render_export
 
-    check_report_path(args.report, args.output, args.checkpoint)
-    with Progress(label=f"export {args.factory}"):
-        report = export_file(
-            args.factory, args.output, **factory_options(args), verify=not args.no_verify, precision=args.precision
-        )
-    write_json(args.report, report.to_dict())
-    show(args, report, render_export, f"normonnx export {args.factory} -> {args.output} with {report.exporter}")
-    return finish(args, args.output, report, report.output is not None, "torch eager")
+    args = c.args
+    return export_file(c.source, c.output, **factory_options(args), verify=not args.no_verify, precision=args.precision)
+
+
+EXPORT = Verb(
+    "export",
+    "export a torch model with every normalization in the chosen form",
+    _export_arguments,
+    files=lambda args: (args.factory, args.output),
+    run=_export,
+    render=_text("render_export"),
+    report="json",
+    protects=lambda c: (c.output, c.args.checkpoint),  # the factory names no file
+    title=lambda c, r: f"normonnx export {c.source} -> {c.output} with {r.exporter}",
+    close=wrote(lambda c: "torch eager"),
+)
+
+
+# check
+
+
+def _check_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+", metavar="MODEL", help="candidate ONNX file; or several files and folders")
+    ref = p.add_mutually_exclusive_group(required=True)
+    ref.add_argument("--against", metavar="REF", help="reference ONNX (a folder of them for many candidates)")
+    ref.add_argument("--torch", metavar="MODULE:FACTORY", help="torch eager reference")
+    p.add_argument("--checkpoint", help="weights for --torch")
+    p.add_argument("--inputs", metavar="DATA.npz", help="real inputs: arrays named like the inputs")
+    options.add_shape(p)
+    p.add_argument("--samples", type=options.positive_int("--samples"), default=3, help="seeded input sets (default 3)")
+    p.add_argument("--rtol", type=float, help="gate: max|diff| <= max(atol, rtol * max|ref|) (default 1e-5)")
+    p.add_argument("--atol", type=float, help="see --rtol (default 1e-5; fp16 outputs: 5e-3 both)")
+    p.add_argument("--tol", action="append", metavar="OUTPUT=ATOL[,RTOL]", help="gate for one output")
+    options.add_provider(p)
+    p.add_argument("--optimize", action="store_true", help="run the candidate with ORT_ENABLE_ALL (as deployed)")
+    p.add_argument("--localize", action="store_true", help="name the first diverging node even when parity holds")
+    p.add_argument(
+        "--evaluator",
+        choices=("faithful", "onnxruntime"),
+        help="what computes an fp16/bf16 candidate (default on CPU: faithful, every op rounded as a GPU does)",
+    )
+    p.add_argument("--fp16-baseline", metavar="BASE.onnx", help="the unmodified fp16 model (default: derived)")
+    p.add_argument("--map", metavar="RENAMES.json", help="candidate->reference tensor renames for localization")
+    p.add_argument("--report", metavar="DIR", help="write report.md, report.json and plots")
+    p.add_argument("--save-inputs", metavar="INPUTS.npz", help="the inputs used, stacked per input name")
+    p.add_argument("--save-outputs", metavar="OUTPUTS.npz", help="reference/NAME and candidate/NAME outputs")
+    p.add_argument("-o", "--output", metavar="OUTDIR", help="many candidates: per-file reports and summary.json")
+    options.add_jobs(p)
+    options.add_json(p, "print the result as JSON")
 
 
 def _check_gate(args: argparse.Namespace):
@@ -149,7 +252,7 @@ def _check_gate(args: argparse.Namespace):
 
 def check_options(args: argparse.Namespace) -> dict:
     """Everything ``check`` takes from the command line except the candidate and the reference."""
-    from normonnx.validate.check import read_renames
+    from normonnx.pipelines.check import read_renames
 
     if args.checkpoint and not args.torch:
         raise UnusableInputError(f"--checkpoint {args.checkpoint}: applies only with --torch MODULE:FACTORY")
@@ -168,74 +271,147 @@ def check_options(args: argparse.Namespace) -> dict:
     }
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from normonnx.validate.check import check
-
-    options = check_options(args)
+def _one_candidate(args: argparse.Namespace) -> tuple[str, None] | None:
+    """One candidate; None for several, a folder, or -o OUTDIR."""
     if len(args.models) > 1 or Path(args.models[0]).is_dir() or args.output:
-        return many.check_many(args, options)
-    _refuse_jobs(args)
-    with Progress(label=f"check {Path(args.models[0]).name}"):
-        report = check(
-            args.models[0],
-            against=args.against,
-            torch_spec=args.torch,
-            save_inputs=args.save_inputs,
-            save_outputs=args.save_outputs,
-            **options,
-        )
-    _write_report_folder(args.report, check=report)
-    from normonnx.reports.text import render_check
-
-    show(args, report, render_check)
-    verdict(args, "PASSED" if report.passed else "FAILED")
-    return EXIT_OK if report.passed else EXIT_VERIFY_FAILED
+        return None
+    return args.models[0], None
 
 
-def _write_report_folder(folder: str | None, **reports) -> None:
-    """--report DIR of check and bench: report.md, report.json and plots."""
-    if folder:
-        from normonnx.reports.folder import write_report
+def _check(c: Call) -> Report:
+    from normonnx.pipelines.check import check
 
-        write_report(folder, **reports)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from normonnx.reports.text import render_bench
-    from normonnx.validate.benchmark import bench
-
-    with Progress(label=f"bench {Path(args.model).name}"):
-        report = bench(
-            args.model, args.vs, threads=args.threads, runs=args.runs, warmup=args.warmup, **run_options(args)
-        )
-    _write_report_folder(args.report, bench=report)
-    show(args, report, render_bench)
-    return EXIT_OK
+    args = c.args
+    return check(
+        c.source,
+        against=args.against,
+        torch_spec=args.torch,
+        save_inputs=args.save_inputs,
+        save_outputs=args.save_outputs,
+        **c.options,
+    )
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    from normonnx.pipelines.convert import convert, load_data
-    from normonnx.reports.text import render_convert
-
-    data = load_data(args.data) if args.data else None
-    with Progress(label=f"convert {args.factory}") as bar:
-        report = convert(
-            args.factory,
-            args.output,
-            **factory_options(args),
-            data=data,
-            floor=not args.no_floor,
-            bench_runs=args.runs,
-            progress=lambda step: bar.update(note=step),
-            precision=args.precision,
-        )
-    show(args, report, render_convert)
-    verdict(args, f"report: {args.output}/report.md")
-    verdict(args, "PASSED" if report.passed else "FAILED")
-    return EXIT_OK if report.passed else EXIT_VERIFY_FAILED
+CHECK = Verb(
+    "check",
+    "numerical parity of models against an ONNX or torch reference",
+    _check_arguments,
+    files=_one_candidate,
+    run=_check,
+    render=_text("render_check"),
+    options=check_options,
+    many=many.checks,
+    report="folder",
+    close=passed,
+)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+# bench
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="ONNX file")
+    p.add_argument("--vs", metavar="OTHER.onnx", help="the model to compare against (speed-up = its time / model's)")
+    options.add_provider(p)
+    p.add_argument(
+        "--threads", type=options.positive_int("--threads"), help="intra-op threads (default: onnxruntime's)"
+    )
+    p.add_argument(
+        "--runs", type=options.positive_int("--runs"), default=100, help="timed runs per model (default 100)"
+    )
+    p.add_argument(
+        "--warmup", type=options.positive_int("--warmup", 0), default=10, help="warm-up runs per model (default 10)"
+    )
+    options.add_shape(p)
+    p.add_argument("--report", metavar="DIR", help="write report.md, report.json and a latency plot")
+    options.add_json(p, "print the result as JSON")
+
+
+def _bench(c: Call) -> Report:
+    from normonnx.pipelines.bench import bench
+
+    return bench(c.source, c.args.vs, **c.options)
+
+
+BENCH = Verb(
+    "bench",
+    "latency of a model, and its speed-up over another",
+    _bench_arguments,
+    files=lambda args: (args.model, None),
+    run=_bench,
+    render=_text("render_bench"),
+    options=lambda args: {"threads": args.threads, "runs": args.runs, "warmup": args.warmup, **run_options(args)},
+    report="folder",
+)
+
+
+# convert
+
+
+def _convert_arguments(p: argparse.ArgumentParser) -> None:
+    options.add_factory(p, "report folder (model.onnx, report.md, ...)")
+    options.add_form(p, DEFAULT_OPSET)
+    p.add_argument("--data", metavar="HELDOUT.npz", help="held-out inputs for top-1 agreement with torch")
+    p.add_argument("--no-floor", action="store_true", help="skip the no-normalization latency floor")
+    options.add_precision(p)
+    p.add_argument(
+        "--runs", type=options.positive_int("--runs"), default=100, help="timed runs per model (default 100)"
+    )
+    options.add_json(p, "print the report as JSON")
+
+
+def _convert_options(args: argparse.Namespace) -> dict:
+    from normonnx.pipelines.convert import load_data
+
+    return {"data": load_data(args.data) if args.data else None}
+
+
+def _convert(c: Call) -> Report:
+    from normonnx.pipelines.convert import convert
+
+    args = c.args
+    return convert(
+        c.source,
+        c.output,
+        **factory_options(args),
+        data=c.options["data"],
+        floor=not args.no_floor,
+        bench_runs=args.runs,
+        progress=lambda step: c.bar.update(note=step),
+        precision=args.precision,
+    )
+
+
+def _report_folder_and_verdict(c: Call, report: Report) -> int:
+    verdict(c.args, f"report: {c.output}/report.md")
+    return passed(c, report)
+
+
+CONVERT = Verb(
+    "convert",
+    "checkpoint -> export -> fold -> check -> bench -> one report folder",
+    _convert_arguments,
+    files=lambda args: (args.factory, args.output),
+    run=_convert,
+    render=_text("render_convert"),
+    options=_convert_options,
+    close=_report_folder_and_verdict,
+)
+
+
+# demo: many reports, a table over the zoo, no --json: a thin handler
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", default="out/demo", metavar="DIR", help="report folder (default out/demo)")
+    options.add_form(p, DEFAULT_OPSET)
+    p.add_argument("--only", metavar="NAME,NAME", help="a subset of the zoo")
+    p.add_argument(
+        "--runs", type=options.positive_int("--runs"), default=200, help="timed runs per model (default 200)"
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
     from normonnx.pipelines.demo import run_demo
     from normonnx.reports.text import render_demo
 
@@ -254,3 +430,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out(f"report: {args.output}/report.md")
     out("PASSED" if not failures else "FAILED")
     return EXIT_OK if not failures else EXIT_VERIFY_FAILED
+
+
+DEMO = Thin("demo", "convert every bundled reference model", _demo_arguments, _demo)
+
+# The order of `normonnx --help`.
+COMMANDS: tuple[Command, ...] = (EXPORT, EMIT, FOLD, HALF, INSPECT, CHECK, BENCH, CONVERT, DEMO)

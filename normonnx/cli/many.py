@@ -1,4 +1,5 @@
-"""The many-file forms: ``fold|emit|check FILES_OR_DIRS... -o OUTDIR [--jobs N]``.
+"""One file or many: which form a command line asks for, and the many-file forms'
+``FILES_OR_DIRS... -o OUTDIR [--jobs N]`` jobs.
 
 Models found below a folder keep their relative paths under OUTDIR; the
 summary table goes to the terminal (or JSON with --json) and to
@@ -8,12 +9,50 @@ OUTDIR/summary.json; the exit code is the worst file's.
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from normonnx.cli.output import out, show
 from normonnx.errors import OutputError, UnusableInputError
 from normonnx.pipelines import batch
 from normonnx.reports.progress import Progress
+from normonnx.results import FileResult
+
+Job = tuple[Callable[..., FileResult], tuple, dict[str, Any]]  # (function, args, kwargs) for batch.run_many
+
+
+def in_out(verb: str) -> Callable[[argparse.Namespace], tuple[str, str] | None]:
+    """The forms of a verb that writes a model: ``IN -o OUT`` or ``IN OUT``, or ``FILES_OR_DIRS... -o OUTDIR``."""
+
+    def files(args: argparse.Namespace) -> tuple[str, str] | None:
+        """(input, output) of a one-file run; None for a many-file run."""
+        inputs = args.inputs
+        if args.output is None:
+            if len(inputs) == 2 and not Path(inputs[0]).is_dir():
+                if Path(inputs[1]).exists():  # two existing files: a forgotten -o OUTDIR must not cost the second
+                    raise UnusableInputError(
+                        f"{inputs[1]}: exists; to replace it pass -o {inputs[1]}, to {verb} both files pass -o OUTDIR"
+                    )
+                return inputs[0], inputs[1]  # `normonnx fold IN OUT`, as onnxsim users type it
+            raise UnusableInputError(
+                f"no output given: normonnx {verb} IN.onnx -o OUT.onnx (or IN.onnx OUT.onnx),"
+                " or FILES_OR_DIRS... -o OUTDIR"
+            )
+        names_folder = Path(args.output).is_dir() or args.output.endswith(("/", os.sep))
+        if len(inputs) == 1 and not Path(inputs[0]).is_dir() and not names_folder:
+            return inputs[0], args.output
+        if Path(args.output).suffix == ".onnx" and not Path(args.output).is_dir():
+            if len(inputs) == 1:
+                raise UnusableInputError(
+                    f"{inputs[0]}: is a directory; to {verb} every model in it,"
+                    " pass -o an output folder, not a .onnx file"
+                )
+            raise UnusableInputError(f"-o {args.output}: {len(inputs)} inputs need an output folder, not a .onnx file")
+        return None
+
+    return files
 
 
 def _output_dir(args: argparse.Namespace) -> Path:
@@ -36,13 +75,15 @@ def _sources(args_inputs: list[str], folder: Path) -> list[tuple[Path, Path]]:
     return found
 
 
-def _run(args: argparse.Namespace, command: str, jobs: list, folder: Path) -> int:
-    from normonnx.fileio import write_json_atomic
+def run(args: argparse.Namespace, command: str, jobs: list[Job]) -> int:
+    """Every job in ``--jobs`` workers; the summary shown and written to OUTDIR/summary.json."""
+    from normonnx.reports.folder import write_summary
     from normonnx.reports.text import render_batch
 
+    folder = Path(args.output)
     with Progress(len(jobs), command) as bar:
         report = batch.run_many(command, jobs, folder, args.jobs, on_done=lambda r: bar.advance(Path(r.source).name))
-    write_json_atomic(folder / "summary.json", report.to_dict())
+    write_summary(folder, report)
     show(args, report, render_batch)
     if not args.json:
         out(f"summary: {folder / 'summary.json'}")
@@ -63,18 +104,25 @@ def _targets(sources: list[tuple[Path, Path]], folder: Path) -> list[tuple[str, 
     return pairs
 
 
-def rewrite_many(args: argparse.Namespace, command: str, job, *options) -> int:
-    """fold or emit over many files: ``job(src, dst, *options)`` writes each input to its relative path under OUTDIR."""
-    if args.report:
-        raise UnusableInputError(f"--report {args.report}: is for one file; many-file runs write OUTDIR/summary.json")
-    folder = _output_dir(args)
-    pairs = _targets(_sources(args.inputs, folder), folder)
-    for _, dst in pairs:
-        Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    return _run(args, command, [(job, (src, dst, *options), {}) for src, dst in pairs], folder)
+def rewrites(job: Callable[..., FileResult]) -> Callable[[argparse.Namespace, dict[str, Any]], list[Job]]:
+    """The many-file form of a verb that writes a model per file: ``job(src, dst, **options)``, each input
+    written to its relative path under OUTDIR."""
+
+    def jobs(args: argparse.Namespace, options: dict[str, Any]) -> list[Job]:
+        if args.report:
+            raise UnusableInputError(
+                f"--report {args.report}: is for one file; many-file runs write OUTDIR/summary.json"
+            )
+        folder = _output_dir(args)
+        pairs = _targets(_sources(args.inputs, folder), folder)
+        for _, dst in pairs:
+            Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        return [(job, (src, dst), options) for src, dst in pairs]
+
+    return jobs
 
 
-def check_many(args: argparse.Namespace, options: dict) -> int:
+def checks(args: argparse.Namespace, options: dict[str, Any]) -> list[Job]:
     """Each candidate against the file of the same relative path under --against DIR (or one --against file)."""
     if args.torch:
         raise UnusableInputError("--torch: many-file checks take --against REF.onnx or --against REF_DIR")
@@ -84,10 +132,10 @@ def check_many(args: argparse.Namespace, options: dict) -> int:
     if not against.exists():
         raise UnusableInputError(f"--against {against}: no such file or folder")
     folder = _output_dir(args)
-    jobs = []
+    jobs: list[Job] = []
     for src, rel in _sources(args.models, folder):
         ref = against / rel if against.is_dir() else against
         report = folder / rel.with_suffix(".check.json")
         report.parent.mkdir(parents=True, exist_ok=True)
         jobs.append((batch.check_one, (str(src), str(ref), str(report)), options))
-    return _run(args, "check", jobs, folder)
+    return jobs

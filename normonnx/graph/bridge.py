@@ -9,13 +9,25 @@ Everything normonnx needs from graphsurgeon beyond its public API -- the
 lazily loaded values of a constant (read without pinning them in memory),
 its exporter for single nodes and tensors, its logger -- is used here and
 nowhere else, so an upgrade of graphsurgeon touches this one file.
+
+graphsurgeon 0.6.1 keeps a node's op, name, domain, attributes and tensors, a
+graph's name, doc string, nodes and tensors, a function's name, domain, doc
+string, attributes and opsets. It drops a node's doc_string, metadata_props
+(where the torch exporter records module scopes), overload and
+device_configurations; a graph's metadata_props (main graph and every
+If/Loop/Scan body); a function's overload, value_info and metadata_props.
+``to_graph`` attaches those fields to graphsurgeon's own node, graph and function
+objects, so they follow a node through rewrites, renames and cleanup, and
+``to_model`` writes them back. graphsurgeon's ``Node.copy`` and ``Graph.copy``
+do not copy them; a rewrite's new nodes take their anchor's metadata through
+``inherit_metadata``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -105,13 +117,6 @@ def tensor_proto(constant: gs.Constant) -> onnx.TensorProto:
     return proto
 
 
-def detach(nodes) -> None:
-    """Unhook nodes from every tensor; cleanup drops them."""
-    for n in nodes:
-        n.inputs.clear()
-        n.outputs.clear()
-
-
 def rename_inputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """The model with its graph inputs renamed, in order, to ``names``.
 
@@ -177,7 +182,12 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     """graphsurgeon would import an initializer listed as an input as a constant and drop the
     input: overridable ones are imported as the graph inputs they are (``to_model`` puts their
     defaults back)."""
-    return gs.import_onnx(_without_overridable(model, "initializer"))
+    source = _without_overridable(model, "initializer")
+    graph = gs.import_onnx(source)
+    _carry_in(source.graph, graph)
+    for proto, function in zip(source.functions, graph.functions, strict=True):
+        _carry_in(proto, function, _FUNCTION_FIELDS)
+    return graph
 
 
 def to_model(
@@ -193,6 +203,9 @@ def to_model(
     if sort:
         graph.toposort()
     model = gs.export_onnx(graph, do_type_check=False)
+    _carry_out(model.graph, graph)
+    for proto, function in zip(model.functions, graph.functions, strict=True):
+        _carry_out(proto, function)
     model.ir_version = template.ir_version
     used_domains = {n.domain for n in model.graph.node}
     imports = []
@@ -214,7 +227,7 @@ def to_model(
     model.metadata_props.extend(template.metadata_props)
     if template.functions and not model.functions:
         model.functions.extend(template.functions)
-    _keep_declared_value_info(model.graph, _value_info_names(template.graph))
+    _keep_declared_value_info(model.graph, _declared_value_info(template.graph))
     _restore_value_info(model.graph.input, template.graph.input)
     _restore_value_info(model.graph.output, template.graph.output)
     inputs = {i.name for i in model.graph.input}
@@ -230,6 +243,123 @@ def to_model(
     return model
 
 
+# The proto fields graphsurgeon drops, carried on its objects under this attribute.
+_CARRIED = "_normonnx_carried"
+_NODE_FIELDS = ("doc_string", "metadata_props", "overload", "device_configurations")
+_GRAPH_FIELDS = ("metadata_props",)
+_FUNCTION_FIELDS = ("overload", "value_info", "metadata_props")
+_Carrier = onnx.NodeProto | onnx.GraphProto | onnx.FunctionProto
+
+
+def node_metadata(node: gs.Node) -> dict[str, str]:
+    """The node's metadata_props as the source model had them (the torch exporter's module scopes
+    among them); empty for a node a rewrite made."""
+    carried = _carried(node)
+    return {p.key: p.value for p in carried.metadata_props} if carried is not None else {}
+
+
+def inherit_metadata(new_nodes: Iterable[gs.Node], anchor: gs.Node) -> None:
+    """Each of ``new_nodes`` without metadata of its own takes ``anchor``'s: the nodes a rewrite
+    puts in place of ``anchor`` stay attributed to the torch module it came from. Only
+    metadata_props: a doc string, overload or device placement describes the anchor itself."""
+    anchor_carried = _carried(anchor)
+    props = anchor_carried.metadata_props if anchor_carried is not None else ()
+    for node in new_nodes:
+        if node is anchor or not props or node_metadata(node):
+            continue
+        carried = _carried(node)
+        if carried is None:
+            carried = onnx.NodeProto()
+            setattr(node, _CARRIED, carried)
+        carried.metadata_props.extend(props)
+
+
+def keep_dropped_fields(converted: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Fill in what onnx's version converter dropped from ``source`` (node and graph metadata_props,
+    among others): nodes are matched by their outputs, bodies by their node and attribute name. A
+    node the converter added matches nothing and stays as it is."""
+    fields = {onnx.NodeProto: _NODE_FIELDS, onnx.GraphProto: _GRAPH_FIELDS}
+    before = dict(_keyed_parts(source.graph))
+    for key, part in _keyed_parts(converted.graph):
+        old = before.get(key)
+        if old is not None:
+            _fill_missing(part, old, fields[type(part)])
+
+
+def _keyed_parts(graph: onnx.GraphProto, owner: tuple = ()) -> Iterator[tuple[tuple, _Carrier]]:
+    """Every graph and node under ``graph``, keyed by what a conversion keeps: a node's outputs, a body's
+    node and attribute."""
+    yield ("graph", *owner), graph
+    for node in graph.node:
+        outputs = tuple(node.output)
+        yield ("node", outputs), node
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _keyed_parts(a.g, (outputs, a.name))
+
+
+def _fill_missing(proto, source, fields: tuple[str, ...]) -> None:
+    """``source``'s ``fields`` into ``proto`` where ``proto`` has none (fields this onnx lacks are skipped)."""
+    known = proto.DESCRIPTOR.fields_by_name
+    for name in fields:
+        if name not in known or not getattr(source, name) or getattr(proto, name):
+            continue
+        value = getattr(source, name)
+        if isinstance(value, str | bytes):
+            setattr(proto, name, value)
+        else:
+            getattr(proto, name).extend(value)
+
+
+def _dropped(proto: _Carrier, fields: tuple[str, ...]) -> _Carrier | None:
+    """A proto of ``proto``'s type holding only its ``fields`` (None when all are empty)."""
+    kept = type(proto)()
+    _fill_missing(kept, proto, fields)
+    return kept if kept.ByteSize() else None
+
+
+def _carry_in(proto: onnx.GraphProto | onnx.FunctionProto, graph: gs.Graph, fields=_GRAPH_FIELDS) -> None:
+    """Attach what graphsurgeon dropped to its graph (or function), its nodes and their bodies, at any
+    depth; graphsurgeon imports one node per NodeProto, in order."""
+    _attach(graph, _dropped(proto, fields))
+    for proto_node, node in zip(proto.node, graph.nodes, strict=True):
+        _attach(node, _dropped(proto_node, _NODE_FIELDS))
+        for a in proto_node.attribute:
+            body = node.attrs.get(a.name)
+            if a.type == onnx.AttributeProto.GRAPH and isinstance(body, gs.Graph):
+                _carry_in(a.g, body)
+
+
+def _carried(holder: gs.Node | gs.Graph) -> _Carrier | None:
+    """What ``_carry_in`` attached, read from the instance (a graphsurgeon graph resolves a missing
+    attribute as a registered function and logs an error)."""
+    return vars(holder).get(_CARRIED)
+
+
+def _attach(holder: gs.Node | gs.Graph, carried: _Carrier | None) -> None:
+    if carried is not None:
+        setattr(holder, _CARRIED, carried)
+
+
+def _carry_out(proto: onnx.GraphProto | onnx.FunctionProto, graph: gs.Graph) -> None:
+    """Write back what ``_carry_in`` attached. graphsurgeon exports nodes in order; a function's
+    constants come first, as Constant nodes of its own."""
+    _restore(proto, graph)
+    skipped = len(proto.node) - len(graph.nodes)
+    for proto_node, node in zip(proto.node[skipped:], graph.nodes, strict=True):
+        _restore(proto_node, node)
+        for a in proto_node.attribute:
+            body = node.attrs.get(a.name)
+            if a.type == onnx.AttributeProto.GRAPH and isinstance(body, gs.Graph):
+                _carry_out(a.g, body)
+
+
+def _restore(proto: _Carrier, holder: gs.Node | gs.Graph) -> None:
+    carried = _carried(holder)
+    if carried is not None:
+        proto.MergeFrom(carried)
+
+
 def _graphs(graph: onnx.GraphProto):
     yield graph
     for node in graph.node:
@@ -238,26 +368,34 @@ def _graphs(graph: onnx.GraphProto):
                 yield from _graphs(body)
 
 
-def _value_info_names(graph: onnx.GraphProto) -> set[str]:
-    return {v.name for g in _graphs(graph) for v in g.value_info}
+def _declared_value_info(graph: onnx.GraphProto) -> dict[str, onnx.ValueInfoProto]:
+    return {v.name: v for g in _graphs(graph) for v in g.value_info}
 
 
-def _keep_declared_value_info(graph: onnx.GraphProto, declared: set[str]) -> None:
+def _keep_declared_value_info(graph: onnx.GraphProto, declared: dict[str, onnx.ValueInfoProto]) -> None:
     """Shape annotations only where the source had them (with what is known now): the shapes inference
     added for the passes stay out of the file, because onnxruntime picks fusions by them (on a
     TorchScript BERT, inferred shapes let it fuse SkipLayerNormalization, 29% slower at that size).
-    A type without a shape says nothing and the checker rejects it."""
+    A type without a shape says nothing and the checker rejects it. The source's doc string and
+    metadata of each kept entry come back (graphsurgeon writes only the type)."""
     for g in _graphs(graph):
         kept = [v for v in g.value_info if v.name in declared and v.type.tensor_type.HasField("shape")]
+        for v in kept:
+            _fill_missing(v, declared[v.name], ("doc_string", "metadata_props"))
         del g.value_info[:]
         g.value_info.extend(kept)
 
 
 def _restore_value_info(new, old) -> None:
+    """The template's ValueInfo (dim_params, denotations) back on each graph input and output, in the element
+    type the graph now has there (a precision rewrite changes it; nothing else may)."""
     by_name = {v.name: v for v in old}
     for v in new:
         if v.name in by_name:
+            elem_type = v.type.tensor_type.elem_type
             v.CopyFrom(by_name[v.name])
+            if elem_type and v.type.HasField("tensor_type"):
+                v.type.tensor_type.elem_type = elem_type
 
 
 def _min_ir_version(opset: int) -> int:

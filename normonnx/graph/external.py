@@ -52,16 +52,6 @@ def read_external(tensor: onnx.TensorProto) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape(tuple(tensor.dims)).copy()
 
 
-def absolutize(model: onnx.ModelProto, model_path: str | os.PathLike) -> None:
-    """Validate every external reference again and rewrite it as an absolute path with an explicit length."""
-    from normonnx.graph.modelio import iter_tensors, resolve_external, uses_external_data
-
-    for t in iter_tensors(model):
-        if uses_external_data(t):
-            target, offset, length = resolve_external(Path(model_path), t)
-            set_location(t, str(target), offset, length)
-
-
 class SpillStore:
     """An append-only file of computed weights next to the output, removed when closed."""
 

@@ -198,6 +198,15 @@ def resolve_external(path: Path, tensor: onnx.TensorProto) -> tuple[Path, int, i
     return target, offset, (length if length is not None else expected)
 
 
+def absolutize(model: onnx.ModelProto, model_path: str | os.PathLike) -> None:
+    """Validate every external reference again and rewrite it as an absolute path with an explicit length
+    (``graph.external``'s reader then needs nothing but the tensor)."""
+    for t in iter_tensors(model):
+        if uses_external_data(t):
+            target, offset, length = resolve_external(Path(model_path), t)
+            set_location(t, str(target), offset, length)
+
+
 def _read_external(path: Path, tensor: onnx.TensorProto) -> None:
     target, offset, length = resolve_external(path, tensor)
     try:
@@ -255,7 +264,32 @@ def check_path(path: str | os.PathLike, full_check: bool) -> None:
         if "is deprecated" not in str(e) and "No Op registered for" not in str(e):
             raise
         original = e
-    model = onnx.load(str(path), load_external_data=False)
+    _check_with_stubs(onnx.load(str(path), load_external_data=False), full_check, original)
+
+
+def check_structure(model: onnx.ModelProto) -> None:
+    """``check_path``'s structural check (no shape inference) on a model in memory. One whose weights
+    are on disk (at absolute, validated locations while normonnx works on it) or over protobuf's 2 GiB
+    cannot be checked in memory: it is checked when it is written."""
+    if has_external_data(model) or model.ByteSize() >= _PROTOBUF_LIMIT:
+        return
+    try:
+        onnx.checker.check_model(model)
+        return
+    except onnx.checker.ValidationError as e:
+        if "is deprecated" not in str(e) and "No Op registered for" not in str(e):
+            raise
+        original = e
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    _check_with_stubs(copy, False, original)
+
+
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def _check_with_stubs(model: onnx.ModelProto, full_check: bool, original: Exception) -> None:
+    """The check again with the ops onnx cannot judge treated as custom ops (``model`` is changed)."""
     nodes = _unchecked_nodes(model)
     if not nodes:
         raise original

@@ -21,6 +21,7 @@ from onnx import defs, numpy_helper
 
 from normonnx.errors import UnusableInputError, first_line
 from normonnx.families import is_default_domain
+from normonnx.graph.bridge import keep_dropped_fields
 
 _REDUCE_AXES_INPUT_SINCE = {
     "ReduceSum": 13,
@@ -276,6 +277,7 @@ def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
             out = version_converter.convert_version(model, target)
         except Exception as e:  # the converter raises bare RuntimeErrors naming the op
             raise OpsetError(f"onnx cannot convert this model from opset {src} to {target}: {first_line(e)}") from None
+        keep_dropped_fields(out, model)  # the converter drops node and graph metadata_props
     else:
         out = _down(model, target)
     try:

@@ -114,7 +114,6 @@ def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph, always: bool = Fals
     except Exception as e:  # inference is an aid: a model it cannot handle still folds
         log.debug("shape inference failed: %s", e)
         return
-    from normonnx.graph.access import bodies
     from normonnx.graph.modelio import iter_nodes
 
     tensors = graph.tensors()
@@ -123,7 +122,9 @@ def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph, always: bool = Fals
         for a in node.attribute:
             for body in [a.g] if a.HasField("g") else list(a.graphs):
                 infos += [*body.value_info, *body.output]
-    for body in bodies(graph):
+    # graphsurgeon's own walk of the bodies, not graph.access.bodies: access reads constants through
+    # graph.bridge, which prepares a graph with this module, so shapes stays below both.
+    for body in graph.subgraphs(recursive=True):
         for name, t in body.tensors().items():
             tensors.setdefault(name, t)
     for vi in infos:

@@ -4,7 +4,7 @@ A :class:`Linear` reads one op's constant weight and bias in float64 and
 writes new ones back as fresh initializers (never mutating one that another
 node may share). It knows, for its kind, which axis of its output carries the
 output features and which axis of its data input carries the input features,
-and applies the folding math of :mod:`normonnx.passes._foldmath` accordingly.
+and applies the folding math of :mod:`normonnx.foldmath` accordingly.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from normonnx import foldmath as fm
 from normonnx.families import LINEAR_OPS
 from normonnx.graph.access import constant_value, describe, input_or_none, op_is, rank_of, shape_of, sole_consumer
-from normonnx.passes import _foldmath as fm
-from normonnx.passes._affine import AffineNode
-from normonnx.passes._base import PassContext
+from normonnx.graph.edit import set_input, set_outputs
+from normonnx.passes.rules import PassContext
+from normonnx.recognize.affine import AffineNode
 
 
 @dataclass
@@ -145,12 +146,6 @@ def _matmul_bias(node: gs.Node, ctx: PassContext) -> tuple[gs.Node | None, np.nd
     return user, value
 
 
-def _set_input(node: gs.Node, index: int, tensor: gs.Tensor) -> None:
-    while len(node.inputs) <= index:
-        node.inputs.append(gs.Variable.empty())
-    node.inputs[index] = tensor
-
-
 def _current_bias(lin: Linear) -> np.ndarray:
     """The bias as float64 in its own (broadcastable) shape; zeros over the features if absent."""
     if lin.bias is None:
@@ -179,13 +174,13 @@ def write_linear(
     b = None if bias64 is None else fm.cast_exact(bias64, lin.dtype, f"folded bias of {lin.name}", channel_axis=None)
     detach()
     base = node.inputs[1].name or describe(node)
-    _set_input(node, 1, ctx.constant(f"{base}_folded", w))
+    set_input(node, 1, ctx.constant(f"{base}_folded", w))
     if lin.kind in ("Conv", "ConvTranspose", "Gemm"):
         if b is not None:
-            _set_input(node, 2, ctx.constant(f"{describe(node)}_bias_folded", b))
+            set_input(node, 2, ctx.constant(f"{describe(node)}_bias_folded", b))
         if lin.kind == "Gemm":
             node.attrs["beta"] = 1.0
-        node.outputs = [output]
+        set_outputs(node, output)
         return
     # MatMul: the bias lives in an Add after it.
     if lin.bias_add is not None:
@@ -193,14 +188,14 @@ def write_linear(
         idx = 1 if add.inputs[0] is node.outputs[0] else 0
         if b is None:
             b = np.zeros(lin.out_channels, dtype=lin.dtype)
-        add.inputs[idx] = ctx.constant(f"{describe(node)}_bias_folded", b)
-        add.outputs = [output]
+        set_input(add, idx, ctx.constant(f"{describe(node)}_bias_folded", b))
+        set_outputs(add, output)
         return
     if b is None or not np.any(b):
-        node.outputs = [output]
+        set_outputs(node, output)
         return
     scaled = gs.Variable(ctx.fresh(f"{output.name}_matmul"), dtype=output.dtype, shape=shape_of(output))
-    node.outputs = [scaled]
+    set_outputs(node, scaled)
     bias_const = ctx.constant(f"{describe(node)}_bias_folded", b)
     add = gs.Node("Add", name=ctx.fresh(f"{describe(node)}_bias"), inputs=[scaled, bias_const], outputs=[output])
     ctx.add_node(add)

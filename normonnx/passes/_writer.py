@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from normonnx.graph.access import numpy_dtype
-from normonnx.passes._base import PassContext
+from normonnx.passes.rules import PassContext
 
 FLOAT32 = onnx.TensorProto.FLOAT
 _LOW_PRECISION = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))

@@ -1,26 +1,38 @@
-"""Common subexpressions: a node that computes what an earlier node already computed goes.
+"""common-subexpressions: a node that computes what an earlier node already computed goes.
 
-TorchScript writes ``Shape(x)`` once per dim it reads (a transformer's attention reshapes
-read ``Shape(q)`` twice per projection), and every exporter writes the same small constant
-(an Unsqueeze axis, a Gather index) once per use. Two nodes of the same deterministic op,
-attributes and inputs compute the same tensors, so the second one's readers read the first's
-outputs. Small constants of equal dtype, shape and bytes count as the same input, which is what
-lets the Unsqueeze/Gather nodes after a merged ``Shape`` merge in turn.
+Before::
 
-Never merged: ops with a random or stateful result, ops outside the default domain (their
-semantics are not ours to assume), If/Loop/Scan (their bodies would need comparing), and a node
-whose outputs are graph outputs or read by name from inside a body.
+    x -> Shape -> s1 -> Gather(0) ...          x -> Shape -> s2 -> Gather(1) ...
+
+After::
+
+    x -> Shape -> s1 -> Gather(0) ...
+                   s1 -> Gather(1) ...
+
+Formula: two nodes of the same deterministic op, with the same attributes and the same inputs,
+compute the same tensors, so the second one's readers read the first one's outputs. Small
+constants (up to 64 elements) of equal dtype, shape and bytes count as the same input, which lets
+the Unsqueeze/Gather nodes after a merged Shape merge in turn. TorchScript writes ``Shape(x)``
+once per dim it reads (a transformer's attention reshapes read ``Shape(q)`` twice per
+projection), and every exporter writes the same small constant once per use.
+
+Preconditions: the op is in the default domain (other domains' semantics are not ours to assume),
+is neither random nor stateful, and holds no If/Loop/Scan body (bodies would need comparing); the
+later node's outputs are not graph outputs and no If/Loop/Scan body reads them by name.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from normonnx.families import is_default_domain
-from normonnx.graph.access import bodies, constant_value
-from normonnx.graph.bridge import detach
-from normonnx.passes._base import PassContext
+from normonnx.graph.access import constant_value, describe
+from normonnx.graph.edit import detach, redirect
+from normonnx.passes._simplifying import pinned
+from normonnx.passes.rules import NO_FAMILY, NodePlan, PassContext, Refusal
 
 _NOT_PURE = frozenset(
     {
@@ -49,58 +61,62 @@ def _attr_key(value) -> object | None:
     return (type(value).__name__, value)
 
 
+@dataclass(frozen=True)
+class _Merge(NodePlan):
+    # node: the later node, which goes
+    first: gs.Node  # the earlier one, whose outputs its readers read
+
+
 class CommonSubexpressions:
     """Merges nodes that compute the same thing from the same inputs (exact: same op, same values)."""
 
     name = "common-subexpressions"
+    tidy_first = True
 
-    def run(self, ctx: PassContext) -> int:
-        protected = {t.name for body in bodies(ctx.graph) for node in body.nodes for t in node.inputs}
-        constant_keys: dict[int, tuple] = {}
-        seen: dict[tuple, gs.Node] = {}
-        merged: list[gs.Node] = []
-        for node in list(ctx.graph.nodes):
-            key = self._key(node, constant_keys)
-            if key is None:
-                continue
-            first = seen.setdefault(key, node)
-            if first is node or not self._replaceable(node, ctx, protected):
-                continue
-            for old, new in zip(node.outputs, first.outputs, strict=True):
-                for user in list(old.outputs):
-                    for i, t in enumerate(user.inputs):
-                        if t is old:
-                            user.inputs[i] = new
-            merged.append(node)
-        if merged:
-            detach(merged)
-            ctx.graph.cleanup(remove_unused_graph_inputs=False)
-        return len(merged)
-
-    @staticmethod
-    def _replaceable(node: gs.Node, ctx: PassContext, protected: set[str]) -> bool:
-        return not any(out in ctx.outputs or out.name in protected for out in node.outputs)
-
-    @staticmethod
-    def _input_key(t: gs.Tensor, constant_keys: dict[int, tuple]) -> tuple:
-        if id(t) in constant_keys:
-            return constant_keys[id(t)]
-        key = ("name", t.name)
-        if isinstance(t, gs.Constant):
-            value = constant_value(t)
-            if value is not None and value.size <= _SMALL_CONSTANT_ELEMENTS:
-                key = ("value", _value_key(value))
-        constant_keys[id(t)] = key
-        return key
-
-    def _key(self, node: gs.Node, constant_keys: dict[int, tuple]) -> tuple | None:
-        if not node.outputs or not is_default_domain(node.domain) or node.op in _NOT_PURE:
+    def match(self, node: gs.Node, ctx: PassContext) -> tuple[gs.Node, gs.Node] | None:
+        """The node and the first one of the sweep with its key (every node is keyed in graph order)."""
+        key = _key(node, ctx.memo.setdefault("constant_keys", {}))
+        if key is None:
             return None
-        attrs = []
-        for name in sorted(node.attrs):
-            k = _attr_key(node.attrs[name])
-            if k is None:
-                return None
-            attrs.append((name, k))
-        inputs = tuple(self._input_key(t, constant_keys) for t in node.inputs)
-        return (node.op, tuple(attrs), inputs, len(node.outputs))
+        first = ctx.memo.setdefault("seen", {}).setdefault(key, node)
+        return None if first is node else (node, first)
+
+    def check(self, match: tuple[gs.Node, gs.Node], ctx: PassContext) -> _Merge | Refusal:
+        node, first = match
+        for out in node.outputs:
+            why = pinned(out, ctx)
+            if why is not None:
+                return Refusal(describe(node), NO_FAMILY, f"computes what {describe(first)} does, but {why}")
+        return _Merge(describe(node), NO_FAMILY, node, first)
+
+    def rewrite(self, plan: _Merge, ctx: PassContext) -> str:
+        for old, new in zip(plan.node.outputs, plan.first.outputs, strict=True):
+            redirect(old, new)
+        detach([plan.node])
+        return f"merged into {describe(plan.first)}"
+
+
+def _input_key(t: gs.Tensor, constant_keys: dict[int, tuple]) -> tuple:
+    if id(t) in constant_keys:
+        return constant_keys[id(t)]
+    key = ("name", t.name)
+    if isinstance(t, gs.Constant):
+        value = constant_value(t)
+        if value is not None and value.size <= _SMALL_CONSTANT_ELEMENTS:
+            key = ("value", _value_key(value))
+    constant_keys[id(t)] = key
+    return key
+
+
+def _key(node: gs.Node, constant_keys: dict[int, tuple]) -> tuple | None:
+    """What two nodes computing the same tensors share; None for a node never merged."""
+    if not node.outputs or not is_default_domain(node.domain) or node.op in _NOT_PURE:
+        return None
+    attrs = []
+    for name in sorted(node.attrs):
+        k = _attr_key(node.attrs[name])
+        if k is None:
+            return None
+        attrs.append((name, k))
+    inputs = tuple(_input_key(t, constant_keys) for t in node.inputs)
+    return (node.op, tuple(attrs), inputs, len(node.outputs))

@@ -23,9 +23,16 @@ static inferred shape, and ``CastLike(const, x)`` with a known dtype of ``x``,
 are constant too. Results that are graph outputs stay computed; results that
 would grow the model (an Expand or ConstantOfShape to a large tensor) are
 left alone and reported.
+
+The plan (which nodes are constant) and the one batched evaluation are the
+rule's survey; each node then folds the frontier tensors it computes. A
+weight subgraph is recorded under its family (weight standardization, weight
+norm) as ``inspect`` lists it; any other constant as no normalization's.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -34,8 +41,9 @@ import onnx_graphsurgeon as gs
 from normonnx.families import LINEAR_OPS, is_default_domain
 from normonnx.graph.access import constant_value, describe, is_empty, onnx_dtype, producer, static_shape
 from normonnx.graph.bridge import node_proto, stored_nbytes
+from normonnx.graph.edit import prune, to_constant
 from normonnx.graph.evaluate import EvaluationError, evaluate_protos
-from normonnx.passes._base import PassContext
+from normonnx.passes.rules import NO_FAMILY, PassContext, Refusal
 from normonnx.recognize.scan import weight_family
 
 NAME = "fold-constants"
@@ -68,7 +76,7 @@ _NOT_FOLDABLE = {
 _EXPANDING = {"Expand": 1, "ConstantOfShape": 0, "Tile": 1}
 
 
-class _Plan:
+class _ConstantNodes:
     """Which nodes are constant, and how each is written for evaluation."""
 
     def __init__(self, ctx: PassContext, excluded: set[int]) -> None:
@@ -121,7 +129,7 @@ class _Plan:
         return node_proto(node)
 
 
-def _ancestors(tensor: gs.Tensor, plan: _Plan) -> tuple[list[gs.Node], list[gs.Constant]]:
+def _ancestors(tensor: gs.Tensor, plan: _ConstantNodes) -> tuple[list[gs.Node], list[gs.Constant]]:
     """Constant nodes (topologically ordered) and initializer leaves behind ``tensor``."""
     seen_nodes: set[int] = set()
     leaves: dict[int, gs.Constant] = {}
@@ -154,7 +162,7 @@ _PARAMETER_OF = frozenset(LINEAR_OPS) | {
 }
 
 
-def _only_parameters(tensor: gs.Tensor, plan: _Plan) -> bool:
+def _only_parameters(tensor: gs.Tensor, plan: _ConstantNodes) -> bool:
     """Whether ``tensor`` ends, through constant nodes only, as weights or parameters of linear and norm ops.
 
     Old model-zoo files compute every Conv weight with ConstantOfShape: materializing
@@ -186,109 +194,172 @@ def _next_to_norm(node: gs.Node) -> bool:
     return any(n is not None and n.op in _PARAMETER_OF and n.op not in LINEAR_OPS for n in [before, *after])
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One frontier tensor: the constant nodes behind it, its initializers' bytes, and its value."""
+
+    tensor: gs.Tensor
+    ancestors: list[gs.Node]
+    leaf_bytes: int
+    value: np.ndarray | None  # None when the batch could not be evaluated
+
+
+@dataclass(frozen=True)
+class _Survey:
+    constants: _ConstantNodes
+    jobs: dict[int, list[_Job]]  # id(producer) -> the jobs of its frontier outputs, in output order
+    error: str | None  # why the one batched evaluation failed
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What becomes of one job: folded, refused, or left as it is with nothing to say (``kind`` "keep")."""
+
+    job: _Job
+    kind: str  # "fold", "refuse" or "keep"
+    anchor: str
+    family: str | None  # the weight subgraph's family next to a normalization, else None
+    detail: str
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """Every frontier output of one node; the plan's own decision is its last fold's."""
+
+    anchor: str
+    family: str
+    outcomes: list[_Outcome]
+    own: _Outcome
+
+
 class FoldConstants:
     name = NAME
+    tidy_first = True
 
-    def run(self, ctx: PassContext) -> int:
-        graph = ctx.graph
-        excluded = self._oversized_expansions(ctx, _Plan(ctx, set()))
-        plan = _Plan(ctx, excluded)
-        frontier = self._frontier(ctx, plan)
+    def survey(self, ctx: PassContext) -> _Survey:
+        """Which nodes are constant, the frontier they leave, and every frontier value, evaluated in one batch."""
+        excluded = _oversized_expansions(ctx, _ConstantNodes(ctx, set()))
+        constants = _ConstantNodes(ctx, excluded)
+        frontier = _frontier(ctx, constants)
         if not frontier:
-            return 0
+            return _Survey(constants, {}, None)
         leaves: dict[int, gs.Constant] = {}
-        jobs = []
+        found = []
         for t in frontier:
-            anc_nodes, anc_leaves = _ancestors(t, plan)
-            leaf_bytes = sum(stored_nbytes(c) for c in anc_leaves)
-            jobs.append((t, anc_nodes, leaf_bytes))
+            anc_nodes, anc_leaves = _ancestors(t, constants)
+            found.append((t, anc_nodes, sum(stored_nbytes(c) for c in anc_leaves)))
             leaves.update((id(c), c) for c in anc_leaves)
-        needed = {id(n) for _, anc, _ in jobs for n in anc}
-        nodes = [n for n in plan.nodes if id(n) in needed]
+        needed = {id(n) for _, anc, _ in found for n in anc}
+        nodes = [n for n in constants.nodes if id(n) in needed]
+        error = None
         try:
-            values = self._evaluate(ctx, plan, nodes, list(leaves.values()), frontier)
+            values = _evaluate(ctx, constants, nodes, list(leaves.values()), frontier)
         except EvaluationError as e:
-            for t, anc, _ in jobs:
-                self._record(ctx, t, anc, folded=False, detail=f"constant subgraph could not be evaluated: {e}")
-            return 0
-        rewrites = 0
-        for (t, anc, leaf_bytes), value in zip(jobs, values, strict=False):
-            limit = max(ctx.options.growth_limit_bytes, 2 * leaf_bytes)
-            if value.nbytes > limit and not _only_parameters(t, plan):
-                self._record(ctx, t, anc, False, f"result of {value.nbytes} bytes would grow the model")
+            values, error = [None] * len(found), f"constant subgraph could not be evaluated: {e}"
+        jobs: dict[int, list[_Job]] = {}
+        for (t, anc, leaf_bytes), value in zip(found, values, strict=False):
+            jobs.setdefault(id(producer(t)), []).append(_Job(t, anc, leaf_bytes, value))
+        return _Survey(constants, jobs, error)
+
+    def match(self, node: gs.Node, ctx: PassContext) -> list[_Job] | None:
+        return ctx.survey.jobs.get(id(node))
+
+    def check(self, jobs: list[_Job], ctx: PassContext) -> _Fold | Refusal | None:
+        outcomes = [_outcome(job, ctx) for job in jobs]
+        folds = [o for o in outcomes if o.kind == "fold"]
+        if folds:
+            return _Fold(folds[-1].anchor, folds[-1].family or NO_FAMILY, outcomes, folds[-1])
+        told = [o for o in outcomes if o.kind == "refuse" and o.family is not None]
+        if not told:
+            return None
+        for o in told[:-1]:  # a node with several frontier outputs: one decision each
+            ctx.refused(o.anchor, o.family, self.name, o.detail)
+        return Refusal(told[-1].anchor, told[-1].family, told[-1].detail)
+
+    def rewrite(self, plan: _Fold, ctx: PassContext) -> str:
+        node = producer(plan.own.job.tensor)
+        for o in plan.outcomes:
+            if o.kind == "fold":
+                to_constant(o.job.tensor, o.job.value)
+            if o is plan.own or o.family is None:
                 continue
-            if value.dtype == object:
+            if o.kind == "fold":
+                ctx.folded(o.anchor, o.family, self.name, o.detail)
+            elif o.kind == "refuse":
+                ctx.refused(o.anchor, o.family, self.name, o.detail)
+        # The constant nodes only these tensors needed go now, not at the next rule's survey: the folds
+        # sweep next and count readers (a Shape of a normalization's output is one until it goes).
+        prune([node], ctx.outputs)
+        return plan.own.detail
+
+
+def _outcome(job: _Job, ctx: PassContext) -> _Outcome:
+    """Whether the job's value replaces its tensor, and the decision a weight subgraph gets."""
+    t, constants = job.tensor, ctx.survey.constants
+    family = weight_family(job.ancestors, ctx.graph.opset) if job.ancestors else None
+    anchor = describe(job.ancestors[-1]) if job.ancestors else describe(producer(t))
+    if ctx.survey.error is not None:
+        return _Outcome(job, "refuse", anchor, family, ctx.survey.error)
+    value = job.value
+    limit = max(ctx.options.growth_limit_bytes, 2 * job.leaf_bytes)
+    if value.nbytes > limit and not _only_parameters(t, constants):
+        return _Outcome(job, "refuse", anchor, family, f"result of {value.nbytes} bytes would grow the model")
+    if value.dtype == object:
+        return _Outcome(job, "keep", anchor, family, "")
+    if family is None:
+        return _Outcome(job, "fold", anchor, None, "evaluated once")
+    targets = ", ".join(describe(u) for u in t.outputs if u.op in LINEAR_OPS) or "its consumers"
+    return _Outcome(job, "fold", anchor, family, f"weight evaluated once into the weight of {targets}")
+
+
+def _frontier(ctx: PassContext, plan: _ConstantNodes) -> list[gs.Tensor]:
+    """Constant tensors that a non-constant node (or nothing but an initializer) will read."""
+    frontier = []
+    for node in plan.nodes:
+        for t in node.outputs:
+            if not t.outputs or t in ctx.outputs:
                 continue
-            t.to_constant(value)
-            t.inputs.clear()
-            rewrites += 1
-            self._record(ctx, t, anc, True, "weight evaluated once")
-        graph.cleanup(remove_unused_graph_inputs=False)
-        return rewrites
+            if any(id(u) not in plan.protos for u in t.outputs):
+                frontier.append(t)
+    return frontier
 
-    @staticmethod
-    def _record(ctx: PassContext, t: gs.Tensor, nodes: list[gs.Node], folded: bool, detail: str) -> None:
-        users = [u for u in t.outputs if u.op in LINEAR_OPS]
-        family = weight_family(nodes, ctx.graph.opset)
-        if family is None or not nodes:
-            return
-        anchor = describe(nodes[-1])
-        targets = ", ".join(describe(u) for u in users) or "its consumers"
-        if folded:
-            ctx.folded(anchor, family, NAME, f"{detail} into the weight of {targets}")
-        else:
-            ctx.refused(anchor, family, NAME, detail)
 
-    @staticmethod
-    def _frontier(ctx: PassContext, plan: _Plan) -> list[gs.Tensor]:
-        """Constant tensors that a non-constant node (or nothing but an initializer) will read."""
-        frontier = []
-        for node in plan.nodes:
-            for t in node.outputs:
-                if not t.outputs or t in ctx.outputs:
-                    continue
-                if any(id(u) not in plan.protos for u in t.outputs):
-                    frontier.append(t)
-        return frontier
+def _oversized_expansions(ctx: PassContext, plan: _ConstantNodes) -> set[int]:
+    """Expand / ConstantOfShape / Tile nodes whose constant result would be too large."""
+    expanding = [n for n in plan.nodes if n.op in _EXPANDING]
+    if not expanding:
+        return set()
+    shape_tensors = [n.inputs[_EXPANDING[n.op]] for n in expanding]
+    needed: dict[int, gs.Node] = {}
+    leaves: dict[int, gs.Constant] = {}
+    for t in shape_tensors:
+        if isinstance(t, gs.Constant):
+            continue
+        anc, lv = _ancestors(t, plan)
+        needed.update((id(n), n) for n in anc)
+        leaves.update((id(c), c) for c in lv)
+    outs = [t for t in shape_tensors if not isinstance(t, gs.Constant)]
+    try:
+        computed = _evaluate(ctx, plan, [n for n in plan.nodes if id(n) in needed], list(leaves.values()), outs)
+    except EvaluationError:
+        return {id(n) for n in expanding}
+    by_id = {id(t): v for t, v in zip(outs, computed, strict=False)}
+    excluded = set()
+    for node, t in zip(expanding, shape_tensors, strict=False):
+        sizes = np.asarray(t.values if isinstance(t, gs.Constant) else by_id[id(t)]).astype(np.int64)
+        elements = int(np.prod(np.maximum(sizes, 1)))
+        if node.op == "Tile":
+            src = node.inputs[0]
+            src_shape = static_shape(src)
+            elements *= int(np.prod(src_shape)) if src_shape is not None else 1
+        if elements * 8 > ctx.options.growth_limit_bytes and not _only_parameters(node.outputs[0], plan):
+            excluded.add(id(node))
+    return excluded
 
-    def _oversized_expansions(self, ctx: PassContext, plan: _Plan) -> set[int]:
-        """Expand / ConstantOfShape / Tile nodes whose constant result would be too large."""
-        expanding = [n for n in plan.nodes if n.op in _EXPANDING]
-        if not expanding:
-            return set()
-        shape_tensors = [n.inputs[_EXPANDING[n.op]] for n in expanding]
-        needed: dict[int, gs.Node] = {}
-        leaves: dict[int, gs.Constant] = {}
-        for t in shape_tensors:
-            if isinstance(t, gs.Constant):
-                continue
-            anc, lv = _ancestors(t, plan)
-            needed.update((id(n), n) for n in anc)
-            leaves.update((id(c), c) for c in lv)
-        outs = [t for t in shape_tensors if not isinstance(t, gs.Constant)]
-        try:
-            computed = self._evaluate(
-                ctx, plan, [n for n in plan.nodes if id(n) in needed], list(leaves.values()), outs
-            )
-        except EvaluationError:
-            return {id(n) for n in expanding}
-        by_id = {id(t): v for t, v in zip(outs, computed, strict=False)}
-        excluded = set()
-        for node, t in zip(expanding, shape_tensors, strict=False):
-            sizes = np.asarray(t.values if isinstance(t, gs.Constant) else by_id[id(t)]).astype(np.int64)
-            elements = int(np.prod(np.maximum(sizes, 1)))
-            if node.op == "Tile":
-                src = node.inputs[0]
-                src_shape = static_shape(src)
-                elements *= int(np.prod(src_shape)) if src_shape is not None else 1
-            if elements * 8 > ctx.options.growth_limit_bytes and not _only_parameters(node.outputs[0], plan):
-                excluded.add(id(node))
-        return excluded
 
-    @staticmethod
-    def _evaluate(
-        ctx: PassContext, plan: _Plan, nodes: list[gs.Node], leaves: list[gs.Constant], outputs: list[gs.Tensor]
-    ) -> list[np.ndarray]:
-        graph = ctx.graph
-        imports = list(graph.import_domains or [onnx.helper.make_opsetid("", graph.opset)])
-        return evaluate_protos([plan.protos[id(n)] for n in nodes], leaves, outputs, imports, ctx.graph.ir_version or 8)
+def _evaluate(
+    ctx: PassContext, plan: _ConstantNodes, nodes: list[gs.Node], leaves: list[gs.Constant], outputs: list[gs.Tensor]
+) -> list[np.ndarray]:
+    graph = ctx.graph
+    imports = list(graph.import_domains or [onnx.helper.make_opsetid("", graph.opset)])
+    return evaluate_protos([plan.protos[id(n)] for n in nodes], leaves, outputs, imports, ctx.graph.ir_version or 8)

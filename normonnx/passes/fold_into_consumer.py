@@ -31,10 +31,10 @@ import onnx_graphsurgeon as gs
 
 from normonnx.families import LINEAR_OPS
 from normonnx.graph.access import describe, op_is, rank_of, sole_consumer
-from normonnx.graph.bridge import detach
-from normonnx.passes._affine import read_affine
-from normonnx.passes._base import PassContext, Refusal
+from normonnx.graph.edit import detach, set_input
 from normonnx.passes._linear import AffineFold, fold_affine_before, read_linear
+from normonnx.passes.rules import PassContext, Refusal
+from normonnx.recognize.affine import read_affine
 
 
 def pads_reach_data(conv: gs.Node) -> bool:
@@ -68,7 +68,7 @@ class FoldIntoConsumer:
 
         def unhook() -> None:
             detach([plan.node])
-            plan.lin.node.inputs[0] = x
+            set_input(plan.lin.node, 0, x)
 
         fold_affine_before(plan.lin, plan.affine.affine, ctx, unhook)
         return f"into the following {plan.lin.kind} {plan.lin.name}"

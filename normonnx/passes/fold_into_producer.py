@@ -33,13 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from normonnx import foldmath as fm
 from normonnx.families import LINEAR_OPS
 from normonnx.graph.access import constant_value, describe, op_is, producer, rank_of, sole_consumer
-from normonnx.graph.bridge import detach
-from normonnx.passes import _foldmath as fm
-from normonnx.passes._affine import ARITHMETIC_OPS, AffineNode, batchnorm_problem, read_affine
-from normonnx.passes._base import PassContext, Refusal
+from normonnx.graph.edit import detach, set_input, set_outputs
 from normonnx.passes._linear import AffineFold, Linear, fold_affine_after, read_linear
+from normonnx.passes.rules import NodePlan, PassContext, Refusal
+from normonnx.recognize.affine import ARITHMETIC_OPS, AffineNode, batchnorm_problem, read_affine
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,9 @@ class _Match:
 
 
 @dataclass(frozen=True)
-class _IntoBatchNorm:
+class _IntoBatchNorm(NodePlan):
     """A checked fold of a channel affine into the inference BatchNormalization before it."""
 
-    anchor: str
-    family: str
-    node: gs.Node
     batchnorm: gs.Node
     affine: AffineNode
 
@@ -151,9 +148,9 @@ class FoldIntoProducer:
         gamma, beta = (constant_value(x) for x in bn.inputs[1:3])
         gamma2 = fm.cast_exact(s * gamma.astype(np.float64).reshape(-1), gamma.dtype, f"folded scale of {name}")
         beta2 = fm.cast_exact(s * beta.astype(np.float64).reshape(-1) + t, beta.dtype, f"folded B of {name}")
-        bn.inputs[1] = ctx.constant(f"{name}_scale_folded", gamma2.reshape(gamma.shape))
-        bn.inputs[2] = ctx.constant(f"{name}_B_folded", beta2.reshape(beta.shape))
+        set_input(bn, 1, ctx.constant(f"{name}_scale_folded", gamma2.reshape(gamma.shape)))
+        set_input(bn, 2, ctx.constant(f"{name}_B_folded", beta2.reshape(beta.shape)))
         z = plan.node.outputs[0]
         detach([plan.node])
-        bn.outputs = [z]
+        set_outputs(bn, z)
         return f"into BatchNormalization {name}"

@@ -30,15 +30,15 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from normonnx import foldmath as fm
 from normonnx.families import BY_KEY, BY_OP, LINEAR_OPS
 from normonnx.graph.access import constant_value, describe, input_or_none, op_is, producer, rank_of, sole_consumer
-from normonnx.graph.bridge import detach
-from normonnx.passes import _foldmath as fm
-from normonnx.passes._affine import channel_vector
-from normonnx.passes._base import PassContext, Refusal
+from normonnx.graph.edit import detach, set_input
 from normonnx.passes._linear import Linear, fold_affine_before, read_linear
 from normonnx.passes._writer import contained
 from normonnx.passes.fold_into_consumer import pads_reach_data
+from normonnx.passes.rules import PassContext, Refusal
+from normonnx.recognize.affine import channel_vector
 from normonnx.recognize.classify import classify, instancenorm_view
 from normonnx.recognize.moments import following_affine, match_core
 
@@ -156,9 +156,9 @@ class FoldNormAffine:
 
         def clear() -> None:
             if unit is not None:
-                node.inputs[1] = ctx.constant(f"{anchor}_unit_scale", unit)
+                set_input(node, 1, ctx.constant(f"{anchor}_unit_scale", unit))
             if zero is not None:
-                node.inputs[2] = ctx.constant(f"{anchor}_zero_bias", zero)
+                set_input(node, 2, ctx.constant(f"{anchor}_zero_bias", zero))
 
         return _plan(anchor, family, lin, scale, bias, per_channel, clear, rank)
 
@@ -175,6 +175,6 @@ class FoldNormAffine:
 
         def clear() -> None:
             detach(affine.nodes)
-            lin.node.inputs[0] = y
+            set_input(lin.node, 0, y)
 
         return _plan(anchor, family, lin, affine.scale, affine.bias, per_channel, clear, rank_of(y))

@@ -28,12 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from normonnx import foldmath as fm
 from normonnx.families import family
 from normonnx.graph.access import constant_value, describe, input_or_none, numpy_dtype, onnx_dtype, op_is, rank_of
-from normonnx.passes import _foldmath as fm
-from normonnx.passes._affine import batchnorm_problem
-from normonnx.passes._base import PassContext, Refusal
+from normonnx.graph.edit import detach
 from normonnx.passes._writer import FLOAT32, Writer, channel_shape, needs_fp32_island
+from normonnx.passes.rules import NodePlan, PassContext, Refusal
+from normonnx.recognize.affine import batchnorm_problem
 from normonnx.recognize.classify import instancenorm_view
 
 
@@ -212,10 +213,7 @@ LOWERINGS: dict[str, Callable[[gs.Node, PassContext], Write | str]] = {
 
 
 @dataclass(frozen=True)
-class _Plan:
-    anchor: str
-    family: str
-    node: gs.Node
+class _Plan(NodePlan):
     write: Write
 
 
@@ -242,7 +240,6 @@ class Lower:
 
     def rewrite(self, plan: _Plan, ctx: PassContext) -> str:
         out = plan.node.outputs[0]
-        plan.node.outputs.clear()
+        detach([plan.node])  # the subgraph reads the tensors the check took from it, and writes ``out``
         plan.write(Writer(ctx, plan.anchor), out)
-        plan.node.inputs.clear()
         return "lowered to its exact subgraph"

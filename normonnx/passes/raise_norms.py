@@ -39,9 +39,9 @@ import onnx_graphsurgeon as gs
 
 from normonnx.families import op_available
 from normonnx.graph.access import constant_value, describe, op_is, producer, rank_of, shape_of, static_dims
-from normonnx.graph.bridge import detach
-from normonnx.passes._base import PassContext, Refusal
+from normonnx.graph.edit import detach
 from normonnx.passes._writer import Writer, contained
+from normonnx.passes.rules import PassContext, Refusal
 from normonnx.recognize.classify import (
     CHANNELS_FIRST,
     GROUPED,

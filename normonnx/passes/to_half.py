@@ -17,6 +17,18 @@ Every float32 tensor goes to fp16 or bf16, except where half arithmetic is known
 Islands next to each other merge (a cheap node between two fp32 islands joins them), a Cast
 pair that only round-trips is cancelled, and a constant is stored once, in the type its readers
 use (float32 with one shared Cast when both read it).
+
+The plan (``plan_float32``) is made once on the float32 graph; two rules carry it out:
+
+* ``to-half``: every node in its precision. Before: a float32 node. After: the same node on
+  half data (its float attributes, ``Cast(to=float)`` and float tensor attributes in the half
+  type, ``stash_type=1``), or, kept in float32, the same node; either way every float input
+  stored in the other type is read through one shared Cast, a graph input is declared in the
+  type it is stored in, and a graph output keeps its float32 type under ``keep_io_types``
+  through a final Cast. Exact up to the half type's rounding, which the faithful gate judges.
+* ``cast-round-trips``: Before: ``Cast(Cast(x, to=float), to=half)`` of an x that a Cast made
+  half. After: x. Exact: the float32 detour of a half value is lossless. Only when nothing
+  else reads the middle and neither Cast's output is a graph output.
 """
 
 from __future__ import annotations
@@ -26,10 +38,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from normonnx.families import LINEAR_OPS
 from normonnx.graph.access import describe, static_shape
+from normonnx.graph.edit import bypass, redirect, set_input, set_outputs
+from normonnx.passes.rules import NO_FAMILY, NodePlan, PassContext
 from normonnx.recognize.moments import match_core, match_shifted
 
 FLOAT = TensorProto.FLOAT
@@ -155,133 +169,160 @@ def _merge_islands(graph: gs.Graph, kept: dict[str, KeptFloat32]) -> None:
                 changed = True
 
 
-def _float_tensors(model: onnx.ModelProto) -> set[str]:
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    g = inferred.graph
-    names = {v.name for v in [*g.input, *g.value_info, *g.output] if v.type.tensor_type.elem_type == FLOAT}
-    names |= {t.name for t in g.initializer if t.data_type == FLOAT}
-    return names
+def _is_float32(t: gs.Tensor) -> bool:
+    return t.dtype is not None and np.dtype(t.dtype) == np.float32
 
 
-def convert(model: onnx.ModelProto, kept: dict[str, KeptFloat32], half: int, keep_io_types: bool) -> onnx.ModelProto:
-    """``model`` (with named nodes) in ``half``, but for the ``kept`` nodes, with the casts between."""
-    floats = _float_tensors(model)
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    in_fp32 = {n.name for n in g.node if n.name in kept}
-    storage: dict[str, int] = {}  # float tensor -> the type it is stored in
-    for i in g.input:
-        if i.name in floats and i.name not in inits:
-            storage[i.name] = FLOAT if keep_io_types else half
-    for n in g.node:
-        for k, o in enumerate(n.output):
-            if o in floats:
-                # A normalization op's Mean/InvStdDev outputs have the stash type: float32 (stash_type=1).
-                stats = k > 0 and n.op_type in _WITH_STASH
-                storage[o] = FLOAT if n.name in in_fp32 or stats else half
-    exempt = {n.input[k] for n in g.node for op, k in _FLOAT32_INPUTS if n.op_type == op and len(n.input) > k}
-    readers: dict[str, set[int]] = {}
-    for n in g.node:
-        for k, x in enumerate(n.input):
-            if x in inits and x in floats and (n.op_type, k) not in _FLOAT32_INPUTS:
-                readers.setdefault(x, set()).add(FLOAT if n.name in in_fp32 else half)
-    new_inits = []
-    for t in g.initializer:
-        types = readers.get(t.name)
-        if t.data_type == FLOAT and types == {half}:
-            value = numpy_helper.to_array(t).astype(onnx.helper.tensor_dtype_to_np_dtype(half))
-            new_inits.append(numpy_helper.from_array(value, t.name))
-            storage[t.name] = half
-        else:
-            new_inits.append(t)
-            if t.data_type == FLOAT:
-                storage[t.name] = FLOAT
-    casts: dict[tuple[str, int], str] = {}
-    nodes: list[onnx.NodeProto] = []
+@dataclass(frozen=True)
+class _Storage:
+    """The type every float32 tensor is stored in once converted, and the tensors the spec keeps float32."""
 
-    def as_type(name: str, to: int) -> str:
-        if (name, to) not in casts:
-            casts[(name, to)] = f"{name}__as_{'fp32' if to == FLOAT else 'half'}"
-            nodes.append(helper.make_node("Cast", [name], [casts[(name, to)]], to=to, name=f"{casts[(name, to)]}_cast"))
-        return casts[(name, to)]
-
-    for n in g.node:
-        precision = FLOAT if n.name in in_fp32 else half
-        for k, x in enumerate(n.input):
-            if x in storage and x not in exempt and storage[x] != precision:
-                n.input[k] = as_type(x, precision)
-        if precision == half:
-            for a in n.attribute:
-                if (n.op_type == "Cast" and a.name == "to" and a.i == FLOAT) or (a.name == "dtype" and a.i == FLOAT):
-                    a.i = half
-                elif a.type == onnx.AttributeProto.TENSOR and a.t.data_type == FLOAT:
-                    arr = numpy_helper.to_array(a.t).astype(onnx.helper.tensor_dtype_to_np_dtype(half))
-                    a.t.CopyFrom(numpy_helper.from_array(arr, a.t.name))
-            if n.op_type in _WITH_STASH:
-                stash = [a for a in n.attribute if a.name == "stash_type"]
-                if stash:
-                    stash[0].i = 1
-                else:
-                    n.attribute.append(helper.make_attribute("stash_type", 1))
-        nodes.append(n)
-    for o in g.output:
-        if o.name not in storage:
-            continue
-        want = FLOAT if keep_io_types else storage[o.name]
-        if storage[o.name] != want:
-            inner = f"{o.name}__half"
-            for n in nodes:
-                n.output[:] = [inner if x == o.name else x for x in n.output]
-                n.input[:] = [inner if x == o.name else x for x in n.input]
-            nodes.append(helper.make_node("Cast", [inner], [o.name], to=want, name=f"{o.name}__output_cast"))
-        o.type.tensor_type.elem_type = want
-    stored = {t.name: t.data_type for t in new_inits}
-    for i in g.input:  # an initializer listed as an input too (ir_version 3) is declared as it is stored
-        if i.name in stored:
-            i.type.tensor_type.elem_type = stored[i.name]
-        elif i.name in storage:
-            i.type.tensor_type.elem_type = storage[i.name]
-    del g.node[:]
-    g.node.extend(_without_round_trips(nodes, {o.name for o in g.output}))
-    del g.initializer[:]
-    g.initializer.extend(new_inits)
-    del g.value_info[:]
-    return model
+    types: dict[int, int]  # id(tensor) -> FLOAT or the half type
+    exempt: frozenset[int]  # ids of tensors some op reads as float32 whatever the data type (Resize scales)
 
 
-def _without_round_trips(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
-    """Cast(Cast(x, to=float32), to=half) of a half x is x: the pair goes when nothing else reads the middle."""
-    producer = {o: n for n in nodes for o in n.output}
-    reads: dict[str, int] = {}
-    for n in nodes:
-        for x in n.input:
-            reads[x] = reads.get(x, 0) + 1
-    replace: dict[str, str] = {}
-    dropped: set[int] = set()
-    for n in nodes:
-        if n.op_type != "Cast" or n.input[0] not in producer:
-            continue
-        first = producer[n.input[0]]
-        to = next(a.i for a in n.attribute if a.name == "to")
-        if first.op_type != "Cast" or next(a.i for a in first.attribute if a.name == "to") != FLOAT:
-            continue
-        source = first.input[0]
-        if reads.get(n.input[0], 0) != 1 or n.output[0] in outputs or n.input[0] in outputs:
-            continue
-        if to in HALF_MAX and _type_of(source, producer) == to:
-            replace[n.output[0]] = source
-            dropped.update({id(n), id(first)})
-    kept = []
-    for n in nodes:
-        if id(n) in dropped:
-            continue
-        n.input[:] = [replace.get(x, x) for x in n.input]
-        kept.append(n)
-    return kept
+@dataclass(frozen=True)
+class _NodePlan(NodePlan):
+    precision: int
 
 
-def _type_of(name: str, producer: dict[str, onnx.NodeProto]) -> int | None:
-    n = producer.get(name)
-    if n is not None and n.op_type == "Cast":
-        return next(a.i for a in n.attribute if a.name == "to")
-    return None
+class ToHalf:
+    """Every node in the precision the plan gives it (see the module docstring)."""
+
+    name = "to-half"
+
+    def __init__(self, kept: dict[str, KeptFloat32], half: int, keep_io_types: bool) -> None:
+        self.kept, self.half, self.keep_io_types = kept, half, keep_io_types
+
+    def _precision(self, node: gs.Node) -> int:
+        return FLOAT if describe(node) in self.kept else self.half
+
+    def survey(self, ctx: PassContext) -> _Storage:
+        graph, half = ctx.graph, self.half
+        exempt = {id(n.inputs[k]) for n in graph.nodes for op, k in _FLOAT32_INPUTS if n.op == op and len(n.inputs) > k}
+        types: dict[int, int] = {}
+        for t in graph.inputs:
+            if _is_float32(t):
+                types[id(t)] = FLOAT if self.keep_io_types else half
+        readers: dict[int, set[int]] = {}
+        constants: dict[int, gs.Constant] = {}
+        for n in graph.nodes:
+            for k, o in enumerate(n.outputs):
+                if _is_float32(o):
+                    # A normalization op's Mean/InvStdDev outputs have the stash type: float32 (stash_type=1).
+                    stats = k > 0 and n.op in _WITH_STASH
+                    types[id(o)] = FLOAT if self._precision(n) == FLOAT or stats else half
+            for k, x in enumerate(n.inputs):
+                if isinstance(x, gs.Constant) and _is_float32(x) and (n.op, k) not in _FLOAT32_INPUTS:
+                    readers.setdefault(id(x), set()).add(self._precision(n))
+                    constants[id(x)] = x
+        for key in constants:
+            types[key] = half if readers[key] == {half} else FLOAT
+        for c in (t for t in graph.tensors().values() if isinstance(t, gs.Constant) and _is_float32(t)):
+            types.setdefault(id(c), FLOAT)
+        return _Storage(types, frozenset(exempt))
+
+    def match(self, node: gs.Node, ctx: PassContext) -> gs.Node:
+        return node
+
+    def check(self, node: gs.Node, ctx: PassContext) -> _NodePlan | None:
+        precision = self._precision(node)
+        storage: _Storage = ctx.survey
+        if precision == FLOAT and not any(
+            storage.types.get(id(x), FLOAT) != FLOAT and id(x) not in storage.exempt for x in node.inputs
+        ):
+            return None  # float32 among float32: nothing to change
+        return _NodePlan(describe(node), NO_FAMILY, node, precision)
+
+    def rewrite(self, plan: _NodePlan, ctx: PassContext) -> str:
+        node, precision, storage = plan.node, plan.precision, ctx.survey
+        for k, x in enumerate(list(node.inputs)):
+            stored = storage.types.get(id(x))
+            if stored is None or id(x) in storage.exempt:
+                continue
+            if x in ctx.graph.inputs:
+                x.dtype = _np(stored)
+            if isinstance(x, gs.Constant) and stored == self.half and _is_float32(x):
+                x.values = np.asarray(x.values).astype(_np(self.half))
+            if stored != precision:
+                set_input(node, k, self._cast(x, precision, ctx))
+        if precision == FLOAT:
+            return f"kept in float32: {self.kept[describe(node)].reason}"
+        self._attributes(node)
+        for o in node.outputs:
+            if storage.types.get(id(o)) == self.half:
+                o.dtype = _np(self.half)
+                if o in ctx.outputs and self.keep_io_types:
+                    self._float_output(node, o, ctx)
+        return f"in {'fp16' if self.half == TensorProto.FLOAT16 else 'bf16'}"
+
+    def _attributes(self, node: gs.Node) -> None:
+        """Float32 named in a half node's attributes is the half type there."""
+        half = self.half
+        for key, value in list(node.attrs.items()):
+            if (node.op == "Cast" and key == "to" and value == FLOAT) or (key == "dtype" and value == FLOAT):
+                node.attrs[key] = half
+            elif isinstance(value, gs.Constant) and _is_float32(value):
+                node.attrs[key] = gs.Constant(value.name, np.asarray(value.values).astype(_np(half)))
+            elif isinstance(value, np.ndarray) and value.dtype == np.float32:
+                node.attrs[key] = value.astype(_np(half))
+        if node.op in _WITH_STASH:
+            node.attrs["stash_type"] = 1
+
+    def _cast(self, x: gs.Tensor, to: int, ctx: PassContext) -> gs.Tensor:
+        """``x`` as ``to``: one Cast per tensor and type, shared by every reader."""
+        key = (id(x), to)
+        if key not in ctx.memo:
+            out = gs.Variable(ctx.fresh(f"{x.name}__as_{'fp32' if to == FLOAT else 'half'}"), dtype=_np(to))
+            ctx.add_node(gs.Node("Cast", name=ctx.fresh(f"{out.name}_cast"), attrs={"to": to}, inputs=[x],
+                                 outputs=[out]))  # fmt: skip
+            ctx.memo[key] = out
+        return ctx.memo[key]
+
+    def _float_output(self, node: gs.Node, o: gs.Tensor, ctx: PassContext) -> None:
+        """A graph output stays float32 under keep_io_types: the node writes ``<name>__half``, a Cast the output."""
+        inner = gs.Variable(ctx.fresh(f"{o.name}__half"), dtype=o.dtype, shape=o.shape)
+        set_outputs(node, *[inner if t is o else t for t in node.outputs])
+        redirect(o, inner)
+        o.dtype = np.float32
+        ctx.add_node(gs.Node("Cast", name=ctx.fresh(f"{o.name}__output_cast"), attrs={"to": FLOAT}, inputs=[inner],
+                             outputs=[o]))  # fmt: skip
+
+
+def _np(dtype: int) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype))
+
+
+@dataclass(frozen=True)
+class _RoundTrip(NodePlan):
+    source: gs.Tensor
+
+
+class CastRoundTrips:
+    """``Cast(Cast(x, to=float32), to=half)`` of a half x made by a Cast is x (see the module docstring)."""
+
+    name = "cast-round-trips"
+    ops = ("Cast",)
+
+    def match(self, node: gs.Node, ctx: PassContext) -> gs.Node | None:
+        middle = node.inputs[0]
+        first = middle.inputs[0] if middle.inputs else None
+        if first is None or first.op != "Cast" or first.attrs.get("to") != FLOAT:
+            return None
+        before = first.inputs[0].inputs[0] if first.inputs[0].inputs else None
+        to = node.attrs.get("to")
+        if to not in HALF_MAX or before is None or before.op != "Cast" or before.attrs.get("to") != to:
+            return None
+        return node
+
+    def check(self, node: gs.Node, ctx: PassContext) -> _RoundTrip | None:
+        middle = node.inputs[0]
+        if len(middle.outputs) != 1 or middle in ctx.outputs or node.outputs[0] in ctx.outputs:
+            return None
+        return _RoundTrip(describe(node), NO_FAMILY, node, middle.inputs[0].inputs[0])
+
+    def rewrite(self, plan: _RoundTrip, ctx: PassContext) -> str:
+        first = plan.node.inputs[0].inputs[0]
+        bypass(plan.node, plan.source)
+        bypass(first, plan.source)
+        return "float32 round trip removed"

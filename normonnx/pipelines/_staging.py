@@ -18,8 +18,8 @@ from typing import Any
 import onnx
 
 from normonnx.graph.modelio import save_model, staged_save
-from normonnx.validate.bisect import Bisection, bisect
-from normonnx.validate.parity import ParityResult
+from normonnx.results import Bisection, ParityResult
+from normonnx.validate.bisect import bisect
 from normonnx.validate.verify import verify_parity
 
 log = logging.getLogger(__name__)

@@ -20,69 +20,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from normonnx.errors import EXIT_OK, EXIT_UNUSABLE_INPUT, EXIT_VERIFY_FAILED, NormonnxError, first_line
-from normonnx.reports.schema import SCHEMA_VERSION
+from normonnx.results import BatchReport, FileResult
 
 log = logging.getLogger(__name__)
 MODEL_SUFFIX = ".onnx"
-
-
-@dataclass
-class FileResult:
-    """One file of a many-file run: what happened to it, in a row of the summary."""
-
-    source: str
-    output: str | None
-    verdict: str  # PASSED, FAILED (parity), ERROR (unusable input), DONE (not verified)
-    exit_code: int
-    nodes_before: int | None = None
-    nodes_after: int | None = None
-    folded: int | None = None
-    kept: int | None = None
-    max_error: float | None = None
-    seconds: float = 0.0
-    message: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class BatchReport:
-    command: str
-    output_dir: str
-    jobs: int
-    results: list[FileResult] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every file passed; 2 when any was unusable; else 1 when any failed its check."""
-        codes = {r.exit_code for r in self.results}
-        if EXIT_UNUSABLE_INPUT in codes:
-            return EXIT_UNUSABLE_INPUT
-        return EXIT_VERIFY_FAILED if EXIT_VERIFY_FAILED in codes else EXIT_OK
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.results:
-            out[r.verdict] = out.get(r.verdict, 0) + 1
-        return out
-
-    def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA_VERSION,
-            "command": self.command,
-            "output_dir": self.output_dir,
-            "jobs": self.jobs,
-            "exit_code": self.exit_code,
-            "counts": self.counts(),
-            "seconds": round(self.seconds, 3),
-            "files": [r.to_dict() for r in self.results],
-        }
 
 
 def collect(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[tuple[Path, Path]]:
@@ -197,12 +141,12 @@ def check_one(
     """``normonnx check CANDIDATE --against REFERENCE`` as one row; its JSON report goes to ``report_path``."""
 
     def work() -> FileResult:
-        from normonnx.fileio import write_json_atomic
-        from normonnx.validate.check import check
+        from normonnx.pipelines.check import check
+        from normonnx.reports.folder import write_document
 
         report = check(candidate, against=reference, isolated=isolated, **options)
         if report_path:
-            write_json_atomic(report_path, report.to_dict())
+            write_document(report_path, report)
         code = EXIT_OK if report.passed else EXIT_VERIFY_FAILED
         worst = report.parity.worst()
         return FileResult(

@@ -16,115 +16,28 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from normonnx.errors import OutputError, UnusableInputError
 from normonnx.pipelines.export import DEFAULT_OPSET, export_module, parity_at_two_sizes
-from normonnx.pipelines.fold import NormStatus
-from normonnx.reports.schema import SCHEMA_VERSION
-from normonnx.validate.latency import LatencyStats
-from normonnx.validate.parity import ParityResult
+from normonnx.results import ConvertReport
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
 
-@dataclass
-class ConvertReport:
-    name: str
-    spec: str
-    checkpoint: str | None
-    opset: int
-    style: str
-    exporter: str = ""
-    layers: dict[str, int] = field(default_factory=dict)  # normalization layers of the torch model
-    norms: list[NormStatus] = field(default_factory=list)  # what the fold found in the export, and did
-    forms_after: dict[str, int] = field(default_factory=dict)  # normalizations left in the deployed model
-    parity: ParityResult | None = None
-    parity_resized: ParityResult | None = None  # dynamic axes at a second size
-    top1: float | None = None
-    top1_samples: int = 0
-    latency: dict[str, LatencyStats] = field(default_factory=dict)
-    speedup: float | None = None  # unfolded time / folded time, median of per-round ratios
-    speedup_spread: tuple[float, float] | None = None
-    floor_ratio: float | None = None  # folded time / no-normalization time (1.0 = at the floor)
-    floor_spread: tuple[float, float] | None = None
-    files: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def folded(self) -> int:
-        """Normalizations normonnx folded (the exporter may have folded others before)."""
-        return sum(n.folded for n in self.norms)
-
-    @property
-    def layer_count(self) -> int:
-        return sum(self.layers.values())
-
-    @property
-    def left(self) -> int:
-        return sum(self.forms_after.values())
-
-    @property
-    def passed(self) -> bool:
-        resized_ok = self.parity_resized is None or self.parity_resized.passed
-        return bool(self.parity and self.parity.passed) and resized_ok and (self.top1 is None or self.top1 == 1.0)
-
-    @property
-    def max_error(self) -> float | None:
-        worst = self.parity.worst() if self.parity else None
-        return None if worst is None else worst.max_abs
-
-    def layer_summary(self) -> str:
-        return ", ".join(f"{k} {v}" for k, v in self.layers.items()) or "none"
-
-    def kept_forms(self) -> str:
-        return ", ".join(f"{k} {v}" for k, v in sorted(self.forms_after.items())) or "none"
-
-    def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA_VERSION,
-            "name": self.name,
-            "spec": self.spec,
-            "checkpoint": self.checkpoint,
-            "opset": self.opset,
-            "style": self.style,
-            "exporter": self.exporter,
-            "passed": self.passed,
-            "layers": self.layers,
-            "normalizations": [asdict(n) for n in self.norms],
-            "found_in_export": len(self.norms),
-            "folded_by_normonnx": self.folded,
-            "left_in_model": self.left,
-            "forms_after": self.forms_after,
-            "parity": self.parity.to_dict() if self.parity else None,
-            "parity_resized": self.parity_resized.to_dict() if self.parity_resized else None,
-            "max_error": self.max_error,
-            "top1_agreement": self.top1,
-            "top1_samples": self.top1_samples,
-            "latency_ms": {k: v.median_ms for k, v in self.latency.items()},
-            "speedup_vs_unfolded": self.speedup,
-            "speedup_spread": self.speedup_spread,
-            "floor_ratio": self.floor_ratio,
-            "floor_spread": self.floor_spread,
-            "files": self.files,
-            "seconds": round(self.seconds, 2),
-            "notes": self.notes,
-        }
-
-
 def top1_agreement(module, model_path: str | os.PathLike, data: np.ndarray, batch: int = 250) -> float:
     """Share of predictions (argmax over axis 1: per sample, or per pixel) on which torch and ONNX agree."""
     import torch
 
-    from normonnx.isolation import call_isolated
+    from normonnx.validate.runner import SessionConfig
+    from normonnx.validate.runners import RunOptions
 
-    predictions, step, fixed = call_isolated(onnx_top1, str(model_path), data, batch, label=str(model_path))
+    deployed = RunOptions().runner(str(model_path), SessionConfig(optimize=True), label=str(model_path))
+    predictions, step, fixed = deployed.class_predictions(data, batch)
     agree = total = 0
     with torch.no_grad():
         for k, start in enumerate(range(0, len(data), step)):
@@ -137,24 +50,6 @@ def top1_agreement(module, model_path: str | os.PathLike, data: np.ndarray, batc
     if not total:
         raise UnusableInputError("the held-out data holds no complete batch for this model's input")
     return agree / total
-
-
-def onnx_top1(model_path: str, data: np.ndarray, batch: int) -> tuple[list[np.ndarray], int, bool]:
-    """(argmax over axis 1 per batch, the batch size used, whether the model fixes it); runs in a child."""
-    from normonnx.validate.runner import SessionConfig, session
-
-    sess = session(model_path, SessionConfig(optimize=True))
-    name = sess.get_inputs()[0].name
-    fixed = sess.get_inputs()[0].shape[0]
-    static = isinstance(fixed, int) and fixed > 0
-    step = fixed if static else batch
-    predictions = []
-    for start in range(0, len(data), step):
-        chunk = data[start : start + step]
-        if len(chunk) != step and static:
-            break
-        predictions.append(np.asarray(sess.run(None, {name: chunk})[0]).argmax(axis=1))
-    return predictions, step, static
 
 
 def load_data(path: str | os.PathLike) -> np.ndarray:
@@ -290,18 +185,19 @@ def _remove_partial(out: Path, files, created: bool) -> None:
 
 def _bench(report: ConvertReport, models: dict[str, Path], runs: int) -> None:
     from normonnx.graph.modelio import load_model
-    from normonnx.isolation import call_isolated
     from normonnx.validate.inputs import input_specs, random_inputs
-    from normonnx.validate.latency import measure, speedup
+    from normonnx.validate.latency import speedup
+    from normonnx.validate.runner import SessionConfig
+    from normonnx.validate.runners import RunOptions, measure_interleaved
 
     feeds = random_inputs(input_specs(load_model(models["folded"], load_weights=False)), 0)
     per_model = []  # the same values, in each model's input types (an fp16 model takes fp16)
     for path in models.values():
         types = {s.name: s.dtype for s in input_specs(load_model(path, load_weights=False))}
         per_model.append({k: v.astype(types.get(k, v.dtype)) for k, v in feeds.items()})
-    stats = call_isolated(
-        measure, {k: str(v) for k, v in models.items()}, per_model, runs=runs, warmup=5, label=f"bench {report.name}"
-    )
+    deployed = SessionConfig(optimize=True, spin=False)  # spinning threads would steal the other model's cores
+    runners = {k: RunOptions().runner(str(v), deployed, label=k) for k, v in models.items()}
+    stats = measure_interleaved(runners, per_model, runs=runs, warmup=5, label=f"bench {report.name}")
     report.latency = stats
     sp = speedup(stats, "unfolded", "folded")
     report.speedup, report.speedup_spread = sp.median, (sp.p10, sp.p90)

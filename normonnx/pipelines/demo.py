@@ -12,10 +12,11 @@ import os
 from pathlib import Path
 
 from normonnx.errors import NormonnxError, OutputError, UnusableInputError
-from normonnx.pipelines.convert import ConvertReport, convert
+from normonnx.pipelines.convert import convert
 from normonnx.reports.folder import write_demo_report
 from normonnx.reports.progress import Progress
 from normonnx.reports.text import render_demo
+from normonnx.results import ConvertReport
 from normonnx.torchfront import require_torch
 
 log = logging.getLogger(__name__)

@@ -19,21 +19,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import onnx
 
 from normonnx.errors import UnusableInputError
 from normonnx.families import BY_KEY, WITH_OP, is_default_domain, op_available
-from normonnx.graph.bridge import model_and_name, prepare_graph, to_model
+from normonnx.graph.bridge import model_and_name, prepare_graph
 from normonnx.graph.opsets import OLDEST_RUNNABLE_OPSET, OpsetError, convert_opset, default_opset, runnable_copy
-from normonnx.passes._base import Decision, FoldOptions, PassContext, Pipeline
+from normonnx.passes.manager import Pipeline
 from normonnx.passes.registry import lower_pipeline, raise_pipeline
+from normonnx.passes.rules import FoldOptions
 from normonnx.recognize.scan import scan, summarize
-from normonnx.reports.schema import SCHEMA_VERSION
-from normonnx.validate.bisect import Bisection
-from normonnx.validate.parity import ParityResult
+from normonnx.results import Decision, EmitReport
 
 log = logging.getLogger(__name__)
 STYLES = ("auto", "op", "decomposed")
@@ -63,58 +61,12 @@ def planned_form(family: str, opset: int, style: str) -> str:
     return BY_KEY[family].auto_form
 
 
-@dataclass
-class EmitReport:
-    source: str
-    source_opset: int
-    opset: int
-    style: str
-    forms: dict[str, str]
-    norms_before: dict[str, int]
-    norms_after: dict[str, int]
-    decisions: list[Decision] = field(default_factory=list)
-    parity: ParityResult | None = None
-    seconds: float = 0.0
-    output: str | None = None
-    nodes_before: int = 0
-    nodes_after: int = 0
-    notes: list[str] = field(default_factory=list)
-    bisection: Bisection | None = None  # when the full emit failed parity: the rewrite left undone
-
-    @property
-    def refused(self) -> list[Decision]:
-        done = {d.node for d in self.decisions if d.folded}
-        return [d for d in self.decisions if not d.folded and d.node not in done]
-
-    def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA_VERSION,
-            "source": self.source,
-            "output": self.output,
-            "source_opset": self.source_opset,
-            "opset": self.opset,
-            "style": self.style,
-            "forms": self.forms,
-            "before": self.norms_before,
-            "after": self.norms_after,
-            "nodes_before": self.nodes_before,
-            "nodes_after": self.nodes_after,
-            "refused": [asdict(d) for d in self.refused],
-            "parity": self.parity.to_dict() if self.parity else None,
-            "seconds": round(self.seconds, 4),
-            "notes": self.notes,
-            "bisection": self.bisection.to_dict() if self.bisection else None,
-        }
-
-
 def _run(
     model: onnx.ModelProto, pipeline: Pipeline, decisions: list[Decision], undone: frozenset[str]
 ) -> onnx.ModelProto:
-    graph = prepare_graph(model, always_infer=True)
-    ctx = PassContext(graph, FoldOptions(undone=undone))
-    pipeline.run(ctx)
-    decisions.extend(ctx.decisions)
-    return to_model(graph, model, sort=True)
+    outcome = pipeline.apply(model, FoldOptions(undone=undone), always_infer=True, sort=True)
+    decisions.extend(outcome.decisions)
+    return outcome.model
 
 
 def _ops_in(model: onnx.ModelProto) -> set[str]:

@@ -12,18 +12,13 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import onnx
 
 from normonnx.errors import ExportError
-from normonnx.graph.bridge import prepare_graph, to_model
-from normonnx.passes._base import PassContext
 from normonnx.passes.registry import constants_pipeline
-from normonnx.pipelines.emit import EmitReport, check_opset, check_style, emit
-from normonnx.reports.schema import SCHEMA_VERSION
-from normonnx.validate.parity import ParityResult
+from normonnx.pipelines.emit import check_opset, check_style, emit
+from normonnx.results import ExportReport
 from normonnx.validate.torch_reference import torch_parity
 
 log = logging.getLogger(__name__)
@@ -31,47 +26,9 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
 
 
-@dataclass
-class ExportReport:
-    factory: str
-    exporter: str
-    emit: EmitReport
-    parity: ParityResult | None = None
-    output: str | None = None
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    dynamic: dict[str, dict[int, str]] = field(default_factory=dict)  # input -> {axis: dim name}
-    parity_resized: ParityResult | None = None  # with the dynamic axes at a second size
-    resized_shapes: list[list[int]] = field(default_factory=list)
-
-    half: Any = None  # the HalfReport of --precision
-
-    @property
-    def passed(self) -> bool:
-        checks = [p for p in (self.parity, self.parity_resized) if p is not None]
-        return all(p.passed for p in checks) and (self.half is None or self.half.passed)
-
-    def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA_VERSION,
-            "factory": self.factory,
-            "exporter": self.exporter,
-            "output": self.output,
-            "emit": self.emit.to_dict(),
-            "half": self.half.to_dict() if self.half is not None else None,
-            "parity": self.parity.to_dict() if self.parity else None,
-            "dynamic": {k: {str(a): d for a, d in v.items()} for k, v in self.dynamic.items()},
-            "parity_resized": self.parity_resized.to_dict() if self.parity_resized else None,
-            "resized_shapes": self.resized_shapes,
-            "seconds": round(self.seconds, 4),
-        }
-
-
 def fold_weight_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Only the constant folding of fold: emission keeps every normalization, folding is ``fold``'s job."""
-    graph = prepare_graph(model)
-    constants_pipeline().run(PassContext(graph))
-    return to_model(graph, model, sort=False)
+    return constants_pipeline().apply(model, sort=False).model
 
 
 def export_module(

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -21,88 +21,21 @@ import onnx_graphsurgeon as gs
 
 from normonnx.families import BY_KEY, ONNXRUNTIME_NOTE, is_default_domain
 from normonnx.graph import external
-from normonnx.graph.access import bodies
 from normonnx.graph.bridge import (
     graph_constant_bytes,
     model_and_name,
     prepare_graph,
-    to_model,
     without_initializer_inputs,
 )
-from normonnx.graph.modelio import load_model, tensor_bytes
+from normonnx.graph.modelio import absolutize, load_model, tensor_bytes
 from normonnx.graph.opsets import OLDEST_RUNNABLE_OPSET, default_opset, runnable_copy
-from normonnx.passes._base import Decision, FoldOptions, PassContext, RulePass
-from normonnx.passes.fold_constants import FoldConstants
 from normonnx.passes.registry import fold_pipeline
+from normonnx.passes.rules import NO_FAMILY, FoldOptions
 from normonnx.recognize.scan import SUBGRAPH_NOTE, Found, scan, summarize
-from normonnx.reports.schema import SCHEMA_VERSION
-from normonnx.validate.bisect import Bisection
-from normonnx.validate.parity import ParityResult
+from normonnx.results import Decision, FoldReport, GraphStats, NormStatus
 from normonnx.validate.verify import verify_parity
 
 log = logging.getLogger(__name__)
-# Shape inference again after folding shape arithmetic, at most this many times.
-MAX_REINFERENCE_ROUNDS = 16
-
-
-@dataclass
-class NormStatus:
-    family: str
-    form: str
-    anchor: str
-    detail: str
-    folded: bool
-    why: str  # where it went, or every reason it stayed
-
-
-@dataclass
-class GraphStats:
-    nodes: int
-    ops: dict[str, int]
-    norms: dict[str, int]
-    tensor_bytes: int
-
-
-@dataclass
-class FoldReport:
-    source: str
-    before: GraphStats
-    after: GraphStats
-    norms: list[NormStatus] = field(default_factory=list)
-    rewrites: dict[str, int] = field(default_factory=dict)
-    decisions: list[Decision] = field(default_factory=list)
-    seconds: float = 0.0
-    parity: ParityResult | None = None
-    output: str | None = None
-    stale_files: list[str] = field(default_factory=list)  # weights the replaced output used; never deleted
-    notes: list[str] = field(default_factory=list)  # e.g. a fixpoint that did not converge
-    bisection: Bisection | None = None  # when the full fold failed parity: the rewrite left undone
-
-    @property
-    def folded(self) -> list[NormStatus]:
-        return [n for n in self.norms if n.folded]
-
-    @property
-    def kept(self) -> list[NormStatus]:
-        return [n for n in self.norms if not n.folded]
-
-    def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA_VERSION,
-            "source": self.source,
-            "output": self.output,
-            "before": asdict(self.before),
-            "after": asdict(self.after),
-            "folded": len(self.folded),
-            "kept": len(self.kept),
-            "normalizations": [asdict(n) for n in self.norms],
-            "rewrites": self.rewrites,
-            "seconds": round(self.seconds, 4),
-            "parity": self.parity.to_dict() if self.parity else None,
-            "stale_files": self.stale_files,
-            "notes": self.notes,
-            "bisection": self.bisection.to_dict() if self.bisection else None,
-        }
 
 
 def statuses(found: list[Found], decisions: list[Decision]) -> list[NormStatus]:
@@ -110,6 +43,8 @@ def statuses(found: list[Found], decisions: list[Decision]) -> list[NormStatus]:
     folded: dict[str, Decision] = {}
     reasons: dict[str, list[str]] = {}
     for d in decisions:
+        if d.family == NO_FAMILY:  # a simplification's rewrite: no normalization's verdict
+            continue
         if d.folded:
             folded.setdefault(d.node, d)
         else:
@@ -146,19 +81,6 @@ def _default_reason(f: Found) -> str:
     if fam.foldable:
         return "no Conv/ConvTranspose/Gemm/MatMul next to it to fold into"
     return fam.fold_note
-
-
-def _fold_bodies(graph: gs.Graph, options: FoldOptions, parent: PassContext) -> int:
-    """The same pipeline inside every If/Loop/Scan body, innermost last (silero's recurrent bodies hold
-    shape arithmetic and Ifs whose conditions are constant there); a body's outputs stay as they are."""
-    done = 0
-    for body in bodies(graph):
-        body.opset = body.opset or graph.opset
-        ctx = PassContext(body, options, decisions=parent.decisions, store=parent.store)
-        done += sum(fold_pipeline(options).run(ctx).rewrites.values())
-        if ctx.nodes_added:
-            body.toposort()
-    return done
 
 
 def _unknown_ops(graph: gs.Graph) -> str:
@@ -213,28 +135,9 @@ def fold(
     graph = prepare_graph(proto)
     found = scan(graph)
     before = _stats(graph, found, tensor_bytes(proto))
-    ctx = PassContext(graph, options, store=store)
-    ran = fold_pipeline(options).run(ctx)
-    in_bodies = _fold_bodies(graph, options, ctx)
-    # Folds only remove nodes or rewire in place, which keeps a sorted graph
-    # sorted; nodes a pass appended need the sort.
-    out = to_model(graph, proto, sort=ctx.nodes_added > 0 or in_bodies > 0)
-    rewrites, notes = dict(ran.rewrites), [*notes_first, *([ran.note] if ran.note else [])]
-    if in_bodies:
-        rewrites["in If/Loop/Scan bodies"] = in_bodies
-    for _ in range(MAX_REINFERENCE_ROUNDS):
-        # A folded Shape can make the next tensor's shape inferable (TorchScript's GroupNorm reshapes):
-        # infer shapes again and fold on, so that one run leaves nothing for the next.
-        if not ran.rewrites.get(FoldConstants.name) or not any(n.op in ("Shape", "Size") for n in graph.nodes):
-            break
-        graph = prepare_graph(out, always_infer=True)
-        ctx = PassContext(graph, options, decisions=ctx.decisions, store=store)
-        ran = fold_pipeline(options).run(ctx)
-        if not any(ran.rewrites.values()):
-            break
-        rewrites = {k: rewrites.get(k, 0) + v for k, v in ran.rewrites.items()}
-        notes += [ran.note] if ran.note else []
-        out = to_model(graph, proto, sort=ctx.nodes_added > 0)
+    outcome = fold_pipeline(options).apply(proto, options, graph=graph, store=store)
+    out, graph = outcome.model, outcome.graph
+    rewrites, notes = outcome.rewrites, [*notes_first, *outcome.notes]
     unknown = _unknown_ops(graph)
     if unknown:
         notes.append(f"left as they are, ops normonnx does not know: {unknown}")
@@ -243,10 +146,10 @@ def fold(
         source=source,
         before=before,
         after=after,
-        norms=statuses(found, ctx.decisions),
+        norms=statuses(found, outcome.decisions),
         rewrites=rewrites,
         notes=notes,
-        decisions=ctx.decisions,
+        decisions=outcome.decisions,
     )
     if verify:
         report.parity = verify_parity(proto, out, shapes=shapes)
@@ -279,7 +182,7 @@ def fold_file(
     proto = load_model(src, load_weights=False)
     store = None
     if has_external_data(proto):
-        external.absolutize(proto, src)
+        absolutize(proto, src)
         store = external.SpillStore(dst)
     try:
         log.info("%s: folding %d nodes", src, len(proto.graph.node))
@@ -299,16 +202,9 @@ def fold_file(
     return report
 
 
-def _rewrites(report: FoldReport, options: FoldOptions) -> list[str]:
-    """What a fold did, as bisection varies it: each rule rewrite by its anchor, each simplification pass
-    that changed something by its name."""
-    rules = {p.name for stage in fold_pipeline(options).stages for p in stage.passes if isinstance(p, RulePass)}
-    anchors = [d.node for d in report.decisions if d.folded]
-    passes = [name for name, n in report.rewrites.items() if n and name not in rules and name in _PASS_NAMES]
-    return list(dict.fromkeys([*anchors, *passes]))
-
-
-_PASS_NAMES = frozenset(fold_pipeline(FoldOptions(fold_norm_affine=True)).names)
+def _rewrites(report: FoldReport) -> list[str]:
+    """What a fold did, as bisection varies it: every rewrite, by its anchor node."""
+    return list(dict.fromkeys(d.node for d in report.decisions if d.folded))
 
 
 def _without_the_rewrite_at_fault(proto, src, dst, options, failed: FoldReport, shapes, isolated, older) -> FoldReport:
@@ -324,7 +220,7 @@ def _without_the_rewrite_at_fault(proto, src, dst, options, failed: FoldReport, 
         return model, report
 
     return deliver_without_the_rewrite_at_fault(
-        "fold rewrites", failed, _rewrites(failed, options), fold_without,
+        "fold rewrites", failed, _rewrites(failed), fold_without,
         lambda culprit, r: f"folded {len(r.folded)}/{len(r.norms)}; {culprit} kept: folding it broke parity",
         src, dst, shapes=shapes, isolated=isolated, reference=older, reference_proto=proto,
     )  # fmt: skip

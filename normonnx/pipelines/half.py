@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,62 +29,21 @@ from normonnx.graph.bridge import model_and_name, prepare_graph
 from normonnx.graph.modelio import iter_nodes, load_model, staged_save
 from normonnx.graph.opsets import OpsetError, convert_opset, default_opset, runnable_copy
 from normonnx.graph.precision import with_float_type
-from normonnx.isolation import call_isolated
-from normonnx.passes._base import FoldOptions
-from normonnx.passes.to_half import KeptFloat32, convert, plan_float32
+from normonnx.passes import FoldOptions
+from normonnx.passes.registry import half_pipeline
+from normonnx.passes.to_half import plan_float32
 from normonnx.pipelines.fold import fold
-from normonnx.reports.schema import SCHEMA_VERSION
-from normonnx.validate import execute
-from normonnx.validate.faithful import faithful_outputs
+from normonnx.results import HalfReport
 from normonnx.validate.inputs import input_specs, load_npz
-from normonnx.validate.parity import FAITHFUL_GATE, ParityResult, compare, limit_by_baseline
+from normonnx.validate.parity import FAITHFUL_GATE, compare, limit_by_baseline
 from normonnx.validate.probe import probe_shapes, probed_feeds
-from normonnx.validate.runner import SessionConfig
+from normonnx.validate.runners import RunOptions
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 BASELINE_FACTOR = 2.0
 BF16_OPSET = 22  # the first opset whose Conv and pooling take bfloat16
 BF16_CAST_OPSET = 13  # the first whose Cast does
-
-
-@dataclass
-class HalfReport:
-    source: str
-    dtype: str
-    keep_io_types: bool
-    kept: list[KeptFloat32] = field(default_factory=list)
-    weight_bytes_half: float = 0.0  # share of weight bytes stored in the half type
-    linear_ops_half: tuple[int, int] = (0, 0)  # (in half, all) Conv/ConvTranspose/MatMul/Gemm
-    calibration: str = ""
-    evaluator: str = "half-faithful (float32 inside every op, every half tensor rounded)"
-    parity: ParityResult | None = None
-    plain_cast: ParityResult | None = None
-    output: str | None = None
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        return self.parity is not None and self.parity.passed
-
-    def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA_VERSION,
-            "source": self.source,
-            "output": self.output,
-            "dtype": self.dtype,
-            "keep_io_types": self.keep_io_types,
-            "kept_float32": [asdict(k) for k in self.kept],
-            "weight_bytes_half": round(self.weight_bytes_half, 4),
-            "linear_ops_half": list(self.linear_ops_half),
-            "calibration": self.calibration,
-            "evaluator": self.evaluator,
-            "parity": self.parity.to_dict() if self.parity else None,
-            "plain_cast": self.plain_cast.to_dict() if self.plain_cast else None,
-            "notes": self.notes,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 def _named(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -194,30 +153,29 @@ def _converted(proto, folded, source, dtype, half, keep_io_types, inputs_npz, sh
     report = HalfReport(source, dtype, keep_io_types)
     folded = _named(folded)
     specs = input_specs(folded)
+    options = RunOptions(timeout=timeout)  # every onnxruntime run of half in a child process
+    folded_runner = options.runner(folded.SerializeToString(), label=source)
     if inputs_npz:
         feeds = load_npz(inputs_npz, specs)
         report.calibration = f"float32 run on {inputs_npz}"
     else:
-        probed = probe_shapes(folded, folded.SerializeToString(), shapes, label=source, timeout=timeout)
+        probed = probe_shapes(folded, folded_runner, shapes)
         feeds = probed_feeds(specs, probed, samples)
         report.calibration = f"float32 run on {samples} seeded input sets at {probed.describe()}"
     names = [o for n in folded.graph.node for o in n.output if o]
-    ranges = call_isolated(
-        execute.tensor_ranges, folded.SerializeToString(), feeds, names, SessionConfig(), label="calibration",
-        timeout=timeout,
-    )  # fmt: skip
-    kept = plan_float32(prepare_graph(folded, always_infer=True), ranges, half)
-    out = convert(_named(folded), kept, half, keep_io_types)  # checked as it is written (contrib ops too)
+    ranges = folded_runner.derived(label="calibration").ranges(feeds, names)
+    graph = prepare_graph(folded, always_infer=True)
+    kept = plan_float32(graph, ranges, half)
+    out = half_pipeline(kept, half, keep_io_types).apply(folded, graph=graph, sort=True).model
     report.kept = sorted(kept.values(), key=lambda k: k.node)
     shares = precision_shares(out, half)
     report.weight_bytes_half, report.linear_ops_half = shares.weight_bytes, shares.linear_ops
-    refs = call_isolated(execute.run_outputs, proto.SerializeToString(), feeds, SessionConfig(), label=source,
-                         timeout=timeout)  # fmt: skip
-    got = faithful_outputs(out, feeds, label="half-faithful run", timeout=timeout)
+    refs = options.runner(proto.SerializeToString(), label=source).infer(feeds)
+    got = options.faithful(out, label="half-faithful run").infer(feeds)
     report.parity = compare(refs, got, default=FAITHFUL_GATE)
     plain = with_float_type(proto, half)
     try:
-        plain_out = faithful_outputs(plain, feeds, label="plain cast", timeout=timeout)
+        plain_out = options.faithful(plain, label="plain cast").infer(feeds)
         report.plain_cast = compare(refs, plain_out, default=FAITHFUL_GATE)
     except Exception as e:
         report.notes.append(f"a plain cast of the model does not run ({str(e).splitlines()[0][:120]})")

@@ -9,37 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
 
 import onnx
 
 from normonnx.graph.bridge import model_and_name
-from normonnx.pipelines.fold import NormStatus, fold
-from normonnx.reports.schema import SCHEMA_VERSION
+from normonnx.pipelines.fold import fold
+from normonnx.results import Inspection
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Inspection:
-    source: str
-    ir_version: int
-    opsets: dict[str, int]
-    producer: str
-    nodes: int
-    norms: list[NormStatus] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA_VERSION,
-            "source": self.source,
-            "ir_version": self.ir_version,
-            "opsets": self.opsets,
-            "producer": self.producer,
-            "nodes": self.nodes,
-            "normalizations": [asdict(n) for n in self.norms],
-            "foldable": sum(n.folded for n in self.norms),
-        }
 
 
 def inspect_model(model: onnx.ModelProto | str | os.PathLike) -> Inspection:

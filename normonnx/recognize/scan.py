@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from normonnx.families import BY_OP, LINEAR_OPS, is_default_domain, onnxruntime_norm_family
@@ -26,6 +25,7 @@ from normonnx.graph.access import (
     op_is,
     producer,
 )
+from normonnx.recognize.affine import is_channel_constant
 from normonnx.recognize.classify import classify, instancenorm_view
 from normonnx.recognize.moments import following_affine, match_core, match_shifted
 
@@ -81,16 +81,6 @@ def weight_family(nodes: list[gs.Node], opset: int) -> str | None:
     if ops & {"ReduceL2", "ReduceSumSquare", "LpNormalization"} or {"Pow", "ReduceSum", "Sqrt"} <= ops:
         return "weightnorm"
     return None
-
-
-def _channel_const(value: np.ndarray | None) -> bool:
-    return (
-        value is not None
-        and value.dtype.kind == "f"
-        and value.ndim >= 2
-        and value.size > 1
-        and (sum(d != 1 for d in value.shape) == 1)
-    )
 
 
 def scan(graph: gs.Graph) -> list[Found]:
@@ -161,11 +151,11 @@ def scan(graph: gs.Graph) -> list[Found]:
         if id(node) in claimed or not op_is(node, "Mul") or len(node.inputs) != 2:
             continue
         consts = [constant_value(t) for t in node.inputs]
-        if sum(c is not None for c in consts) != 1 or not _channel_const(next(c for c in consts if c is not None)):
+        if sum(c is not None for c in consts) != 1 or not is_channel_constant(next(c for c in consts if c is not None)):
             continue
         out = node.outputs[0]
         user = out.outputs[0] if len(out.outputs) == 1 else None
-        if not op_is(user, "Add") or not any(_channel_const(constant_value(t)) for t in user.inputs):
+        if not op_is(user, "Add") or not any(is_channel_constant(constant_value(t)) for t in user.inputs):
             continue
         claimed.update((id(node), id(user)))
         found.append(

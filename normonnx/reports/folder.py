@@ -1,4 +1,5 @@
-"""Report folders a reviewer can paste: report.md, report.json and PNG plots side by side.
+"""Every report file normonnx writes: report folders a reviewer can paste (report.md, report.json and PNG
+plots side by side), a many-file run's summary.json, and one report's JSON document.
 
 Without matplotlib the markdown and JSON are still written and the markdown
 says the plots are missing.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from normonnx.errors import OutputError
 from normonnx.fileio import write_json_atomic, write_text_atomic
@@ -20,12 +20,7 @@ from normonnx.reports.plots import (
     plot_output_errors,
     plot_stats,
 )
-from normonnx.reports.schema import SCHEMA_VERSION
-
-if TYPE_CHECKING:
-    from normonnx.pipelines.convert import ConvertReport
-    from normonnx.validate.benchmark import BenchReport
-    from normonnx.validate.check import CheckReport
+from normonnx.results import BatchReport, BenchReport, CheckReport, ConvertReport, DemoReport, Report
 
 
 def _folder(folder: str | os.PathLike) -> Path:
@@ -63,6 +58,7 @@ def write_report(folder: str | os.PathLike, check: CheckReport | None = None, be
 
 
 def write_convert_report(folder: Path, r: ConvertReport) -> None:
+    """report.md, report.json and the latency plot of a convert run, beside the models it wrote."""
     plot_stats(r.latency, folder / "latency.png", f"{r.name}: ORT CPU latency")
     write_text_atomic(folder / "report.md", convert_markdown(r))
     write_json_atomic(folder / "report.json", r.to_dict())
@@ -73,6 +69,17 @@ def write_demo_report(
 ) -> None:
     folder = _folder(folder)
     write_text_atomic(folder / "report.md", demo_markdown(summary, reports, failures, opset, style))
-    data = {"schema": SCHEMA_VERSION, "opset": opset, "style": style}
-    write_json_atomic(folder / "report.json", data | {"models": [r.to_dict() for r in reports], "failures": failures})
+    write_json_atomic(folder / "report.json", DemoReport(opset, style, reports, failures).to_dict())
     plot_demo_summary(reports, folder / "summary.png")
+
+
+def write_summary(folder: str | os.PathLike, report: BatchReport) -> Path:
+    """OUTDIR/summary.json of a many-file run (the folder holds the outputs and any per-file reports)."""
+    path = Path(folder) / "summary.json"
+    write_json_atomic(path, report.to_dict())
+    return path
+
+
+def write_document(path: str | os.PathLike, report: Report) -> Path:
+    """One report's JSON document in a file: a many-file check's per-file report."""
+    return write_json_atomic(path, report.to_dict())

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from normonnx.reports.table import table
 from normonnx.reports.text import bisection_lines, convert_rows, localization_lines
-
-if TYPE_CHECKING:
-    from normonnx.pipelines.convert import ConvertReport
-    from normonnx.validate.benchmark import BenchReport
-    from normonnx.validate.check import CheckReport
+from normonnx.results import BenchReport, CheckReport, ConvertReport
 
 
 def check_markdown(report: CheckReport) -> str:

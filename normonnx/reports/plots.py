@@ -8,13 +8,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from normonnx.pipelines.convert import ConvertReport
-    from normonnx.validate.benchmark import BenchReport
-    from normonnx.validate.check import CheckReport
-    from normonnx.validate.latency import LatencyStats
+from normonnx.results import BenchReport, CheckReport, ConvertReport, LatencyStats
 
 
 def pyplot():

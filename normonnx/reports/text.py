@@ -1,25 +1,27 @@
 """What each command prints on a terminal: plain text, tables through ``reports.table``.
 
-Renderers take the report objects the pipelines return and never compute
+Renderers take the result objects (``normonnx.results``) and never compute
 anything the report does not hold, so ``--json`` and the terminal agree.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from normonnx.reports.table import human_bytes, table
-
-if TYPE_CHECKING:
-    from normonnx.pipelines.batch import BatchReport
-    from normonnx.pipelines.convert import ConvertReport
-    from normonnx.pipelines.emit import EmitReport
-    from normonnx.pipelines.export import ExportReport
-    from normonnx.pipelines.fold import FoldReport
-    from normonnx.pipelines.inspect import Inspection
-    from normonnx.validate.benchmark import BenchReport
-    from normonnx.validate.check import CheckReport
+from normonnx.results import (
+    BatchReport,
+    BenchReport,
+    Bisection,
+    CheckReport,
+    ConvertReport,
+    EmitReport,
+    ExportReport,
+    FoldReport,
+    HalfReport,
+    Inspection,
+    Localization,
+)
 
 
 def render_fold(report: FoldReport, max_rows: int = 40) -> str:
@@ -128,7 +130,7 @@ def render_check(report: CheckReport) -> str:
     return "\n".join(lines)
 
 
-def bisection_lines(b) -> list[str]:
+def bisection_lines(b: Bisection | None) -> list[str]:
     """Which transformation bisection blamed, and in how many runs."""
     if b is None:
         return []
@@ -137,7 +139,7 @@ def bisection_lines(b) -> list[str]:
     return [f"bisection over {len(b.candidates)} {b.kind}: none blamed ({b.note}; {b.runs} runs)"]
 
 
-def localization_lines(loc) -> list[str]:
+def localization_lines(loc: Localization | None) -> list[str]:
     """What localization found, in a few lines (shared by the text and markdown reports)."""
     if loc is None:
         return []
@@ -281,7 +283,7 @@ def render_demo(reports: list[ConvertReport], families: dict[str, tuple[str, ...
     return table(head, rows)
 
 
-def render_half(report) -> str:
+def render_half(report: HalfReport) -> str:
     halves, linear = report.linear_ops_half
     lines = [
         f"{report.dtype}: {report.weight_bytes_half:.1%} of weight bytes and {halves}/{linear} Conv/MatMul/Gemm"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from normonnx.errors import CheckpointError, first_line
 from normonnx.fileio import regular_file_size
+from normonnx.torchfront import export_extra_missing, missing_export_package
 
 MAX_CHECKPOINT_BYTES = 64 << 30
 MAX_SAFETENSORS_HEADER = 100 << 20
@@ -55,7 +56,13 @@ def _load_safetensors(path: Path, size: int) -> dict:
         raise _fail(
             path, f"safetensors header of {n} bytes is larger than the file or the {MAX_SAFETENSORS_HEADER} limit"
         )
-    from safetensors.torch import load_file
+    try:
+        from safetensors.torch import load_file
+    except ModuleNotFoundError as e:
+        missing = missing_export_package(e)
+        if not missing:
+            raise
+        raise export_extra_missing(missing, f"{path}: ") from None
 
     try:
         return load_file(str(path), device="cpu")

@@ -23,7 +23,7 @@ import onnx
 
 from normonnx.errors import ExportError, first_line
 from normonnx.graph.modelio import load_model
-from normonnx.torchfront import require_torch
+from normonnx.torchfront import export_extra_missing, missing_export_package, require_torch
 
 log = logging.getLogger(__name__)
 DYNAMO_MIN_OPSET = 18
@@ -39,6 +39,9 @@ def load_factory(spec: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # ImportError, or any error the module raises at import
+        missing = missing_export_package(e)
+        if missing:  # the user's module imports torch (or onnxscript, safetensors): the fix is normonnx's extra
+            raise export_extra_missing(missing, f"'{spec}': cannot import {module_name}: ") from None
         raise ExportError(f"'{spec}': cannot import {module_name} ({type(e).__name__}: {first_line(e)})") from None
     factory = module
     for part in attr.split("."):
@@ -240,6 +243,9 @@ def export_torch(module, inputs: tuple, opset: int, dynamic: Dynamic | None = No
                     )
                     exporter = f"torch.onnx TorchScript (opset {opset})"
         except Exception as e:  # torch raises many types; the first line says what failed
+            missing = missing_export_package(e)
+            if missing:  # the dynamo exporter imports onnxscript only when it runs
+                raise export_extra_missing(missing, f"torch could not export at opset {opset}: ") from None
             raise ExportError(
                 f"torch could not export at opset {opset}: {type(e).__name__}: {_cause(e)[:300]}"
             ) from None

@@ -10,19 +10,8 @@ inferred: at most log2(N) + 2. A failure that needs two of them together is repo
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 
-
-@dataclass
-class Bisection:
-    kind: str  # what was bisected: "onnxruntime graph transformers", "fold rewrites"
-    candidates: list[str]
-    culprit: str | None
-    runs: int
-    note: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from normonnx.results import Bisection
 
 
 def bisect(kind: str, candidates: Sequence[str], fails: Callable[[frozenset[str]], bool]) -> Bisection:

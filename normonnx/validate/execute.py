@@ -1,13 +1,15 @@
-"""What the isolated child process runs: sessions, feeds, outputs, timings.
+"""Every operation a runner performs on a model: sessions, feeds, outputs, intermediates, timings.
 
-Models travel to the child as validated paths, or as serialized bytes that
-hold no external-data reference; results come back as numpy arrays.
+``validate.runners`` calls these functions in this process or in an isolated child (functions
+travel to a child by reference, so this module is the one list of what a child is asked to run).
+Models come as validated paths, as serialized bytes that hold no external-data reference, or, in
+this process, as a validated ModelProto; results come back as numpy arrays.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +18,8 @@ from normonnx.validate.runner import SessionConfig, run, session
 
 if TYPE_CHECKING:
     import onnx
+
+    from normonnx.results import LatencyStats
 
 ModelSource = str | os.PathLike | bytes
 
@@ -32,13 +36,15 @@ def _model(source: ModelSource | onnx.ModelProto) -> onnx.ModelProto | str:
     return source
 
 
-def _proto(source: ModelSource) -> onnx.ModelProto:
-    """The model a child was given, as a proto (bytes parsed, a path loaded and validated)."""
+def _proto(source: ModelSource | onnx.ModelProto) -> onnx.ModelProto:
+    """The model as a proto (bytes parsed, a path loaded and validated, a proto as it is)."""
     import onnx
 
     from normonnx.graph.modelio import load_model
 
-    return onnx.ModelProto.FromString(source) if isinstance(source, bytes) else load_model(source)
+    if isinstance(source, bytes):
+        return onnx.ModelProto.FromString(source)
+    return load_model(source) if isinstance(source, str | os.PathLike) else source
 
 
 def fits_a_message(model: onnx.ModelProto) -> bool:
@@ -48,45 +54,32 @@ def fits_a_message(model: onnx.ModelProto) -> bool:
     return not has_external_data(model) and model.ByteSize() < (1 << 31) - 1
 
 
-def runnable_source(model: onnx.ModelProto | str | os.PathLike) -> str | bytes | None:
-    """What a child can load ``model`` from: its path, or its bytes when it fits one message (else None)."""
+def runnable_source(model: onnx.ModelProto | str | os.PathLike | bytes) -> str | bytes | None:
+    """What a child can load ``model`` from: its path, its bytes, or the bytes of a proto that fits one
+    message (else None)."""
     if isinstance(model, str | os.PathLike):
         return str(model)
+    if isinstance(model, bytes):
+        return model
     return model.SerializeToString() if fits_a_message(model) else None
 
 
-def first_runnable(source, specs, tries, values, config: SessionConfig) -> tuple[int, bool, list[str]]:
-    """(index of the first shapes the model runs at, or -1; whether integer inputs had to be 0; one error
-    line per failed try). Every shape with seeded integers first, then with integers 0 (token ids that a
-    small embedding table cannot take). See validate.probe."""
+def first_that_runs(
+    source: ModelSource | onnx.ModelProto, makers: Sequence[Callable[[], dict[str, np.ndarray]]], config: SessionConfig
+) -> tuple[int, list[str]]:
+    """(index of the first feed the model runs on, or -1; one error line per feed that failed). Each feed
+    is made here, only when its turn comes (validate.probe sends how to make it, not the arrays)."""
     from normonnx.errors import first_line
-    from normonnx.validate.probe import probe_feeds
 
     sess = session(_model(source), config)
     errors = []
-    integers = any(s.dtype.kind in "iu" and s.name not in values for s in specs)
-    for zero in (False, True) if integers else (False,):
-        for k, shapes in enumerate(tries):
-            try:
-                run(sess, probe_feeds(specs, shapes, values, 0, zero))
-                return k, zero, errors
-            except Exception as e:  # onnxruntime says why in its own words; we only need the first line
-                errors.append(first_line(e))
-    return -1, False, errors
-
-
-def input_dtypes(source: ModelSource) -> dict[str, np.dtype]:
-    """Input name -> numpy dtype, as onnxruntime sees them."""
-    import onnx
-
-    from normonnx.validate.inputs import input_specs
-
-    model = (
-        onnx.ModelProto.FromString(source)
-        if isinstance(source, bytes)
-        else onnx.load(str(source), load_external_data=False)
-    )
-    return {s.name: s.dtype for s in input_specs(model)}
+    for k, make in enumerate(makers):
+        try:
+            run(sess, make())
+            return k, errors
+        except Exception as e:  # onnxruntime says why in its own words; we only need the first line
+            errors.append(first_line(e))
+    return -1, errors
 
 
 def run_outputs(
@@ -131,11 +124,13 @@ def compare_intermediates(
     pairs: Sequence[tuple[str, str]],
     cand_config: SessionConfig,
     gate=None,
+    ref_config: SessionConfig = SessionConfig(),
     chunk: int = 200,
 ) -> list:
     """Each (candidate tensor, reference tensor) pair compared (``parity.compare_output``; None when the
     two are not both floating tensors), one chunk of tensors at a time: only the results come back, and
-    no more than a chunk's values are held at once. The reference runs with optimizations off."""
+    no more than a chunk's values are held at once. The reference runs with ``ref_config`` (by default
+    optimizations off)."""
     from normonnx.validate.parity import compare_output
 
     cand_base, ref_base = _proto(cand_source), _proto(ref_source)
@@ -143,9 +138,7 @@ def compare_intermediates(
     for start in range(0, len(pairs), chunk):
         part = list(pairs[start : start + chunk])
         got = run(session(_with_outputs(cand_base, [c for c, _ in part]), cand_config), cand_feed, [c for c, _ in part])
-        want = run(
-            session(_with_outputs(ref_base, [r for _, r in part]), SessionConfig()), ref_feed, [r for _, r in part]
-        )
+        want = run(session(_with_outputs(ref_base, [r for _, r in part]), ref_config), ref_feed, [r for _, r in part])
         for c, r in part:
             a, b = np.asarray(got[c]), np.asarray(want[r])
             floats = a.dtype.kind == "f" and b.dtype.kind == "f"
@@ -178,6 +171,40 @@ def tensor_ranges(
     return peaks
 
 
+def class_predictions(
+    source: ModelSource | onnx.ModelProto, data: np.ndarray, batch: int, config: SessionConfig
+) -> tuple[list[np.ndarray], int, bool]:
+    """(argmax over axis 1 of the first output, per batch of ``data``; the batch size used; whether the
+    model fixes it: then a last batch that ``data`` does not fill is left out)."""
+    sess = session(_model(source), config)
+    name = sess.get_inputs()[0].name
+    fixed = sess.get_inputs()[0].shape[0]
+    static = isinstance(fixed, int) and fixed > 0
+    step = fixed if static else batch
+    predictions = []
+    for start in range(0, len(data), step):
+        chunk = data[start : start + step]
+        if len(chunk) != step and static:
+            break
+        predictions.append(np.asarray(sess.run(None, {name: chunk})[0]).argmax(axis=1))
+    return predictions, step, static
+
+
+def latency(
+    sources: Mapping[str, ModelSource | onnx.ModelProto],
+    feeds: Sequence[dict[str, np.ndarray]],
+    config: SessionConfig,
+    warmup: int,
+    runs: int,
+    max_seconds: float,
+) -> dict[str, LatencyStats]:
+    """Interleaved latency of every model on its feeds (validate.latency), all in this one process."""
+    from normonnx.validate.latency import measure
+
+    models = {name: _model(source) for name, source in sources.items()}
+    return measure(models, list(feeds), config, warmup=warmup, runs=runs, max_seconds=max_seconds)
+
+
 def applied_transformers(source: ModelSource, config: SessionConfig) -> list[str]:
     """The onnxruntime graph transformers that changed this model when a session was made for it, in
     the order they first did (read from onnxruntime's verbose log, which goes to this process's stderr;
@@ -202,7 +229,9 @@ def applied_transformers(source: ModelSource, config: SessionConfig) -> list[str
     return list(dict.fromkeys(n for n in names if n not in config.disabled_optimizers))
 
 
-def run_float64(source: ModelSource, feeds: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]] | None:
+def run_float64(
+    source: ModelSource | onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]] | None:
     """The model's outputs computed in double precision (None when neither runtime can run it so)."""
 
     from normonnx.graph.precision import to_float64

@@ -9,8 +9,9 @@ rounded to that type (a Cast to it and back) as it is written. Normalization ops
 ``stash_type``: with 1 (the default) their statistics are float32, as the op computes them; with 0
 the op is first written out as its exact subgraph in the half type, so every statistic is rounded.
 
-onnxruntime then runs the copy with optimizations off (an optimizer would cancel the rounding
-casts). If/Loop/Scan bodies that hold half tensors are not rewritten: ``faithful_copy`` says so.
+``validate.runners.FaithfulRunner`` runs the copy on onnxruntime with optimizations off (an
+optimizer would cancel the rounding casts). If/Loop/Scan bodies that hold half tensors are not
+rewritten: ``faithful_copy`` says so.
 """
 
 from __future__ import annotations
@@ -53,16 +54,16 @@ def _stash_zero_norms_lowered(model: onnx.ModelProto) -> onnx.ModelProto:
     if not wanted:
         return model
     from normonnx.graph.access import describe
-    from normonnx.graph.bridge import prepare_graph, to_model
-    from normonnx.passes._base import FoldOptions, PassContext
+    from normonnx.graph.bridge import prepare_graph
+    from normonnx.passes import FoldOptions
     from normonnx.passes.registry import lower_pipeline
 
     graph = prepare_graph(model, always_infer=True)
     stash_one = {
         describe(n) for n in graph.nodes if n.op in _NORM_OPS_WITH_STASH and int(n.attrs.get("stash_type", 1)) == 1
     }
-    lower_pipeline(sorted(wanted)).run(PassContext(graph, FoldOptions(undone=frozenset(stash_one))))
-    return to_model(graph, model, sort=True)
+    options = FoldOptions(undone=frozenset(stash_one))
+    return lower_pipeline(sorted(wanted)).apply(model, options, graph=graph, sort=True).model
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:
@@ -143,23 +144,6 @@ def faithful_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.node[:]
     g.node.extend(nodes)
     return out
-
-
-def faithful_outputs(model: onnx.ModelProto, feeds: list[dict], *, label: str, timeout: float | None = None) -> list:
-    """``model``'s outputs as a GPU computes them (see ``faithful_copy``), run in a child process;
-    ``feeds`` in float32 where the model takes half."""
-    from normonnx.isolation import DEFAULT_TIMEOUT, call_isolated
-    from normonnx.validate import execute
-    from normonnx.validate.inputs import input_specs
-    from normonnx.validate.runner import SessionConfig
-
-    sim = faithful_copy(model)
-    specs = {s.name: s.dtype for s in input_specs(sim)}
-    cast = [{k: v.astype(specs[k]) for k, v in f.items() if k in specs} for f in feeds]
-    return call_isolated(
-        execute.run_outputs, sim.SerializeToString(), cast, SessionConfig(), label=label,
-        timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
-    )  # fmt: skip
 
 
 def half_type(model: onnx.ModelProto) -> int | None:

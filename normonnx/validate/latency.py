@@ -11,42 +11,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
 
+from normonnx.results import LatencyStats, Speedup
 from normonnx.validate.runner import SessionConfig, session
-
-
-@dataclass
-class LatencyStats:
-    name: str
-    runs: int
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    mean_ms: float
-    throughput: float  # samples (batch items) per second at the median
-    times_ms: list[float]
-
-    def to_dict(self, with_times: bool = False) -> dict:
-        d = asdict(self)
-        if not with_times:
-            d.pop("times_ms")
-        return d
-
-
-@dataclass
-class Speedup:
-    baseline: str
-    candidate: str
-    median: float  # baseline time / candidate time, per round, median
-    p10: float
-    p90: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _stats(name: str, times: list[float], batch: int) -> LatencyStats:

@@ -13,51 +13,10 @@ their own agreement.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import onnx
 
+from normonnx.results import Divergence, Localization, OutputResult
 from normonnx.validate.align import Pair
-from normonnx.validate.parity import OutputResult
-
-
-@dataclass
-class Divergence:
-    node: str
-    op: str
-    tensor: str
-    max_abs: float
-    threshold: float
-    ref_max: float
-    reference: str = ""  # what it was compared with: a reference tensor, or a torch module path
-    module: str | None = None  # the torch module the node came from, where the exporter recorded it
-    inputs: list[dict] = field(default_factory=list)  # each compared input: tensor, agrees, max_abs
-
-    @property
-    def relative(self) -> float:
-        return self.max_abs / max(1.0, self.ref_max)
-
-
-@dataclass
-class Localization:
-    compared: int
-    first: Divergence | None
-    diverging: list[Divergence] = field(default_factory=list)  # the first few that persist, in order
-    note: str = ""
-    changed_meaning: list[str] = field(default_factory=list)  # differ, but what is computed from them agrees
-    path: list[dict] = field(default_factory=list)  # tensor, op, max_abs, relative: from the first one to an output
-    aligned: dict[str, int] = field(default_factory=dict)  # pairs by how they were found
-
-    def to_dict(self) -> dict:
-        return {
-            "compared": self.compared,
-            "first": asdict(self.first) if self.first else None,
-            "diverging": [asdict(d) for d in self.diverging],
-            "changed_meaning": self.changed_meaning,
-            "path": self.path,
-            "aligned": self.aligned,
-            "note": self.note,
-        }
 
 
 def _next_compared(model: onnx.ModelProto, compared: set[str]) -> dict[str, list[str]]:

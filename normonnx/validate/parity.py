@@ -17,10 +17,11 @@ further from the reference than twice that passes, marked ``judged_by:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
+
+from normonnx.results import OutputResult, ParityResult
 
 
 @dataclass(frozen=True)
@@ -44,57 +45,6 @@ def default_gate(dtype: np.dtype) -> Gate:
     if dtype.kind != "f":
         return Gate(0.0, 0.0)
     return FP16_GATE if dtype.itemsize <= 2 else FP32_GATE
-
-
-@dataclass
-class OutputResult:
-    name: str
-    shape: list[int]
-    dtype: str
-    max_abs: float
-    max_rel: float
-    cosine: float
-    p99_abs: float
-    ref_max: float
-    threshold: float
-    nonfinite_mismatch: int
-    passed: bool
-    reason: str = ""
-    noise_floor: float | None = None
-    judged_by: str = "gate"
-
-
-@dataclass
-class ParityResult:
-    outputs: list[OutputResult] = field(default_factory=list)
-    samples: int = 0
-    inputs: Any = None  # validate.probe.ProbedShapes: the shapes compared at, and whether they were guessed
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.outputs) and all(o.passed for o in self.outputs)
-
-    def worst(self) -> OutputResult | None:
-        if not self.outputs:
-            return None
-        return max(self.outputs, key=lambda o: o.max_abs / max(o.threshold, 1e-30) if o.passed else np.inf)
-
-    def to_dict(self) -> dict:
-        shapes = {"inputs": self.inputs.to_dict()} if self.inputs is not None else {}
-        return {"passed": self.passed, "samples": self.samples, **shapes, "outputs": [asdict(o) for o in self.outputs]}
-
-    def summary(self, against: str = "") -> str:
-        """One line for a terminal: the verdict and the worst output."""
-        verdict = "PASSED" if self.passed else "FAILED"
-        worst = self.worst()
-        if worst is None:
-            return f"parity{against} {verdict}: no outputs compared"
-        return (
-            f"parity{against} {verdict}: worst output '{worst.name}' max|diff| {worst.max_abs:.3g}"
-            f" (threshold {worst.threshold:.3g}) over {self.samples} inputs"
-            + (f" at {self.inputs.describe()}" if self.inputs is not None and self.inputs.guessed else "")
-            + (f" -- {worst.reason}" if worst.reason else "")
-        )
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -12,25 +12,27 @@ share a size; a dim's role (batch, spatial side, sequence) comes from its
 name or its position; spatial sides are multiples of the network's total
 stride; an integer scalar input compared with a constant (silero's sample
 rate) takes that constant. A short ordered list of candidates is then tried
-on the original, in one isolated child, until one runs. What the user names
-with ``--shape`` is never guessed.
+on the original, by the runner the command built for it (in one isolated
+child), until one runs. What the user names with ``--shape`` is never guessed.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from normonnx.errors import UnusableInputError
+from normonnx.results import ProbedShapes
 from normonnx.validate.inputs import InputSpec, input_specs, random_inputs
-from normonnx.validate.runner import SessionConfig
 
 if TYPE_CHECKING:
     import onnx
+
+    from normonnx.validate.runners import OnnxruntimeRunner
 
 _BATCH_NAME = re.compile(r"^(n|b|bs|batch\w*|\w*_?batch(_size)?|num_\w+)$", re.IGNORECASE)
 _SPATIAL_NAME = re.compile(r"(^h$|^w$|height|width|^(in_|img_|image_)?(h|w)$|_h$|_w$|side)", re.IGNORECASE)
@@ -50,34 +52,6 @@ class Dim:
     axis: int
     role: str  # "batch", "spatial" or "sequence"
     key: str
-
-
-@dataclass
-class ProbedShapes:
-    """The shapes every input gets, and what was guessed to get there."""
-
-    shapes: dict[str, tuple[int, ...]]
-    values: dict[str, int] = field(default_factory=dict)  # integer scalar inputs given a value the model tests for
-    guessed: list[str] = field(default_factory=list)  # inputs with a guessed dim
-    tried: int = 0
-    zero_integers: bool = False  # integer inputs all 0: random ids in [0, 8) overran an embedding table
-
-    def describe(self) -> str:
-        """``x:2,3,64,64 (guessed)``: what the inputs were, for reports."""
-        text = " ".join(
-            f"{name}={self.values[name]}" if name in self.values else f"{name}:{','.join(map(str, dims)) or 'scalar'}"
-            for name, dims in self.shapes.items()
-        )
-        return text + (" (guessed)" if self.guessed else "") + (", integer inputs 0" if self.zero_integers else "")
-
-    def to_dict(self) -> dict:
-        return {
-            "shapes": {k: list(v) for k, v in self.shapes.items()},
-            "values": dict(self.values),
-            "guessed": list(self.guessed),
-            "tried": self.tried,
-            "zero_integers": self.zero_integers,
-        }
 
 
 def _role(spec: InputSpec, axis: int, name: str | None) -> str:
@@ -244,19 +218,12 @@ def _dims_text(shapes: dict[str, tuple[int, ...]]) -> str:
 
 def probe_shapes(
     model: onnx.ModelProto,
-    source: str | os.PathLike | bytes | onnx.ModelProto | None,
+    runner: OnnxruntimeRunner | None,
     overrides: dict[str, tuple[int, ...]] | None = None,
-    *,
-    label: str,
-    isolated: bool = True,
-    timeout: float | None = None,
 ) -> ProbedShapes:
-    """The shapes (and test values) to verify ``model`` at; tried on ``source`` only when something is guessed.
-
-    ``source`` is what onnxruntime loads (a path, bytes, or the model in memory, serialized only if a
-    child must load it); None, or a model too large for one message, means nothing can be tried and
-    the first candidate is taken.
-    """
+    """The shapes (and test values) to verify ``model`` at; tried with ``runner`` (the original, run the way
+    the command runs it; its label names it in messages) only when something is guessed. With no runner
+    nothing can be tried and the first candidate is taken."""
     from normonnx.validate.inputs import check_shape_names
 
     overrides = dict(overrides or {})
@@ -268,41 +235,22 @@ def probe_shapes(
     values = compared_constants(model, specs)
     guessed = sorted({d.input for d in dynamic_dims(specs, overrides)})
     tries = candidates(specs, overrides, total_strides(model) if guessed else ())
-    if (not guessed and not values) or source is None:
+    if (not guessed and not values) or runner is None:
         return ProbedShapes(tries[0], values, guessed, 0)
-    from normonnx.validate import execute
-
-    if not isinstance(source, str | os.PathLike | bytes):  # a model in memory: serialized only to cross over
-        if not execute.fits_a_message(source):
-            return ProbedShapes(tries[0], values, guessed, 0)
-        source = source.SerializeToString() if isolated else source
-    elif not isinstance(source, bytes):
-        source = str(source)
-    config = SessionConfig(optimize=False)
-    if isolated:
-        from normonnx.isolation import DEFAULT_TIMEOUT, call_isolated
-
-        index, zero, errors = call_isolated(
-            execute.first_runnable,
-            source,
-            specs,
-            tries,
-            values,
-            config,
-            label=label,
-            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
-        )
-    else:
-        index, zero, errors = execute.first_runnable(source, specs, tries, values, config)
+    # Every shape with seeded integers first, then with integers 0 (token ids a small embedding table cannot take).
+    integers = any(s.dtype.kind in "iu" and s.name not in values for s in specs)
+    zeros = (False, True) if integers else (False,)
+    feeds = [partial(probe_feeds, specs, shapes, values, 0, zero) for zero in zeros for shapes in tries]
+    index, errors = runner.first_that_runs(feeds)
     if index < 0:
         what = "guessed shapes" if guessed else "inputs"
         tried = "; ".join(_dims_text(t) for t in tries)
         hint = " ".join(f"--shape {n}:D0,D1,..." for n in guessed) or "--inputs data.npz"
         raise UnusableInputError(
-            f"{label}: the original model runs at none of the {len(tries)} {what} tried ({tried});"
+            f"{runner.label}: the original model runs at none of the {len(tries)} {what} tried ({tried});"
             f" onnxruntime said: {errors[0] if errors else 'nothing'}; pass {hint}"
         )
-    return ProbedShapes(tries[index], values, guessed, index + 1, zero)
+    return ProbedShapes(tries[index % len(tries)], values, guessed, index % len(tries) + 1, index >= len(tries))
 
 
 def probed_feeds(

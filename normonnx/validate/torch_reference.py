@@ -17,7 +17,7 @@ from normonnx.errors import ExportError
 if TYPE_CHECKING:
     import onnx
 
-    from normonnx.validate.parity import ParityResult
+    from normonnx.results import ParityResult
 
 
 def tensor_leaves(value) -> list:
@@ -77,8 +77,9 @@ def torch_parity(module, model: onnx.ModelProto, example: Sequence, samples: int
     ``example`` (floating tensors redrawn from a seed; integer and boolean ones kept as given)."""
     import torch
 
+    from normonnx.validate.execute import runnable_source
     from normonnx.validate.parity import compare
-    from normonnx.validate.verify import onnx_outputs
+    from normonnx.validate.runners import RunOptions
 
     names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     refs, feeds = [], []
@@ -88,11 +89,9 @@ def torch_parity(module, model: onnx.ModelProto, example: Sequence, samples: int
         refs.append(torch_outputs(module, xs))
         feeds.append(_feeds(module, names, xs))
     cands = []
-    from normonnx.validate.execute import runnable_source
-
     # onnxruntime runs in a child, as everywhere: from bytes, or from the model itself when it is too big for them.
-    source = runnable_source(model) or model
-    for ref, got in zip(refs, onnx_outputs(source, feeds, label="the export"), strict=True):
+    export = RunOptions().runner(runnable_source(model) or model, label="the export")
+    for ref, got in zip(refs, export.infer(feeds), strict=True):
         if len(got) != len(ref):
             raise ExportError(f"the export has {len(got)} outputs, the module returns {len(ref)} tensors")
         cands.append({f"output_{i}": np.asarray(v) for i, v in enumerate(got.values())})

@@ -1,11 +1,12 @@
 """The one verification driver: a rewritten model against its original, on seeded inputs.
 
 Both models run on onnxruntime CPU with graph optimizations off, on the same
-seeded inputs, and are compared by ``parity.compare``. Models given as paths
-run in isolated child processes (a model that crashes onnxruntime cannot take
-normonnx down), side by side when they are small; models in memory run here.
-When the gate fails, the reference is also run with onnxruntime's own
-optimizations to measure its float32 noise floor (see validate.parity).
+seeded inputs, and are compared by ``parity.compare``. Each gets a runner
+(validate.runners): models given as paths run in isolated child processes (a
+model that crashes onnxruntime cannot take normonnx down), side by side when
+they are small; models in memory run here. When the gate fails, the reference
+is also run with onnxruntime's own optimizations to measure its float32 noise
+floor (see validate.parity).
 """
 
 from __future__ import annotations
@@ -17,55 +18,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from normonnx.errors import NormonnxError
-from normonnx.validate.parity import Gate, ParityResult, compare, rejudge_with_noise
+from normonnx.results import ParityResult
+from normonnx.validate.parity import Gate, compare, rejudge_with_noise
 from normonnx.validate.runner import SessionConfig
+from normonnx.validate.runners import OnnxruntimeRunner, RunOptions, model_label
 
 if TYPE_CHECKING:
     import onnx
 
 # Below this much weight on disk (both models together), the two isolated runs go side by side.
 CONCURRENT_PARITY_BYTES = 1 << 30
-
-
-def onnx_outputs(
-    model: onnx.ModelProto | str | os.PathLike | bytes,
-    feeds: list[dict[str, np.ndarray]],
-    config: SessionConfig | None = None,
-    *,
-    label: str | None = None,
-    timeout: float | None = None,
-    isolated: bool = True,
-) -> list[dict[str, np.ndarray]]:
-    """A model's outputs for every feed, the one way normonnx runs a model for its outputs.
-
-    A path or serialized bytes run in an isolated child process (``label`` names it in
-    messages); a ModelProto already validated in memory runs in this process, and so does
-    everything when ``isolated`` is False (a many-file worker, itself an isolated process).
-    """
-    config = config or SessionConfig()
-    if isolated and isinstance(model, str | os.PathLike | bytes):
-        from normonnx.isolation import DEFAULT_TIMEOUT, call_isolated
-        from normonnx.validate import execute
-
-        source = model if isinstance(model, bytes) else str(model)
-        name = label or (str(model) if not isinstance(model, bytes) else "model")
-        return call_isolated(
-            execute.run_outputs,
-            source,
-            feeds,
-            config,
-            label=name,
-            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
-        )
-    from normonnx.validate.runner import run, session
-
-    if isinstance(model, bytes):
-        import onnx
-
-        model = onnx.ModelProto.FromString(model)
-    sess = session(model, config)
-    wanted = {i.name for i in sess.get_inputs()}
-    return [run(sess, {k: v for k, v in f.items() if k in wanted}) for f in feeds]
 
 
 def verify_parity(
@@ -90,17 +52,12 @@ def verify_parity(
     from normonnx.validate.probe import probe_shapes, probed_feeds
 
     on_disk = isolated and isinstance(reference, str | os.PathLike) and isinstance(candidate, str | os.PathLike)
+    options = RunOptions(isolated=isolated)
     specs = reference_proto
     if specs is None:
         specs = load_model(reference, load_weights=False) if isinstance(reference, str | os.PathLike) else reference
-    # A model in memory runs in this process (as onnx_outputs runs it); a file, in a child.
-    probed = probe_shapes(
-        specs,
-        reference,
-        shapes,
-        label=f"{_name(reference)} (the original)",
-        isolated=isolated and isinstance(reference, str | os.PathLike),
-    )
+    original = options.runner(reference, label=f"{model_label(reference)} (the original)")
+    probed = probe_shapes(specs, original, shapes)
     feeds = probed_feeds(input_specs(specs), probed, samples)
     sharing: dict = {}
     side_by_side = False
@@ -113,45 +70,38 @@ def verify_parity(
         if side_by_side:
             sharing = {"threads": max(1, cores // 2), "spin": False}
     config = SessionConfig(optimize=False, **sharing)
+    ref, cand = (options.runner(m, config) for m in (reference, candidate))
     if side_by_side:
         with ThreadPoolExecutor(2) as pool:
-            refs, cands = pool.map(lambda m: onnx_outputs(m, feeds, config), (reference, candidate))
+            refs, cands = pool.map(lambda r: r.infer(feeds), (ref, cand))
     else:
-        refs, cands = (onnx_outputs(m, feeds, config, isolated=isolated) for m in (reference, candidate))
+        refs, cands = ref.infer(feeds), cand.infer(feeds)
     result = compare(refs, cands, default=gate)
     result.inputs = probed
     if not result.passed and noise_floor and gate is None:
-        result = rejudge_with_noise(result, _own_error(reference, refs, feeds, sharing, isolated))
+        result = rejudge_with_noise(result, _own_error(ref, reference, refs, feeds, isolated))
     return result
 
 
-def _own_error(reference, refs, feeds, sharing: dict, isolated: bool) -> ParityResult:
+def _own_error(ref: OnnxruntimeRunner, reference, refs, feeds, isolated: bool) -> ParityResult:
     """How far the original's own run is from itself: the larger of what onnxruntime's optimizer
     changes and how far it is from a float64 evaluation (0 from the optimizer alone when it has
     nothing to fuse, which made an exact rewrite look wrong)."""
-    from normonnx.validate import execute
+    from normonnx.validate.execute import runnable_source
 
-    noisy = onnx_outputs(reference, feeds, SessionConfig(optimize=True, **sharing), isolated=isolated)
-    floor = compare(refs, noisy)
-    source = execute.runnable_source(reference)
+    floor = compare(refs, ref.derived(optimize=True).infer(feeds))
+    # In a child even for a model in memory (double kernels are onnxruntime's least used), when it can cross.
+    source = runnable_source(reference)
     exact = None
     if source is not None:
-        if isolated:
-            from normonnx.isolation import call_isolated
-
-            try:
-                exact = call_isolated(execute.run_float64, source, feeds, label="float64 evaluation", timeout=300)
-            except NormonnxError:
-                exact = None
-        else:
-            exact = execute.run_float64(source, feeds)
+        evaluation = RunOptions(isolated=isolated, timeout=300).runner(source, label="float64 evaluation")
+        try:
+            exact = evaluation.float64(feeds)
+        except NormonnxError:
+            exact = None
     if exact is not None:
         wide = compare(exact, refs)
         for o, w in zip(floor.outputs, wide.outputs, strict=False):
             if np.isfinite(w.max_abs) and w.max_abs > o.max_abs:
                 o.max_abs = w.max_abs
     return floor
-
-
-def _name(model) -> str:
-    return str(model) if isinstance(model, str | os.PathLike) else (model.graph.name or "model")

@@ -48,11 +48,11 @@ def test_weights_on_disk_are_folded_into_a_new_data_file(tmp_path):
 
 
 def test_a_failed_verification_leaves_nothing_behind(tmp_path, monkeypatch):
-    from normonnx.passes import _foldmath as foldmath
+    from normonnx import foldmath
 
     real = foldmath.batchnorm_affine
     monkeypatch.setattr(
-        "normonnx.passes._affine.fm.batchnorm_affine",
+        "normonnx.recognize.affine.fm.batchnorm_affine",
         lambda *a: foldmath.ChannelAffine(real(*a).scale * 1.01, real(*a).shift),
     )
     src = _external_model(tmp_path)

@@ -135,7 +135,7 @@ def test_converges_and_never_detaches_a_graph_output():
     shifted = b.node("Add", [scaled, b.weight(rng.standard_normal(8))])
     b.output(b.node("MatMul", [shifted, b.weight(rng.standard_normal((8, 3)))]), shape=[2, 5, 3])
     model = b.model()
-    from normonnx.passes._base import FoldOptions
+    from normonnx.passes.rules import FoldOptions
     from normonnx.pipelines.fold import fold
 
     _out, report = fold(model, FoldOptions(fold_norm_affine=True), verify=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normonnx.passes import _foldmath as fm
+from normonnx import foldmath as fm
 
 torch = pytest.importorskip("torch")
 

@@ -6,17 +6,28 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx.passes._base import FoldOptions, PassContext, Pipeline, Refusal, RulePass, Stage
+from normonnx.passes import FoldOptions, PassContext, Pipeline, Refusal, Stage, run_rule
 from normonnx.passes.registry import fold_pipeline
 
 
 class _AlwaysRewrites:
-    """A pass that claims a rewrite every round: the fixpoint can never settle."""
+    """A rule that claims a rewrite every round: the fixpoint can never settle."""
 
     name = "always"
 
-    def run(self, ctx: PassContext) -> int:
-        return 1
+    def match(self, node, ctx):
+        return node
+
+    def check(self, node, ctx):
+        return _Plan(node.name, "")
+
+    def rewrite(self, plan, ctx):
+        return "nothing, and says otherwise"
+
+
+class _Plan:
+    def __init__(self, anchor: str, family: str) -> None:
+        self.anchor, self.family = anchor, family
 
 
 class _RefuseEverything:
@@ -52,7 +63,7 @@ def test_a_single_stage_runs_once_and_converges():
 
 def test_a_rule_records_its_refusals_under_its_own_name():
     ctx = PassContext(_graph())
-    assert RulePass(_RefuseEverything()).run(ctx) == 0
+    assert run_rule(_RefuseEverything(), ctx) == 0
     assert [(d.node, d.pass_name, d.folded, d.detail) for d in ctx.decisions] == [
         ("relu", "refuse-everything", False, "Relu is not welcome")
     ]

@@ -1,10 +1,12 @@
-"""passes.simplify: each simplification removes what it says and changes no output; what is not exact stays."""
+"""The simplification rules (pad_into_conv.py, identity_arithmetic.py, ...): each removes what it says and
+changes no output; what is not exact stays, and says why where that helps."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from normonnx.passes import NO_FAMILY, FoldOptions
 from normonnx.pipelines.fold import fold
 from tests.builders import GraphBuilder, assert_parity, op_types, run_model
 from tests.helpers import rng
@@ -437,3 +439,41 @@ def test_a_conv_after_an_if_keeps_its_channel_count():
     for flag in (True, False):
         feeds = {"x": r.standard_normal((2, 3, 6)).astype(np.float32), "flag": np.array(flag)}
         np.testing.assert_allclose(run_model(out, feeds)["z"], run_model(model, feeds)["z"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "mode, value, pads, reason",
+    [
+        ("reflect", 0.0, (0, 0, 1, 1, 0, 0, 1, 1), "pads in reflect mode"),
+        ("constant", 0.5, (0, 0, 1, 1, 0, 0, 1, 1), "a value other than 0"),
+        ("constant", 0.0, (0, 1, 1, 1, 0, 0, 1, 1), "the batch or channel axis"),
+    ],
+)
+def test_a_pad_that_stays_says_why(mode, value, pads, reason):
+    r = rng()
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 3, 8, 8])
+    y = b.node("Pad", [x, b.const(np.array(pads, np.int64)), b.const(np.array(value, np.float32))], mode=mode)
+    b.output(b.conv(y, 3 + pads[1] + pads[5], 4, r))
+    _, report = fold(b.model())
+    why = [d.detail for d in report.decisions if d.pass_name == "pad-into-conv" and not d.folded]
+    assert why and reason in why[0], why
+    assert all(d.family == NO_FAMILY for d in report.decisions if d.pass_name == "pad-into-conv")
+
+
+def test_an_identity_kept_for_a_graph_output_says_so():
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 4])
+    b.output(b.node("Mul", [x, b.const(np.ones(1, np.float32))]))
+    _, report = fold(b.model())
+    why = [d.detail for d in report.decisions if d.pass_name == "identity-arithmetic" and not d.folded]
+    assert why and "is a graph output" in why[0], why
+
+
+def test_a_simplification_is_recorded_and_left_undone_by_its_anchor():
+    model = arithmetic("Mul", np.ones(1))
+    _, report = fold(model)
+    done = [d for d in report.decisions if d.pass_name == "identity-arithmetic" and d.folded]
+    assert len(done) == 1 and done[0].family == NO_FAMILY and not report.norms
+    out, report = fold(model, FoldOptions(undone=frozenset({done[0].node})))
+    assert "Mul" in op_types(out) and report.rewrites["identity-arithmetic"] == 0

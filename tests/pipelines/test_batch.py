@@ -12,6 +12,7 @@ import onnx
 
 from normonnx.pipelines import batch
 from normonnx.reports.progress import Progress
+from normonnx.results import FileResult
 from tests.conftest import conv_bn_model
 
 
@@ -31,7 +32,7 @@ def _die() -> None:  # a job that kills its worker, as a segfault in a kernel wo
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _crash_or_fold(source: str, output: str, isolated: bool = True) -> batch.FileResult:
+def _crash_or_fold(source: str, output: str, isolated: bool = True) -> FileResult:
     if source.endswith("crash.onnx"):
         _die()
     return batch.fold_one(source, output, isolated=isolated)

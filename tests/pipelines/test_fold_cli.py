@@ -89,7 +89,7 @@ def test_output_in_missing_folder_is_an_error(cli, conv_bn_path, tmp_path):
 
 def test_parity_failure_writes_nothing_and_exits_1(cli, conv_bn_path, tmp_path, monkeypatch):
     """A fold bug must never reach disk: plant one by corrupting the BN math."""
-    from normonnx.passes import _foldmath as foldmath
+    from normonnx import foldmath
 
     real = foldmath.batchnorm_affine
 
@@ -97,7 +97,7 @@ def test_parity_failure_writes_nothing_and_exits_1(cli, conv_bn_path, tmp_path, 
         a = real(*args)
         return foldmath.ChannelAffine(a.scale * 1.01, a.shift)
 
-    monkeypatch.setattr("normonnx.passes._affine.fm.batchnorm_affine", wrong)
+    monkeypatch.setattr("normonnx.recognize.affine.fm.batchnorm_affine", wrong)
     out = tmp_path / "o.onnx"
     r = cli("fold", conv_bn_path, "-o", out)
     assert r.code == 1
@@ -108,7 +108,7 @@ def test_parity_failure_writes_nothing_and_exits_1(cli, conv_bn_path, tmp_path, 
 @pytest.mark.parametrize("side_by_side", [True, False], ids=["side-by-side", "one-after-the-other"])
 def test_both_parity_schedules_catch_a_planted_error(cli, conv_bn_path, tmp_path, monkeypatch, side_by_side):
     """Small models are verified with both runs side by side, large ones one after the other."""
-    from normonnx.passes import _foldmath as foldmath
+    from normonnx import foldmath
     from normonnx.validate import verify
 
     monkeypatch.setattr(verify, "CONCURRENT_PARITY_BYTES", 1 << 40 if side_by_side else 0)
@@ -120,7 +120,7 @@ def test_both_parity_schedules_catch_a_planted_error(cli, conv_bn_path, tmp_path
     assert bool(pools) == side_by_side  # the schedule asked for is the one that ran
     real = foldmath.batchnorm_affine
     monkeypatch.setattr(
-        "normonnx.passes._affine.fm.batchnorm_affine",
+        "normonnx.recognize.affine.fm.batchnorm_affine",
         lambda *a: foldmath.ChannelAffine(real(*a).scale, real(*a).shift + 0.01),
     )
     r = cli("fold", conv_bn_path, "-o", tmp_path / "bad.onnx")

@@ -10,10 +10,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from normonnx.graph.precision import to_float16
+from normonnx.pipelines.check import check
 from normonnx.pipelines.half import half_file, half_model
-from normonnx.validate.check import check
 from normonnx.validate.faithful import faithful_copy
 from tests.builders import run_model
+from tests.conftest import NO_SYMPY_FOR_TORCH, skip_without
 
 D = 64
 
@@ -166,6 +167,7 @@ def test_the_faithful_evaluator_predicts_torchs_cuda_half_kernels():
 
 def test_export_with_precision_writes_the_verified_half_model(tmp_path):
     pytest.importorskip("torch")
+    skip_without("sympy", NO_SYMPY_FOR_TORCH)
     from normonnx.pipelines.export import export_file
     from normonnx.zoo import CHECKPOINTS
 

@@ -78,9 +78,10 @@ def test_one_fold_leaves_nothing_for_the_next(tmp_path):
     """TorchScript's GroupNorm computes each reshape from Shape of the tensor before: folding one Shape makes
     the next one's input shape inferable, so fold infers again and goes on until nothing is left."""
     from normonnx.pipelines.export import export_model
+    from normonnx.zoo import CHECKPOINTS
 
     model, _ = export_model(
-        "normonnx.zoo:bit_ws_gn", checkpoint="normonnx/zoo/checkpoints/bit_ws_gn.safetensors", opset=13, verify=False
+        "normonnx.zoo:bit_ws_gn", checkpoint=str(CHECKPOINTS / "bit_ws_gn.safetensors"), opset=13, verify=False
     )
     shapes_before = sum(n.op_type == "Shape" for n in model.graph.node)
     once, first = fold(model, verify=True)

@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from normonnx.pipelines.check import check
 from normonnx.validate.bisect import bisect
-from normonnx.validate.check import check
 from normonnx.validate.parity import Gate
 
 
@@ -99,7 +99,7 @@ def test_the_onnxruntime_transformer_that_changes_the_result_is_named(tmp_path):
 def test_a_fold_whose_one_rewrite_breaks_parity_is_delivered_without_it(tmp_path, monkeypatch):
     """A bug planted in the BN arithmetic for one BN (the one with epsilon 1e-3): the fold of that BN is
     wrong, every other one is right."""
-    from normonnx.passes import _foldmath
+    from normonnx import foldmath as _foldmath
     from normonnx.pipelines.fold import fold_file
     from tests.validate.test_localize import conv_bn_chain
 

@@ -9,10 +9,10 @@ import onnx
 import pytest
 
 from normonnx.graph.precision import to_float16
+from normonnx.pipelines.check import check
 from normonnx.pipelines.fold import fold
-from normonnx.validate.check import check
 from tests.builders import GraphBuilder
-from tests.conftest import conv_bn_model
+from tests.conftest import NO_MATPLOTLIB, conv_bn_model, skip_without
 
 
 def _perturb(model: onnx.ModelProto, init_name: str, factor: float = 1.01, index: int = 0) -> onnx.ModelProto:
@@ -128,16 +128,17 @@ def test_check_cli_exit_codes_json_and_report(cli, tmp_path):
     assert data["passed"] and data["schema"] == 1 and r.err.strip().endswith("PASSED")
     r = cli("check", tmp_path / "bad.onnx", "--against", tmp_path / "ref.onnx", "--report", tmp_path / "rep")
     assert r.code == 1 and r.out.strip().endswith("FAILED") and "first divergence: node conv1" in r.out
+    r = cli("check", tmp_path / "good.onnx", "--against", tmp_path / "missing.onnx")
+    assert r.code == 2 and "no such file" in r.err
+    r = cli("check", tmp_path / "good.onnx")
+    assert r.code == 2
+    skip_without("matplotlib", NO_MATPLOTLIB)
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == [
         "divergence_path.png",
         "output_errors.png",
         "report.json",
         "report.md",
     ]
-    r = cli("check", tmp_path / "good.onnx", "--against", tmp_path / "missing.onnx")
-    assert r.code == 2 and "no such file" in r.err
-    r = cli("check", tmp_path / "good.onnx")
-    assert r.code == 2
 
 
 def test_unavailable_provider_is_a_clear_one_line_error(cli, tmp_path):

@@ -6,9 +6,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from normonnx.pipelines.bench import bench
+from normonnx.pipelines.check import check
 from normonnx.pipelines.fold import fold
-from normonnx.validate.benchmark import bench
-from normonnx.validate.check import check
 from tests.conftest import conv_bn_model
 
 pytestmark = [

@@ -11,8 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from normonnx.pipelines.check import check
 from normonnx.validate.align import align
-from normonnx.validate.check import check
+from tests.conftest import NO_MATPLOTLIB, NO_SYMPY_FOR_ORT, skip_without
 
 BLOCKS = 6
 CHANNELS = 8
@@ -133,6 +134,7 @@ def channels_first_rms_norm() -> onnx.ModelProto:
 def test_onnxruntimes_wrong_channels_first_fusion_loads_fails_and_is_localized(tmp_path):
     """onnxruntime.transformers' optimizer fuses this into SimplifiedLayerNormalization(axis=1), which
     normalizes over C, H and W together."""
+    skip_without("sympy", NO_SYMPY_FOR_ORT)  # the optimizer's shape inference imports it
     optimizer = pytest.importorskip("onnxruntime.transformers.optimizer")
     src = tmp_path / "rms.onnx"
     onnx.save(channels_first_rms_norm(), src)
@@ -177,5 +179,5 @@ def test_the_report_folder_shows_the_divergences_and_the_error_path(tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "First persistent divergences" in md and "`fused3`" in md
     assert "a changed meaning, not a divergence" in md
-    pytest.importorskip("matplotlib")
+    skip_without("matplotlib", NO_MATPLOTLIB)
     assert (tmp_path / "rep" / "divergence_path.png").stat().st_size > 1000

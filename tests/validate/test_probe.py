@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from normonnx.errors import UnusableInputError
 from normonnx.validate.inputs import input_specs
 from normonnx.validate.probe import candidates, compared_constants, probe_shapes, total_strides
+from normonnx.validate.runners import IsolatedRunner
 from tests.builders import GraphBuilder, run_model
 from tests.helpers import rng
 
@@ -75,7 +76,7 @@ def sample_rate_branch() -> onnx.ModelProto:
 def test_stride32_neck_breaks_at_the_old_default_and_runs_at_a_probed_multiple_of_32():
     model = stride32_neck()
     assert total_strides(model) == (32, 32)
-    probed = probe_shapes(model, model.SerializeToString(), label="neck")
+    probed = probe_shapes(model, IsolatedRunner(model.SerializeToString(), label="neck"))
     side = probed.shapes["images"][2]
     assert side % 32 == 0 and probed.shapes["images"][3] == side
     assert probed.guessed == ["images"] and "(guessed)" in probed.describe()
@@ -86,14 +87,14 @@ def test_stride32_neck_breaks_at_the_old_default_and_runs_at_a_probed_multiple_o
 
 def test_reflect_pad_gets_a_signal_longer_than_the_pad():
     model = reflect_padded_signal()
-    probed = probe_shapes(model, model.SerializeToString(), label="stft")
+    probed = probe_shapes(model, IsolatedRunner(model.SerializeToString(), label="stft"))
     assert probed.shapes["audio"][1] > 64
 
 
 def test_an_integer_scalar_compared_with_a_constant_takes_that_value():
     model = sample_rate_branch()
     assert compared_constants(model, input_specs(model)) == {"sr": 16000}
-    probed = probe_shapes(model, model.SerializeToString(), label="vad")
+    probed = probe_shapes(model, IsolatedRunner(model.SerializeToString(), label="vad"))
     assert probed.values == {"sr": 16000} and "sr=16000" in probed.describe()
 
 
@@ -123,7 +124,7 @@ def test_per_axis_strides_of_a_text_recognizer():
 
 def test_named_shapes_are_not_guessed_and_nothing_is_run_for_them():
     model = stride32_neck()
-    probed = probe_shapes(model, None, {"images": (1, 3, 96, 96)}, label="neck")
+    probed = probe_shapes(model, None, {"images": (1, 3, 96, 96)})
     assert probed.shapes == {"images": (1, 3, 96, 96)} and probed.guessed == [] and probed.tried == 0
 
 
@@ -134,7 +135,7 @@ def test_a_model_no_shape_runs_says_what_was_tried_and_what_to_pass():
     b.output(y)
     model = b.model()
     with pytest.raises(UnusableInputError) as info:
-        probe_shapes(model, model.SerializeToString(), label="m.onnx")
+        probe_shapes(model, IsolatedRunner(model.SerializeToString(), label="m.onnx"))
     message = str(info.value)
     assert "\n" not in message and "m.onnx" in message and "x:2,5" in message and "x:1,5" in message
     assert "--shape x:" in message
@@ -171,5 +172,5 @@ def test_token_ids_that_overrun_a_small_embedding_table_are_tried_as_zeros():
     y = b.node("Gather", [b.const(np.ones((2, 4), np.float32)), ids])
     b.output(y)
     model = b.model()
-    probed = probe_shapes(model, model.SerializeToString(), label="bert")
+    probed = probe_shapes(model, IsolatedRunner(model.SerializeToString(), label="bert"))
     assert probed.zero_integers and "integer inputs 0" in probed.describe()

@@ -30,7 +30,7 @@ def _console_commands() -> list[str]:
 
 
 def test_every_console_example_in_the_readme_runs(tmp_path):
-    (tmp_path / "normonnx").symlink_to(ROOT / "normonnx")  # the commands name the zoo's checkpoints by repo path
+    (tmp_path / "models").symlink_to(ROOT / "models")  # the commands name the zoo's checkpoints by repo path
     (tmp_path / "out").mkdir()
     commands = _console_commands()
     assert len(commands) >= 8
@@ -45,7 +45,7 @@ def test_every_console_example_in_the_readme_runs(tmp_path):
         "convert",
         "normonnx.zoo:vit_ln",
         "--checkpoint",
-        "normonnx/zoo/checkpoints/vit_ln.safetensors",
+        "models/checkpoints/vit_ln.safetensors",
         "-o",
         "out/vit",
         "--runs",

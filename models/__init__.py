@@ -1,10 +1,11 @@
 """The reference zoo: one small network per normalization family, where that family lives in practice.
 
-It ships inside the package (checkpoints as package data), so ``normonnx
-demo`` runs wherever normonnx is installed and no user package named
-``models`` can shadow it. Each entry is trained by
+The source lives in the repository's ``models/`` folder and ships inside the
+wheel as ``normonnx.zoo`` (checkpoints as package data; pyproject.toml maps
+the folder), so ``normonnx demo`` runs wherever normonnx is installed and no
+user package named ``models`` can shadow it. Each entry is trained by
 scripts/train_reference.py on the shapes of ``normonnx.zoo.data``
-(checkpoints in ``normonnx/zoo/checkpoints/``). ``ZOO`` lists them; every
+(checkpoints in ``models/checkpoints/``). ``ZOO`` lists them; every
 name is also a ``MODULE:FACTORY`` for ``normonnx export/convert``
 (``normonnx.zoo:resnet_bn``), returning the untrained module and an example
 input; pass the checkpoint to load the trained weights.

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from normonnx import foldmath as fm  # pure float64 math: the bottom layer
 from normonnx.graph.access import constant_value, describe, is_constant, is_empty, is_training_batchnorm, op_is
-from normonnx.passes import _foldmath as fm
 
 ARITHMETIC_OPS = ("Mul", "Add", "Sub", "Div")
 
@@ -65,6 +65,20 @@ def _batchnorm(node: gs.Node, opset: int, channel_axis: int, channels: int) -> A
     return AffineNode(node, node.inputs[0], affine, "batchnorm")
 
 
+def varying_axes(value: np.ndarray, rank: int) -> list[int]:
+    """The axes of a rank-``rank`` tensor along which ``value`` varies once broadcast against it."""
+    aligned = (1,) * (rank - value.ndim) + tuple(value.shape)
+    return [i for i, d in enumerate(aligned) if d != 1]
+
+
+def is_channel_constant(value: np.ndarray | None) -> bool:
+    """A float constant of rank 2 or more that varies along exactly one axis (a per-channel scale or shift,
+    whatever the layout); what ``inspect`` lists as an affine, and ``channel_vector`` reads on a given axis."""
+    return (
+        value is not None and value.dtype.kind == "f" and value.ndim >= 2 and len(varying_axes(value, value.ndim)) == 1
+    )
+
+
 def channel_vector(value: np.ndarray, rank: int | None, channel_axis: int, channels: int) -> np.ndarray | str:
     """A constant that broadcasts along ``channel_axis`` only, as a float64 vector of ``channels``."""
     value = np.asarray(value)
@@ -81,7 +95,7 @@ def channel_vector(value: np.ndarray, rank: int | None, channel_axis: int, chann
         return f"constant of shape {list(value.shape)} would broadcast the output to rank {value.ndim}"
     axis = channel_axis % rank
     aligned = (1,) * (rank - value.ndim) + value.shape
-    if any(d != 1 for i, d in enumerate(aligned) if i != axis):
+    if any(i != axis for i in varying_axes(value, rank)):
         return f"constant of shape {list(value.shape)} varies along more than the feature axis {axis}"
     if aligned[axis] not in (1, channels):
         return f"constant has {aligned[axis]} channels, the linear op {channels}"

@@ -10,45 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from normonnx.errors import UnusableInputError
-from normonnx.isolation import call_isolated
-from normonnx.reports.schema import SCHEMA_VERSION
+from normonnx.results import BenchReport
 from normonnx.validate.inputs import check_shape_names, input_specs
-from normonnx.validate.latency import LatencyStats, Speedup, measure, speedup
+from normonnx.validate.latency import speedup
 from normonnx.validate.probe import probe_shapes, probed_feeds
 from normonnx.validate.runner import SessionConfig, require_provider
+from normonnx.validate.runners import RunOptions, measure_interleaved
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BenchReport:
-    models: dict[str, str]  # label -> path
-    provider: str
-    threads: int | None
-    stats: dict[str, LatencyStats]
-    speedup: Speedup | None = None
-    input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    shapes_guessed: bool = False  # some dynamic dim was sized by validate.probe, not by --shape
-    seconds: float = 0.0
-
-    def to_dict(self, with_times: bool = False) -> dict:
-        return {
-            "schema": SCHEMA_VERSION,
-            "models": self.models,
-            "provider": self.provider,
-            "threads": self.threads,
-            "input_shapes": self.input_shapes,
-            "shapes_guessed": self.shapes_guessed,
-            "latency": {k: v.to_dict(with_times) for k, v in self.stats.items()},
-            "speedup": self.speedup.to_dict() if self.speedup else None,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 def _labels(model: str, vs: str | None) -> tuple[str, str | None]:
@@ -87,8 +61,9 @@ def bench(
         raise UnusableInputError(
             f"bench needs runs >= 1, warmup >= 0 and threads >= 1 (got {runs}, {warmup}, {threads})"
         )
+    options = RunOptions(timeout=timeout)  # every run in a child process
     first = next(iter(paths.values()))
-    probed = probe_shapes(first, str(model), shapes, label=str(model), timeout=timeout)
+    probed = probe_shapes(first, options.runner(str(model), label=str(model)), shapes)
     base = probed_feeds(input_specs(first), probed, 1, seed)[0]
     # The same values for both models, cast to each model's input dtypes.
     feeds = [
@@ -96,17 +71,10 @@ def bench(
         for p in paths.values()
     ]
     config = SessionConfig(provider=provider, optimize=True, threads=threads, spin=False)
+    runners = {name: options.runner(path, config, label=name) for name, path in labels.items()}
     log.info("bench %s: %d warm-up and %d timed runs each, interleaved", ", ".join(labels), warmup, runs)
-    stats = call_isolated(
-        measure,
-        labels,
-        feeds,
-        config,
-        warmup=warmup,
-        runs=runs,
-        max_seconds=max_seconds,
-        label=f"bench {', '.join(labels)}",
-        timeout=timeout,
+    stats = measure_interleaved(
+        runners, feeds, warmup=warmup, runs=runs, max_seconds=max_seconds, label=f"bench {', '.join(labels)}"
     )
     report = BenchReport(labels, provider, threads, stats, input_shapes={k: list(np.shape(v)) for k, v in base.items()})
     report.shapes_guessed = bool(probed.guessed)

@@ -1,19 +1,28 @@
-"""What every pass shares: its context, the decisions it records, and how a rule runs.
+"""What every rewrite shares: the options, the context it works in, and the one way a rule runs.
 
-A pass has a ``name`` and ``run(ctx) -> int`` (rewrites made); it works in
-place on ``ctx.graph``. Most passes are *rules*, written as onnxscript's
-rewrite rules are, in three parts:
+Every rewrite in normonnx is a *rule*, written as onnxscript's rewrite rules are, in three parts:
 
 * ``match(node, ctx)``: is this node the start of the pattern? (``None``: not
   this rule's business, nothing is recorded);
 * ``check(match, ctx)``: can it be rewritten exactly? A :class:`Refusal`
   says why not, naming the node; ``None`` means there is nothing to do; a
   plan carries everything the rewrite needs (no state on the rule);
-* ``rewrite(plan, ctx)``: change the graph; returns what was done.
+* ``rewrite(plan, ctx)``: change the graph, through ``graph.edit`` and
+  ``ctx.add_node``; returns what was done. The nodes it adds inherit the
+  matched node's metadata (the exporter's module scopes).
 
-``RulePass`` runs a rule over the graph and records, for every normalization
-it looked at, a :class:`Decision` under the rule's own name: folded (and
-into what) or refused (and why). ``inspect`` and the reports show them.
+A rule that needs one look at the whole graph before it judges single nodes
+(which nodes are constant, which keys were seen) declares ``survey(ctx)``: its
+result is ``ctx.survey`` for that sweep, and ``ctx.memo`` is a scratch dict
+that lives as long. ``ops`` (optional) lists the ops a rule can match, so the
+sweep skips the rest without calling it. ``tidy_first`` (optional) asks for
+the nodes earlier rewrites orphaned to be gone before the sweep: a rule that
+counts a tensor's readers must not count dead ones.
+
+``run_rule`` sweeps a rule over a graph once and records a :class:`Decision`
+under the rule's name for every plan it rewrote or refused; ``inspect``, the
+reports, ``undone`` and bisection read those. ``passes.manager`` runs rules
+in stages over whole models.
 """
 
 from __future__ import annotations
@@ -26,10 +35,12 @@ from typing import Any, Protocol
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from normonnx.graph.access import GraphOutputs, all_names, unique_name_factory
-from normonnx.graph.bridge import lazy_constant
+from normonnx.foldmath import FoldMathError
+from normonnx.graph.access import GraphOutputs, all_names, bodies, op_is, unique_name_factory
+from normonnx.graph.bridge import inherit_metadata, lazy_constant
+from normonnx.graph.edit import tidy
 from normonnx.graph.external import SpillStore, read_external
-from normonnx.passes._foldmath import FoldMathError
+from normonnx.results import Decision
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +59,7 @@ class FoldOptions:
     # Opt-in: initializers also listed as graph inputs (ir_version >= 4) are constants, and
     # leave the input list. By default they are defaults a caller may override: never folded.
     constant_initializer_inputs: bool = False
-    # Zero Pads into Conv, x*1 and x+0 away, Reshape chains read through (passes.simplify).
+    # The exact simplifications (zero Pads into Conv, x*1 and x+0 away, Reshape chains read through, ...).
     simplify: bool = True
     # Rewrites left undone: the anchor node of a rule's rewrite, or the name of a simplification
     # pass (what bisecting a fold whose output failed parity varies).
@@ -56,17 +67,6 @@ class FoldOptions:
 
 
 UNDONE = "left undone: the fold with this rewrite failed parity"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One pass's verdict on one normalization node."""
-
-    node: str
-    family: str
-    pass_name: str
-    folded: bool
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,11 @@ class PassContext:
     nodes_added: int = 0
     # Where new weights go: None keeps them in memory; a SpillStore writes them to disk at once.
     store: SpillStore | None = None
+    # What the running rule's survey found, and its scratch space: both live for one sweep.
+    survey: Any = None
+    memo: dict = field(default_factory=dict)
+    # Tensor names an If/Loop/Scan body reads from this graph: never bypassed (taken at each sweep).
+    read_by_bodies: frozenset[str] = frozenset()
     outputs: GraphOutputs = field(init=False)
     fresh: Callable[[str], str] = field(init=False)
 
@@ -112,10 +117,9 @@ class PassContext:
         return gs.Constant(name, values)
 
 
-class Pass(Protocol):
-    name: str
-
-    def run(self, ctx: PassContext) -> int: ...
+# The family of a rewrite that is no normalization's (a simplification, a precision change): recorded,
+# undone and bisected like any other, never reported as a normalization folded or kept.
+NO_FAMILY = ""
 
 
 class Plan(Protocol):
@@ -123,6 +127,16 @@ class Plan(Protocol):
 
     anchor: str
     family: str
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """The plan most rules hand from check to rewrite: the node it is about, named, and its family;
+    a rule's own plan adds what its rewrite needs."""
+
+    anchor: str
+    family: str
+    node: gs.Node
 
 
 class Rule(Protocol):
@@ -135,17 +149,30 @@ class Rule(Protocol):
     def rewrite(self, plan: Any, ctx: PassContext) -> str: ...
 
 
-class RulePass:
-    """A rule applied to every node of the graph once (a pipeline repeats it to a fixpoint)."""
+def _names_read_by_bodies(graph: gs.Graph) -> frozenset[str]:
+    return frozenset(t.name for body in bodies(graph) for node in body.nodes for t in node.inputs)
 
-    def __init__(self, rule: Rule) -> None:
-        self.rule = rule
-        self.name = rule.name
 
-    def run(self, ctx: PassContext) -> int:
-        rule, rewrites = self.rule, 0
+def run_rule(rule: Rule, ctx: PassContext) -> int:
+    """One sweep of ``rule`` over the graph's nodes (as they stood when it began); the rewrites made.
+
+    Every plan rewritten or refused is recorded under the rule's name; a plan whose anchor the
+    options leave undone is refused as such; a rewrite that raises FoldMathError left the graph
+    untouched (its contract) and is recorded as refused with the reason.
+    """
+    if getattr(rule, "tidy_first", False):
+        tidy(ctx.graph)
+    ctx.read_by_bodies = _names_read_by_bodies(ctx.graph)
+    ctx.memo = {}
+    survey = getattr(rule, "survey", None)
+    ctx.survey = survey(ctx) if survey is not None else None
+    ops = getattr(rule, "ops", None)
+    rewrites = 0
+    try:
         for node in list(ctx.graph.nodes):
-            if not node.outputs:  # detached by an earlier rewrite of this round
+            if not node.outputs:  # detached by an earlier rewrite of this sweep
+                continue
+            if ops is not None and not op_is(node, *ops):
                 continue
             match = rule.match(node, ctx)
             if match is None:
@@ -154,67 +181,21 @@ class RulePass:
             if plan is None:
                 continue
             if isinstance(plan, Refusal):
-                ctx.refused(plan.node, plan.family, self.name, plan.reason)
+                ctx.refused(plan.node, plan.family, rule.name, plan.reason)
                 continue
             if plan.anchor in ctx.options.undone:
-                ctx.refused(plan.anchor, plan.family, self.name, UNDONE)
+                ctx.refused(plan.anchor, plan.family, rule.name, UNDONE)
                 continue
+            before = len(ctx.graph.nodes)
             try:
                 done = rule.rewrite(plan, ctx)
             except FoldMathError as e:  # a value that would not survive the cast: the graph is untouched
-                ctx.refused(plan.anchor, plan.family, self.name, str(e))
+                ctx.refused(plan.anchor, plan.family, rule.name, str(e))
                 continue
-            ctx.folded(plan.anchor, plan.family, self.name, done)
+            # The nodes a rewrite writes carry the scopes of the node it was about (check --torch names them).
+            inherit_metadata(ctx.graph.nodes[before:], node)
+            ctx.folded(plan.anchor, plan.family, rule.name, done)
             rewrites += 1
-        return rewrites
-
-
-@dataclass(frozen=True)
-class Stage:
-    """Passes run in order, once or until a round changes nothing."""
-
-    passes: tuple[Pass, ...]
-    fixpoint: bool = False
-
-
-@dataclass
-class PipelineResult:
-    rewrites: dict[str, int]
-    converged: bool = True
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    stages: tuple[Stage, ...]
-    max_rounds: int = 8
-
-    @property
-    def names(self) -> list[str]:
-        return [p.name for s in self.stages for p in s.passes]
-
-    def run(self, ctx: PassContext) -> PipelineResult:
-        """Every stage in order; a fixpoint stage that still rewrites after ``max_rounds`` is reported."""
-        result = PipelineResult({name: 0 for name in self.names})
-        for stage in self.stages:
-            rounds = self.max_rounds if stage.fixpoint else 1
-            for _ in range(rounds):
-                changed = 0
-                for p in stage.passes:
-                    if p.name in ctx.options.undone:
-                        continue
-                    n = p.run(ctx)
-                    result.rewrites[p.name] += n
-                    changed += n
-                if not changed:
-                    break
-            else:
-                if stage.fixpoint:
-                    names = ", ".join(p.name for p in stage.passes)
-                    result.converged = False
-                    result.note = (
-                        f"{names} still rewrote the graph after {rounds} rounds; stopped there"
-                        " (the model is correct, but more may fold on another run)"
-                    )
-                    log.warning("%s", result.note)
-        return result
+    finally:
+        ctx.survey, ctx.memo = None, {}
+    return rewrites

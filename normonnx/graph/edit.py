@@ -1,0 +1,85 @@
+"""Every change to how nodes are wired goes through here, as ``onnx_ir.convenience`` is for onnx-ir.
+
+A rewrite that rewires by hand (``user.inputs[i] = x`` in one place, ``node.outputs = [y]`` in
+another, a third helper that clears both lists) leaves each call site to remember the cases: a
+reader that reads the same tensor twice, an optional input past the end of the list, a tensor
+that is a graph output. These few verbs remember them once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+def redirect(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Every node reading ``old`` reads ``new`` instead (every input slot that held it)."""
+    for user in list(old.outputs):
+        for i, t in enumerate(user.inputs):
+            if t is old:
+                user.inputs[i] = new
+
+
+def set_input(node: gs.Node, index: int, tensor: gs.Tensor) -> None:
+    """``node`` reads ``tensor`` at ``index``; optional inputs before it are left empty."""
+    while len(node.inputs) <= index:
+        node.inputs.append(gs.Variable.empty())
+    node.inputs[index] = tensor
+
+
+def set_outputs(node: gs.Node, *tensors: gs.Tensor) -> None:
+    """``node`` produces ``tensors`` (and nothing else): the tensors' previous producers lose them."""
+    node.outputs = list(tensors)
+
+
+def detach(nodes: Iterable[gs.Node]) -> None:
+    """Unhook nodes from every tensor; the graph's cleanup drops them."""
+    for n in nodes:
+        n.inputs.clear()
+        n.outputs.clear()
+
+
+def bypass(node: gs.Node, x: gs.Tensor) -> None:
+    """Every reader of ``node``'s first output reads ``x`` instead, and the node goes."""
+    redirect(node.outputs[0], x)
+    detach([node])
+
+
+def to_constant(tensor: gs.Tensor, value: np.ndarray) -> None:
+    """``tensor`` holds ``value`` from now on: its readers keep reading it, its producer loses it."""
+    tensor.to_constant(value)
+    tensor.inputs.clear()
+
+
+def replace_output(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """``new`` takes ``old``'s place among the graph's outputs, and its name (what a caller of the model reads)."""
+    graph.outputs[[o is old for o in graph.outputs].index(True)] = new
+    new.name = old.name
+
+
+def prune(nodes: Iterable[gs.Node], outputs: Container[gs.Tensor]) -> None:
+    """Each of ``nodes`` that nothing reads any more (no output read, none among ``outputs``, the graph's)
+    goes, and so, in turn, does every node that only fed one that went."""
+    pending = list(nodes)
+    while pending:
+        node = pending.pop()
+        if any(t.outputs or t in outputs for t in node.outputs):
+            continue
+        feeding = [t.inputs[0] for t in node.inputs if t.inputs]
+        detach([node])
+        pending.extend(feeding)
+
+
+def tidy(graph: gs.Graph) -> bool:
+    """Drop the nodes that feed no graph output (graphsurgeon's cleanup), when there are any; whether there were.
+
+    A rule counts readers: a node a rewrite orphaned must not count as one. The look for a node none
+    of whose outputs is read is cheap; the cleanup that follows walks the graph and its bodies.
+    """
+    outputs = {id(t) for t in graph.outputs}
+    if all(any(t.outputs or id(t) in outputs for t in n.outputs) for n in graph.nodes):
+        return False
+    graph.cleanup(remove_unused_graph_inputs=False)
+    return True
