@@ -62,9 +62,9 @@ def planned_form(family: str, opset: int, style: str) -> str:
 
 
 def _run(
-    model: onnx.ModelProto, pipeline: Pipeline, decisions: list[Decision], undone: frozenset[str]
+    model: onnx.ModelProto, pipeline: Pipeline, decisions: list[Decision], undone: frozenset[str], check: bool
 ) -> onnx.ModelProto:
-    outcome = pipeline.apply(model, FoldOptions(undone=undone), always_infer=True, sort=True)
+    outcome = pipeline.apply(model, FoldOptions(undone=undone), always_infer=True, sort=True, check=check)
     decisions.extend(outcome.decisions)
     return outcome.model
 
@@ -96,7 +96,7 @@ def emit_file(
     check_output_path(Path(dst), [Path(src)])
     log.info("%s: emitting at opset %s, style %s", src, opset or "of the model", style)
     proto = load_model(src, load_weights=True)
-    model, report = emit(proto, opset, style, name=str(src))
+    model, report = emit(proto, opset, style, name=str(src), check=False)  # checked as it is written
     older = runnable_copy(proto) if report.source_opset < OLDEST_RUNNABLE_OPSET else None
     report.parity, report.output, _ = write_verified(
         model, src, dst, verify=verify, shapes=shapes, isolated=isolated, reference=older
@@ -113,7 +113,7 @@ def _without_the_rewrite_at_fault(proto, src, dst, opset, style, failed: EmitRep
 
     return deliver_without_the_rewrite_at_fault(
         "emit rewrites", failed, list(dict.fromkeys(d.node for d in failed.decisions if d.folded)),
-        lambda undone: emit(proto, opset, style, undone=undone, name=str(src)),
+        lambda undone: emit(proto, opset, style, undone=undone, name=str(src), check=False),
         lambda culprit, _: f"{culprit} left as it was: rewriting it broke parity",
         src, dst, shapes=shapes, isolated=isolated, reference=older,
     )  # fmt: skip
@@ -126,9 +126,11 @@ def emit(
     *,
     undone: frozenset[str] = frozenset(),
     name: str | None = None,
+    check: bool = True,
 ) -> tuple[onnx.ModelProto, EmitReport]:
     """Every normalization of ``model`` in the form ``style`` wants at ``opset`` (but those whose anchor
     is in ``undone``, left as they are). ``name`` names a model given in memory in messages.
+    ``check=False`` leaves onnx's checker to the caller that writes the model (the file is checked then).
 
     The default ``opset`` is the model's own, or the oldest normonnx writes when the model's is older.
 
@@ -152,13 +154,13 @@ def emit(
     if src < 21 <= target and "GroupNormalization" in _ops_in(out) and "groupnorm" not in lower_first:
         lower_first.append("groupnorm")
     if lower_first:
-        out = _run(out, lower_pipeline(lower_first), decisions, undone)
+        out = _run(out, lower_pipeline(lower_first), decisions, undone, check)
     if target != src:
         try:
             out = convert_opset(out, target)
         except OpsetError as e:
             raise OpsetError(f"{source}: {e}") from None
-    out = _run(out, raise_pipeline(f for f in WITH_OP if forms[f] == "op"), decisions, undone)
+    out = _run(out, raise_pipeline(f for f in WITH_OP if forms[f] == "op"), decisions, undone, check)
     report = EmitReport(source, src, target, style, forms, before, summarize(scan(prepare_graph(out))), decisions)
     report.nodes_before, report.nodes_after = len(proto.graph.node), len(out.graph.node)
     report.seconds = time.perf_counter() - start

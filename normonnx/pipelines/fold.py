@@ -110,10 +110,12 @@ def fold(
     verify: bool = False,
     shapes: dict[str, tuple[int, ...]] | None = None,
     store: external.SpillStore | None = None,
+    check: bool = True,
 ) -> tuple[onnx.ModelProto, FoldReport]:
     """Fold every constant normalization of ``model``; return the new model and the report.
 
     ``store`` sends the weights folds compute to disk (models whose weights are on disk).
+    ``check=False`` leaves onnx's checker to the caller that writes the model (the file is checked then).
 
     With ``verify``, the result is run against the original on onnxruntime
     (CPU, optimizations off) over seeded inputs and ``report.parity`` says
@@ -135,7 +137,7 @@ def fold(
     graph = prepare_graph(proto)
     found = scan(graph)
     before = _stats(graph, found, tensor_bytes(proto))
-    outcome = fold_pipeline(options).apply(proto, options, graph=graph, store=store)
+    outcome = fold_pipeline(options).apply(proto, options, graph=graph, store=store, check=check)
     out, graph = outcome.model, outcome.graph
     rewrites, notes = outcome.rewrites, [*notes_first, *outcome.notes]
     unknown = _unknown_ops(graph)
@@ -186,7 +188,7 @@ def fold_file(
         store = external.SpillStore(dst)
     try:
         log.info("%s: folding %d nodes", src, len(proto.graph.node))
-        model, report = fold(proto, options, store=store)
+        model, report = fold(proto, options, store=store, check=False)  # checked as it is written
         report.source = str(src)
         log.info("%s: %d normalizations folded, %d kept; staging %s", src, len(report.folded), len(report.kept), dst)
         older = runnable_copy(proto)  # a pre-opset-7 file is verified against the copy onnxruntime runs
@@ -215,7 +217,7 @@ def _without_the_rewrite_at_fault(proto, src, dst, options, failed: FoldReport, 
     options = options or FoldOptions()
 
     def fold_without(undone: frozenset[str]) -> tuple[onnx.ModelProto, FoldReport]:
-        model, report = fold(proto, replace(options, undone=options.undone | undone))
+        model, report = fold(proto, replace(options, undone=options.undone | undone), check=False)
         report.source = str(src)
         return model, report
 
