@@ -84,7 +84,6 @@ def bisect_rewrites(
 def deliver_without_the_rewrite_at_fault(
     kind: str,
     failed: Any,
-    rewrites: Sequence[str],
     build: Callable[[frozenset[str]], tuple[onnx.ModelProto, Any]],
     kept: Callable[[str, Any], str],
     src: str | os.PathLike,
@@ -95,9 +94,11 @@ def deliver_without_the_rewrite_at_fault(
     reference: onnx.ModelProto | None,
     reference_proto: onnx.ModelProto | None = None,
 ) -> Any:
-    """``failed`` (a fold or emit report whose output failed parity) bisected over its ``rewrites``; the
-    report of the output rebuilt with the one at fault undone and written if it passes, its note saying
-    ``kept(culprit, report)`` and the error; ``failed`` itself, noted, when no single rewrite is to blame."""
+    """``failed`` (a fold or emit report whose output failed parity) bisected over its rewrites (every
+    decision that rewrote, by its anchor node); the report of the output rebuilt with the one at fault undone
+    and written if it passes, its note saying ``kept(culprit, report)`` and the error; ``failed`` itself,
+    noted, when no single rewrite is to blame."""
+    rewrites = list(dict.fromkeys(d.node for d in failed.decisions if d.folded))
     worst = failed.parity.worst()
     found = bisect_rewrites(
         kind, rewrites, lambda undone: build(undone)[0], src if reference is None else reference,

@@ -112,7 +112,7 @@ def _without_the_rewrite_at_fault(proto, src, dst, opset, style, failed: EmitRep
     from normonnx.pipelines._staging import deliver_without_the_rewrite_at_fault
 
     return deliver_without_the_rewrite_at_fault(
-        "emit rewrites", failed, list(dict.fromkeys(d.node for d in failed.decisions if d.folded)),
+        "emit rewrites", failed,
         lambda undone: emit(proto, opset, style, undone=undone, name=str(src), check=False),
         lambda culprit, _: f"{culprit} left as it was: rewriting it broke parity",
         src, dst, shapes=shapes, isolated=isolated, reference=older,

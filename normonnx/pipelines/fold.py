@@ -204,11 +204,6 @@ def fold_file(
     return report
 
 
-def _rewrites(report: FoldReport) -> list[str]:
-    """What a fold did, as bisection varies it: every rewrite, by its anchor node."""
-    return list(dict.fromkeys(d.node for d in report.decisions if d.folded))
-
-
 def _without_the_rewrite_at_fault(proto, src, dst, options, failed: FoldReport, shapes, isolated, older) -> FoldReport:
     """The full fold failed parity: bisect its rewrites, and deliver the fold with the one at fault left
     undone (verified like any output). When no single rewrite is to blame, nothing is written."""
@@ -222,7 +217,7 @@ def _without_the_rewrite_at_fault(proto, src, dst, options, failed: FoldReport, 
         return model, report
 
     return deliver_without_the_rewrite_at_fault(
-        "fold rewrites", failed, _rewrites(failed), fold_without,
+        "fold rewrites", failed, fold_without,
         lambda culprit, r: f"folded {len(r.folded)}/{len(r.norms)}; {culprit} kept: folding it broke parity",
         src, dst, shapes=shapes, isolated=isolated, reference=older, reference_proto=proto,
     )  # fmt: skip
