@@ -154,12 +154,20 @@ class OutputResult(Result):
     cosine: float
     p99_abs: float
     ref_max: float
-    threshold: float
+    threshold: float | None  # None: the gate is on SQNR
     nonfinite_mismatch: int
     passed: bool
     reason: str = ""
     noise_floor: float | None = None
     judged_by: str = "gate"
+    sqnr_db: float | None = None  # signal-to-noise of the difference in dB, where the gate is on it
+    min_sqnr_db: float | None = None  # the gate, when it is one on SQNR (int8) rather than on max|diff|
+
+    KEYS = (
+        "name", "shape", "dtype", "max_abs", "max_rel", "cosine", "p99_abs", "ref_max", "threshold",
+        "nonfinite_mismatch", "passed", "reason", "noise_floor", "judged_by", Key("sqnr_db", omit_none=True),
+        Key("min_sqnr_db", omit_none=True),
+    )  # fmt: skip
 
 
 @dataclass
@@ -179,7 +187,7 @@ class ParityResult(Result):
     def worst(self) -> OutputResult | None:
         if not self.outputs:
             return None
-        return max(self.outputs, key=lambda o: o.max_abs / max(o.threshold, 1e-30) if o.passed else np.inf)
+        return max(self.outputs, key=_closeness_to_failing)
 
     def summary(self, against: str = "") -> str:
         """One line for a terminal: the verdict and the worst output."""
@@ -187,12 +195,28 @@ class ParityResult(Result):
         worst = self.worst()
         if worst is None:
             return f"parity{against} {verdict}: no outputs compared"
+        if worst.min_sqnr_db is not None:
+            sqnr = f"{worst.sqnr_db:.1f} dB" if worst.sqnr_db is not None else "undefined"
+            return (
+                f"parity{against} {verdict}: worst output '{worst.name}' SQNR {sqnr} (gate >= {worst.min_sqnr_db:g}"
+                f" dB), max|diff| {worst.max_abs:.3g} over {self.samples} inputs"
+                + (f" -- {worst.reason}" if worst.reason else "")
+            )
         return (
             f"parity{against} {verdict}: worst output '{worst.name}' max|diff| {worst.max_abs:.3g}"
             f" (threshold {worst.threshold:.3g}) over {self.samples} inputs"
             + (f" at {self.inputs.describe()}" if self.inputs is not None and self.inputs.guessed else "")
             + (f" -- {worst.reason}" if worst.reason else "")
         )
+
+
+def _closeness_to_failing(o: OutputResult) -> float:
+    """How close an output is to failing its gate (1: on the edge); a failed output ranks above all."""
+    if not o.passed:
+        return np.inf
+    if o.min_sqnr_db is not None:
+        return 10 ** ((o.min_sqnr_db - (o.sqnr_db if o.sqnr_db is not None else -np.inf)) / 10)
+    return o.max_abs / max(o.threshold, 1e-30)
 
 
 @dataclass
@@ -214,11 +238,18 @@ class Divergence(Result):
     op: str
     tensor: str
     max_abs: float
-    threshold: float
+    threshold: float | None  # None: the gate is on SQNR
     ref_max: float
     reference: str = ""  # what it was compared with: a reference tensor, or a torch module path
     module: str | None = None  # the torch module the node came from, where the exporter recorded it
     inputs: list[dict] = field(default_factory=list)  # each compared input: tensor, agrees, max_abs
+    sqnr_db: float | None = None  # where the gate is on SQNR (an int8 candidate)
+    min_sqnr_db: float | None = None
+
+    KEYS = (
+        "node", "op", "tensor", "max_abs", "threshold", "ref_max", "reference", "module", "inputs",
+        Key("sqnr_db", omit_none=True), Key("min_sqnr_db", omit_none=True),
+    )  # fmt: skip
 
     @property
     def relative(self) -> float:
@@ -451,6 +482,99 @@ class HalfReport(Report):
 
 
 @dataclass
+class FloatNode(Result):
+    """A node of an int8 model that computes in float as onnxruntime deploys it, and why."""
+
+    node: str
+    op: str
+    reason: str
+
+
+@dataclass
+class ErrorJump(Result):
+    """A node where the int8 model's error grows most: the SQNR of its inputs and of its output (dB)."""
+
+    node: str
+    op: str
+    tensor: str
+    sqnr_in_db: float
+    sqnr_out_db: float
+
+    @property
+    def drop_db(self) -> float:
+        return self.sqnr_in_db - self.sqnr_out_db
+
+    KEYS = ("node", "op", "tensor", Key("sqnr_in_db", digits=2), Key("sqnr_out_db", digits=2),
+            Key("drop_db", digits=2))  # fmt: skip
+
+
+@dataclass
+class Int8Model(Result):
+    """One int8 model of a float32 model, judged on held-out inputs as onnxruntime deploys it."""
+
+    flow: str  # "normonnx" or "onnxruntime" (its default flow: quant_pre_process + quantize_static)
+    parity: ParityResult
+    top1: dict[str, float] = field(default_factory=dict)  # classifier output -> agreement with float32
+    qdq: int = 0  # QuantizeLinear + DequantizeLinear nodes
+    float_nodes: list[FloatNode] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    KEYS = ("flow", "parity", "top1", "qdq", "float_nodes", "notes")
+
+    def float_ops(self) -> dict[str, int]:
+        """Nodes computing in float, by op type."""
+        counts: dict[str, int] = {}
+        for f in self.float_nodes:
+            counts[f.op] = counts.get(f.op, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def worst_sqnr(self) -> float | None:
+        values = [o.sqnr_db for o in self.parity.outputs if o.sqnr_db is not None]
+        return min(values) if values else None
+
+
+@dataclass
+class QuantizeReport(Report):
+    """``normonnx quantize``: what normonnx prepared, what onnxruntime quantized, the proof on held-out inputs
+    against the float32 model and against onnxruntime's own flow, and the latency of all of them."""
+
+    source: str
+    settings: str  # Int8Settings.describe()
+    data: str  # where calibration and held-out inputs came from
+    seeded: bool = False  # calibrated on seeded inputs: the weaker choice
+    prepared: list[str] = field(default_factory=list)  # what normonnx did before the quantizer
+    kept_float: list[FloatNode] = field(default_factory=list)  # left in float by normonnx, on purpose
+    int8: Int8Model | None = None  # normonnx's int8 model
+    baseline: Int8Model | None = None  # onnxruntime's default flow on the same calibration data
+    written: str = "normonnx"  # whose int8 model is the output: "normonnx" or "onnxruntime's flow"
+    jumps: list[ErrorJump] = field(default_factory=list)  # where the error grows most
+    latency: dict[str, LatencyStats] = field(default_factory=dict)
+    speedups: dict[str, Speedup] = field(default_factory=dict)
+    output: str | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    KEYS = (
+        "source", "output", "passed", "written", "settings", "data", "seeded", "prepared", "kept_float", "int8",
+        "baseline",
+        "jumps", "latency", "speedups", "notes", Key("seconds", digits=3),
+    )  # fmt: skip
+
+    @property
+    def output_model(self) -> Int8Model | None:
+        """The judgement of the int8 model written (or that would have been)."""
+        return self.int8 if self.written == "normonnx" else self.baseline
+
+    @property
+    def parity(self) -> ParityResult | None:
+        return self.output_model.parity if self.output_model is not None else None
+
+    @property
+    def passed(self) -> bool:
+        return self.parity is not None and self.parity.passed
+
+
+@dataclass
 class ExportReport(Report):
     """``normonnx export``: the exporter, the emit it ran, parity against torch eager."""
 
@@ -508,6 +632,9 @@ class ConvertReport(Report):
     files: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    int8: QuantizeReport | None = None  # --precision int8: the quantize report of model.int8.onnx
+    top1_int8: float | None = None  # the int8 model's top-1 agreement with torch on the held-out part of --data
+    int8_required: bool = True  # False (the demo): an int8 model that fails its gate is reported, not a failure
 
     KEYS = (
         "name", "spec", "checkpoint", "opset", "style", "exporter", "passed", "layers",
@@ -515,8 +642,10 @@ class ConvertReport(Report):
         Key("folded_by_normonnx", "folded"), Key("left_in_model", "left"), "forms_after", "parity",
         "parity_resized", "max_error", Key("top1_agreement", "top1"), "top1_samples",
         Key("latency_ms", "latency", convert=_medians), Key("speedup_vs_unfolded", "speedup"), "speedup_spread",
-        "floor_ratio", "floor_spread", "files", Key("seconds", digits=2), "notes",
+        "floor_ratio", "floor_spread", "files", Key("seconds", digits=2), "notes", Key("int8", omit_none=True),
+        Key("top1_agreement_int8", "top1_int8", omit_none=True),
     )  # fmt: skip
+    OMITTED = ("int8_required",)
 
     @property
     def folded(self) -> int:
@@ -534,7 +663,11 @@ class ConvertReport(Report):
     @property
     def passed(self) -> bool:
         resized_ok = self.parity_resized is None or self.parity_resized.passed
-        return bool(self.parity and self.parity.passed) and resized_ok and (self.top1 is None or self.top1 == 1.0)
+        int8_ok = self.int8 is None or self.int8.passed or not self.int8_required
+        return (
+            bool(self.parity and self.parity.passed) and resized_ok and (self.top1 is None or self.top1 == 1.0)
+            and int8_ok
+        )  # fmt: skip
 
     @property
     def max_error(self) -> float | None:

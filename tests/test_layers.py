@@ -14,7 +14,7 @@ LAYERS = [
     {"graph"},
     {"recognize"},
     {"passes"},
-    {"validate", "torchfront", "reports", "zoo"},
+    {"validate", "int8", "torchfront", "reports", "zoo"},
     {"pipelines"},
     {"cli", "__init__", "__main__"},
 ]

@@ -28,7 +28,39 @@ def _setup(tmp):
     np.savez(tmp / "wrongdim.npz", input=np.zeros((2, 4, 16, 16), np.float32))
     onnx.save(conv_bn_model(1), tmp / "second.onnx")
     (tmp / "bad.json").write_text("{not json")
+    np.savez(tmp / "one.npz", input=np.zeros((1, 3, 16, 16), np.float32))
+    onnx.save(_quantized_model(), tmp / "int8.onnx")
+    onnx.save(_custom_op_model(), tmp / "custom.onnx")
+    np.savez(tmp / "custom.npz", input=np.zeros((8, 3, 8, 8), np.float32))
     return model
+
+
+def _custom_op_model() -> onnx.ModelProto:
+    """Conv -> com.example:MyRelu: an op onnxruntime has no kernel for."""
+    from tests.builders import GraphBuilder
+
+    b = GraphBuilder(opset=17)
+    x = b.input("input", [1, 3, 8, 8])
+    y = b.conv(x, 3, 4, np.random.default_rng(0))
+    b.nodes.append(onnx.helper.make_node("MyRelu", [y], ["out"], name="my_relu", domain="com.example"))
+    b.custom_domains.append("com.example")
+    b.output("out", shape=[1, 4, 6, 6])
+    return b.model()
+
+
+def _quantized_model() -> onnx.ModelProto:
+    """A QDQ file, as onnxruntime's quantizer writes one: x -> QuantizeLinear -> DequantizeLinear -> Relu."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+        helper.make_node("Relu", ["d"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(128), "z")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 # (arguments, what the one line must say). {m} is a valid model, {t} the temporary folder.
@@ -59,6 +91,14 @@ CASES = [
     (["check", "{m}", "--against", "{m}", "--map", "{t}/bad.json"], "bad.json"),
     (["check", "{m}", "--against", "{m}", "--provider", "cuda"], "CUDAExecutionProvider"),
     (["check", "{m}", "--against", "{m}", "--save-inputs", "{t}/nofolder/i.npz"], "does not exist"),
+    (["quantize", "{t}/int8.onnx", "-o", "{t}/o.onnx"], "already quantized (1 DequantizeLinear, 1 QuantizeLinear)"),
+    (["quantize", "{m}", "-o", "{t}/o.onnx", "--data", "{t}/one.npz"], "one input set"),
+    (["quantize", "{m}", "-o", "{t}/o.onnx", "--data", "{t}/wrongdim.npz"], "where the model fixes 3"),
+    (["quantize", "{m}", "-o", "{t}/o.onnx", "--data", "{t}/extra.npz"], "is no input of the model"),
+    (["quantize", "{m}", "-o", "{t}/o.onnx", "--held-out", "{t}/one.npz"], "--held-out"),
+    (["quantize", "{m}", "-o", "{t}/o.onnx", "--min-sqnr", "1000"], "--min-sqnr 1000"),
+    (["quantize", "{m}", "-o", "{m}"], "refusing to write over the input"),
+    (["quantize", "{t}/custom.onnx", "-o", "{t}/o.onnx", "--data", "{t}/custom.npz"], "com.example"),
     (["bench", "{m}", "--runs", "0"], "--runs 0"),
     (["bench", "{m}", "--threads", "-2"], "--threads -2"),
     (["bench", "{m}", "--shape", "nosuch:1,3,16,16"], "no such input"),

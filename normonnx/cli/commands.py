@@ -42,13 +42,15 @@ def _rewriting(
     *,
     title_extra: Callable[[Call], str] = lambda c: "",
     verified: Callable[[Call], str] = lambda c: c.source,
+    steps: bool = False,
 ) -> Verb:
     """A verb that rewrites IN into OUT, verified, one file or many, with a JSON report (fold, emit, half):
     ``pipelines.<name>.<name>_file`` for one file, ``batch.<name>_one`` for each of many."""
 
     def run(c: Call) -> Report:
         pipeline = importlib.import_module(f"normonnx.pipelines.{name}")
-        return getattr(pipeline, f"{name}_file")(c.source, c.output, **c.options)
+        shown = {"progress": lambda step: c.bar.update(note=step)} if steps else {}  # the step on the progress line
+        return getattr(pipeline, f"{name}_file")(c.source, c.output, **c.options, **shown)
 
     return Verb(
         name,
@@ -78,11 +80,7 @@ def _fold_arguments(p: argparse.ArgumentParser) -> None:
     options.add_files(p, "fold")
     p.add_argument("--report", metavar="REPORT.json", help="also write the fold report as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check against the input")
-    p.add_argument(
-        "--norm-affine",
-        action="store_true",
-        help="also fold LayerNorm/RMSNorm/GroupNorm/InstanceNorm affines into the linear op after them",
-    )
+    options.add_norm_affine(p)
     p.add_argument(
         "--constant-initializer-inputs",
         action="store_true",
@@ -148,6 +146,62 @@ HALF = _rewriting(
     _half_options,
     title_extra=lambda c: f" ({c.args.dtype})",
     verified=lambda c: f"{c.source} in half-faithful arithmetic",
+)
+
+
+# quantize
+
+
+def _quantize_arguments(p: argparse.ArgumentParser) -> None:
+    from normonnx.int8 import ACTIVATIONS, CALIBRATIONS
+
+    options.add_files(p, "quantize")
+    p.add_argument(
+        "--data", metavar="CALIB.npz", help="calibration inputs (default: seeded random inputs, a weaker choice)"
+    )
+    p.add_argument(
+        "--held-out", metavar="HELDOUT.npz", help="inputs for the proof (default: the last quarter of --data)"
+    )
+    p.add_argument("--calibrate", choices=CALIBRATIONS, default="minmax", help="activation ranges (default minmax)")
+    p.add_argument(
+        "--activations", choices=ACTIVATIONS, default="uint8", help="activation type (default uint8: x86 CPUs)"
+    )
+    p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor (default: per channel)")
+    options.add_norm_affine(p)
+    p.add_argument(
+        "--min-sqnr", type=float, default=None, metavar="DB", help="gate: SQNR of every output in dB (default 20)"
+    )
+    p.add_argument("--no-baseline", action="store_true", help="skip onnxruntime's own flow (the comparison)")
+    p.add_argument("--no-bench", action="store_true", help="skip the latency measurement")
+    p.add_argument("--report", metavar="REPORT.json", help="also write the report as JSON")
+    options.add_json(p, "print the report as JSON")
+
+
+def _quantize_options(args: argparse.Namespace) -> dict:
+    from normonnx.int8.engine import Int8Settings
+    from normonnx.validate.parity import INT8_MIN_SQNR
+
+    if args.min_sqnr is not None and not -300 <= args.min_sqnr <= 300:
+        raise UnusableInputError(f"--min-sqnr {args.min_sqnr:g}: a gate in dB, between -300 and 300")
+    return {
+        "data": args.data,
+        "held_out": args.held_out,
+        "settings": Int8Settings(args.calibrate, args.activations, per_channel=not args.per_tensor),
+        "shapes": _shapes(args),
+        "min_sqnr": INT8_MIN_SQNR if args.min_sqnr is None else args.min_sqnr,
+        "norm_affine": args.norm_affine,
+        "baseline": not args.no_baseline,
+        "bench": not args.no_bench,
+    }
+
+
+QUANTIZE = _rewriting(
+    "quantize",
+    "static int8 through onnxruntime's quantizer, normalizations folded or kept in float, proven and timed",
+    _quantize_arguments,
+    _quantize_options,
+    verified=lambda c: f"{c.source} on held-out inputs",
+    steps=True,
 )
 
 
@@ -219,7 +273,9 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     options.add_shape(p)
     p.add_argument("--samples", type=options.positive_int("--samples"), default=3, help="seeded input sets (default 3)")
     p.add_argument("--rtol", type=float, help="gate: max|diff| <= max(atol, rtol * max|ref|) (default 1e-5)")
-    p.add_argument("--atol", type=float, help="see --rtol (default 1e-5; fp16 outputs: 5e-3 both)")
+    p.add_argument(
+        "--atol", type=float, help="see --rtol (default 1e-5; fp16 outputs: 5e-3 both; int8 models: SQNR >= 20 dB)"
+    )
     p.add_argument("--tol", action="append", metavar="OUTPUT=ATOL[,RTOL]", help="gate for one output")
     options.add_provider(p)
     p.add_argument("--optimize", action="store_true", help="run the candidate with ORT_ENABLE_ALL (as deployed)")
@@ -353,7 +409,7 @@ def _convert_arguments(p: argparse.ArgumentParser) -> None:
     options.add_form(p, DEFAULT_OPSET)
     p.add_argument("--data", metavar="HELDOUT.npz", help="held-out inputs for top-1 agreement with torch")
     p.add_argument("--no-floor", action="store_true", help="skip the no-normalization latency floor")
-    options.add_precision(p)
+    options.add_precision(p, int8=True)
     p.add_argument(
         "--runs", type=options.positive_int("--runs"), default=100, help="timed runs per model (default 100)"
     )
@@ -435,4 +491,4 @@ def _demo(args: argparse.Namespace) -> int:
 DEMO = Thin("demo", "convert every bundled reference model", _demo_arguments, _demo)
 
 # The order of `normonnx --help`.
-COMMANDS: tuple[Command, ...] = (EXPORT, EMIT, FOLD, HALF, INSPECT, CHECK, BENCH, CONVERT, DEMO)
+COMMANDS: tuple[Command, ...] = (EXPORT, EMIT, FOLD, HALF, QUANTIZE, INSPECT, CHECK, BENCH, CONVERT, DEMO)

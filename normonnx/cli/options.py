@@ -43,9 +43,25 @@ def add_provider(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
 
 
-def add_precision(p: argparse.ArgumentParser) -> None:
+def add_precision(p: argparse.ArgumentParser, int8: bool = False) -> None:
+    if int8:
+        p.add_argument(
+            "--precision",
+            choices=("fp16", "bf16", "int8"),
+            help="also write model.<precision>.onnx: normonnx half (verified half-faithfully) or normonnx quantize"
+            " (calibrated on the first quarter of --data, proven on the rest)",
+        )
+        return
     p.add_argument(
         "--precision", choices=("fp16", "bf16"), help="also convert with normonnx half (verified half-faithfully)"
+    )
+
+
+def add_norm_affine(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--norm-affine",
+        action="store_true",
+        help="also fold LayerNorm/RMSNorm/GroupNorm/InstanceNorm affines into the linear op after them",
     )
 
 

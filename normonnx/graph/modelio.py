@@ -79,6 +79,19 @@ def _check_versions(path: Path, model: onnx.ModelProto) -> None:
         raise _fail(path, f"opset {default[0]} is not supported by onnx {onnx.__version__} (1..{newest})")
 
 
+def with_unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose every node has a name of its own: for whatever names nodes (half's plan, the nodes
+    onnxruntime's quantizer is told to leave alone)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    seen: set[str] = set()
+    for k, n in enumerate(out.graph.node):
+        if not n.name or n.name in seen:
+            n.name = f"{n.op_type}_{k}__named"
+        seen.add(n.name)
+    return out
+
+
 def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     """Every node of ``graph`` and of the bodies of its If/Loop/Scan nodes, at any depth."""
     for node in graph.node:

@@ -135,6 +135,26 @@ def half_one(
     return _timed(source, work)
 
 
+def quantize_one(source: str, output: str, isolated: bool = True, **options) -> FileResult:
+    """``normonnx quantize SOURCE -o OUTPUT`` as one row (its onnxruntime runs are isolated either way, so
+    ``isolated``, which the many-file runner passes every job, changes nothing)."""
+
+    def work() -> FileResult:
+        from normonnx.pipelines.quantize import quantize_file
+
+        report = quantize_file(source, output, **options)
+        verdict, code = _verdict(report.parity, report.output is not None)
+        judged = report.output_model
+        worst = judged.worst_sqnr() if judged is not None else None
+        return FileResult(
+            source, report.output, verdict, code, kept=len(report.kept_float),
+            message=(f"SQNR {worst:.1f} dB ({report.written})" if worst is not None else "") if report.output
+            else (report.parity.summary() if report.parity else ""),
+        )  # fmt: skip
+
+    return _timed(source, work)
+
+
 def check_one(
     candidate: str, reference: str, report_path: str | None = None, isolated: bool = True, **options
 ) -> FileResult:

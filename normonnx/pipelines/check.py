@@ -35,6 +35,7 @@ import onnx
 from normonnx.errors import UnusableInputError, first_line
 from normonnx.graph.modelio import has_external_data, load_model
 from normonnx.graph.opsets import runnable_copy
+from normonnx.graph.quantized import quantized_ops
 from normonnx.isolation import IsolatedRunError
 from normonnx.results import Bisection, CheckReport, Localization, ParityResult, ProbedShapes
 from normonnx.validate import execute
@@ -46,6 +47,7 @@ from normonnx.validate.localize import first_divergence
 from normonnx.validate.parity import (
     FAITHFUL_GATE,
     FP16_GATE,
+    INT8_GATE,
     Gate,
     compare,
     compare_output,
@@ -177,7 +179,16 @@ def check(
     log.info("check %s against %s: %d input sets", cand.name, ref.name, len(feeds))
     _run_reference(ref, feeds, specs, checkpoint, gates)
     notes: list[str] = []
+    int8 = _int8_candidate(cand.proto, ref.proto)
+    if int8 and not optimize:
+        # onnxruntime's int8 kernels exist only after its QDQ fusions: without them it computes in float.
+        cand.runner = cand.runner.derived(optimize=True)
+        notes.append("an int8 candidate runs as deployed (ORT_ENABLE_ALL): its int8 kernels need the fusions")
     _run_candidate(cand, ref, feeds, evaluator, runs, notes)
+    if int8 and default_gate is None:
+        # Every value of an int8 model is off by up to half a quantization step: judged by SQNR, not max|diff|.
+        default_gate = INT8_GATE
+        notes.append(f"an int8 candidate ({int8}): judged by SQNR >= {INT8_GATE.min_sqnr:g} dB per output")
     report = CheckReport(
         cand.name,
         ref.name,
@@ -221,7 +232,7 @@ def _inputs(
     """The input sets both sides run on: the .npz's, else seeded float32 sets at shapes the models run at
     (validate.probe, on the ONNX reference where there is one)."""
     if npz:
-        return load_npz(npz, specs), None
+        return load_npz(npz, specs, one_array_any_name=True), None
     float_specs = [s if s.dtype.kind != "f" else type(s)(s.name, np.dtype(np.float32), s.shape) for s in specs]
     name, source = (ref.name, ref.source) if ref.source is not None else (cand.name, cand.source)
     probed = probe_shapes(spec_model, runs.runner(source, label=name), shapes)
@@ -272,6 +283,14 @@ def _run_candidate(
         raise UnusableInputError(f"{cand.name}: {e}") from None
 
 
+def _int8_candidate(cand_proto: onnx.ModelProto, ref_proto: onnx.ModelProto | None) -> str:
+    """The quantized ops of a candidate whose reference is a float model ("" when it is not one)."""
+    ops = quantized_ops(cand_proto)
+    if not ops or (ref_proto is not None and quantized_ops(ref_proto)):
+        return ""
+    return ", ".join(f"{n} {op}" for op, n in ops.items())
+
+
 def _half_judged_faithfully(cand_proto, ref_proto, provider: str, evaluator: str | None) -> bool:
     """A half-precision candidate of a float32 model is judged in half-faithful arithmetic on the CPU
     (onnxruntime's CPU provider computes fp16 in fp32 behind casts and hides overflow) unless
@@ -320,7 +339,11 @@ def _against_baselines(
     elif half_candidate:
         report.fp16_baseline = _fp16_baseline(report, ref.proto, given, feeds, ref.outputs, runs)
     elif (
-        not report.parity.passed and ref.runner is not None and not cand.runner.config.optimize and default_gate is None
+        not report.parity.passed
+        and ref.runner is not None
+        and not cand.runner.config.optimize
+        and default_gate is None
+        and not _int8_candidate(cand.proto, ref.proto)
     ):
         noisy = ref.runner.derived(label=f"{ref.name} (noise floor)", optimize=True).infer(ref.feeds)
         rejudge_with_noise(report.parity, compare(ref.outputs, noisy), strict=frozenset(gates or ()))
@@ -396,7 +419,8 @@ def _diagnose(
 ) -> None:  # fmt: skip
     """Why it fails: the onnxruntime transformer that breaks an optimized candidate, and the first node
     whose divergence persists downstream (also when it passes, if asked)."""
-    if cand.runner.config.optimize and not report.parity.passed:
+    int8 = bool(_int8_candidate(cand.proto, ref.proto))
+    if cand.runner.config.optimize and not report.parity.passed and not int8:  # int8 needs the transformers
         report.bisection = _bisect_onnxruntime(
             cand.runner, cand.feeds, ref.outputs, gates, default_gate, cand.passes_plain
         )
@@ -407,7 +431,7 @@ def _diagnose(
             )
     if localize or (localize is None and not report.parity.passed):
         located = cand.runner.derived(label="localize")
-        if cand.load_error is not None:  # what the candidate computes, where it runs at all
+        if cand.load_error is not None or int8:  # what the candidate computes, where its tensors keep their names
             located = located.derived(optimize=False)
         if ref.runner is not None:
             report.localization = _localize(

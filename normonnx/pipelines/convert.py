@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from normonnx.errors import OutputError, UnusableInputError
+from normonnx.int8.data import calibration_count, split_samples
 from normonnx.pipelines.export import DEFAULT_OPSET, export_module, parity_at_two_sizes
 from normonnx.results import ConvertReport
 
@@ -88,7 +89,14 @@ def convert(
     dynamic_batch: bool = False,
     dynamic: Sequence[str] = (),
     precision: str | None = None,
+    require_int8: bool = True,
 ) -> ConvertReport:
+    """``spec`` (MODULE:FACTORY) with ``checkpoint`` exported, folded, checked against torch and timed, into the
+    report folder ``out_dir``; ``precision`` (fp16, bf16, int8) adds model.<precision>.onnx, verified.
+
+    int8 calibrates on the first quarter of ``data`` and is proven on the rest (seeded inputs without
+    ``data``, said in the report). ``require_int8=False`` (the demo) reports an int8 model that fails its
+    gate instead of failing the conversion."""
     from normonnx.graph.bridge import rename_inputs
     from normonnx.graph.modelio import save_model
     from normonnx.pipelines.fold import fold
@@ -123,12 +131,15 @@ def convert(
     report.forms_after = fold_report.after.norms
     say("parity vs torch")
     report.parity, report.parity_resized, _ = parity_at_two_sizes(module, folded, example, exported.dynamic)
-    half = None
-    if precision is not None:
+    extra = None  # the model of --precision
+    if precision == "int8":
+        say("int8")
+        extra = _int8(report, folded, data, require_int8)
+    elif precision is not None:
         from normonnx.pipelines.half import half_model
 
         say(f"half precision ({precision})")
-        half, half_report = half_model(folded, precision)
+        extra, half_report = half_model(folded, precision)
         report.notes.append(
             f"model.{precision}.onnx: {half_report.weight_bytes_half:.0%} of weight bytes in {precision},"
             f" {len(half_report.kept)} nodes kept in float32; half-faithful {half_report.parity.summary()}"
@@ -142,16 +153,18 @@ def convert(
     try:
         save_model(unfolded, files["unfolded"])
         save_model(folded, files["model"])
-        if half is not None:
+        if extra is not None:
             files[precision] = out / f"model.{precision}.onnx"
-            save_model(half, files[precision])
+            save_model(extra, files[precision])
         if data is not None:
             say("top-1 agreement")
             report.top1 = top1_agreement(module, files["model"], data)
             report.top1_samples = len(data)
+            if precision == "int8" and extra is not None:  # on the samples int8 was not calibrated on
+                report.top1_int8 = top1_agreement(module, files["int8"], data[calibration_count(len(data)) :])
         models = {"folded": files["model"], "unfolded": files["unfolded"]}
-        if precision == "fp16":  # onnxruntime's CPU has no bf16 kernels for most ops: bf16 is not timed
-            models["fp16"] = files["fp16"]
+        if precision in ("fp16", "int8") and precision in files:  # onnxruntime's CPU has no bf16 kernels for most ops
+            models[precision] = files[precision]
         if floor:
             say("floor")
             files["floor"] = out / "model.floor.onnx"
@@ -171,6 +184,36 @@ def convert(
         _remove_partial(out, files.values(), created)
         raise
     return report
+
+
+def _int8(report: ConvertReport, folded, data: np.ndarray | None, required: bool):
+    """The folded model in int8, its report on ``report``; None when it fails its gate (``report.passed`` says
+    so, unless ``required`` is off: then it is a note, as is a model the quantizer cannot take)."""
+    from normonnx.pipelines.quantize import quantize_model
+    from normonnx.validate.inputs import input_specs
+
+    report.int8_required = required
+    try:
+        inputs = split_samples(input_specs(folded)[0], data) if data is not None else None
+        model, report.int8 = quantize_model(folded, data=inputs, bench=False, name=f"{report.spec} (int8)")
+    except UnusableInputError as e:
+        if required:
+            raise
+        report.notes.append(f"model.int8.onnx not written: {e}")
+        return None
+    judged = report.int8.output_model
+    if not report.int8.passed:
+        report.notes.append(f"model.int8.onnx not written: {report.int8.parity.summary()}")
+        return None
+    theirs = report.int8.baseline
+    versus = ""
+    if theirs is not None and theirs.worst_sqnr() is not None:
+        versus = f" (onnxruntime's own flow on the folded model: {theirs.worst_sqnr():.1f} dB)"
+    report.notes.append(
+        f"model.int8.onnx ({report.int8.written}'s): SQNR {judged.worst_sqnr():.1f} dB against the float32 model"
+        f"{versus}, {len(judged.float_nodes)} nodes computing in float; calibration: {report.int8.data}"
+    )
+    return model
 
 
 def _remove_partial(out: Path, files, created: bool) -> None:

@@ -26,7 +26,7 @@ from onnx import TensorProto
 from normonnx.errors import UnusableInputError
 from normonnx.families import LINEAR_OPS
 from normonnx.graph.bridge import model_and_name, prepare_graph
-from normonnx.graph.modelio import iter_nodes, load_model, staged_save
+from normonnx.graph.modelio import iter_nodes, load_model, staged_save, with_unique_node_names
 from normonnx.graph.opsets import OpsetError, convert_opset, default_opset, runnable_copy
 from normonnx.graph.precision import with_float_type
 from normonnx.passes import FoldOptions
@@ -44,18 +44,6 @@ DTYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 BASELINE_FACTOR = 2.0
 BF16_OPSET = 22  # the first opset whose Conv and pooling take bfloat16
 BF16_CAST_OPSET = 13  # the first whose Cast does
-
-
-def _named(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose every node has a name of its own (the plan names nodes)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    seen: set[str] = set()
-    for k, n in enumerate(out.graph.node):
-        if not n.name or n.name in seen:
-            n.name = f"{n.op_type}_{k}__half"
-        seen.add(n.name)
-    return out
 
 
 def _bodies(model: onnx.ModelProto) -> bool:
@@ -151,7 +139,7 @@ def half_model(
 def _converted(proto, folded, source, dtype, half, keep_io_types, inputs_npz, shapes, samples, timeout):
     """One conversion of ``folded`` (the float32 ``proto`` with its normalizations folded) and its verdict."""
     report = HalfReport(source, dtype, keep_io_types)
-    folded = _named(folded)
+    folded = with_unique_node_names(folded)  # the plan names nodes
     specs = input_specs(folded)
     options = RunOptions(timeout=timeout)  # every onnxruntime run of half in a child process
     folded_runner = options.runner(folded.SerializeToString(), label=source)

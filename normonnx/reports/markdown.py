@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from normonnx.reports.table import table
-from normonnx.reports.text import bisection_lines, convert_rows, localization_lines
+from normonnx.reports.text import bisection_lines, convert_rows, gate_text, localization_lines
 from normonnx.results import BenchReport, CheckReport, ConvertReport
 
 
@@ -20,7 +20,7 @@ def check_markdown(report: CheckReport) -> str:
     ]
     rows = [
         (o.name, o.shape, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.9f}", f"{o.p99_abs:.3g}",
-         f"{o.threshold:.3g}", o.judged_by, "pass" if o.passed else "FAIL: " + o.reason)
+         gate_text(o), o.judged_by, "pass" if o.passed else "FAIL: " + o.reason)
         for o in report.parity.outputs
     ]  # fmt: skip
     head = ("output", "shape", "max abs", "max rel", "cosine", "p99 abs", "threshold", "judged by", "result")

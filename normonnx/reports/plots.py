@@ -53,7 +53,8 @@ def plot_output_errors(report: CheckReport, path: Path) -> bool:
         pts = [(x, e) for x, e, k in zip(xs, errors, ok, strict=True) if k == passed]
         if pts:
             ax.scatter(*zip(*pts, strict=True), color=color, zorder=3, label=label)
-    ax.scatter(xs, [max(o.threshold, floor) for o in outs], marker="_", s=700, color="black", label="threshold")
+    limits = [max(o.threshold or floor, floor) for o in outs]  # an SQNR gate has no max|diff| threshold
+    ax.scatter(xs, limits, marker="_", s=700, color="black", label="threshold")
     ax.set_xticks(xs, [o.name for o in outs], rotation=30, ha="right", fontsize=8)
     ax.set_xlim(-0.6, len(outs) - 0.4)
     ax.set_yscale("log")

@@ -21,6 +21,7 @@ from normonnx.results import (
     HalfReport,
     Inspection,
     Localization,
+    QuantizeReport,
 )
 
 
@@ -106,6 +107,11 @@ def render_export(report: ExportReport) -> str:
     return "\n".join(lines)
 
 
+def gate_text(o) -> str:
+    """An output's gate: its max|diff| threshold, or the SQNR an int8 output must reach."""
+    return f"SQNR >= {o.min_sqnr_db:g} dB" if o.min_sqnr_db is not None else f"{o.threshold:.3g}"
+
+
 def render_check(report: CheckReport) -> str:
     lines = [
         f"normonnx check {report.candidate} against {report.reference_kind} {report.reference}"
@@ -118,7 +124,7 @@ def render_check(report: CheckReport) -> str:
             verdict += f" ({o.judged_by})"
         rows.append(
             (o.name, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.9f}", f"{o.p99_abs:.3g}",
-             f"{o.threshold:.3g}", verdict + (f": {o.reason}" if o.reason else ""))
+             gate_text(o), verdict + (f": {o.reason}" if o.reason else ""))
         )  # fmt: skip
     lines.append(table(("output", "max abs", "max rel", "cosine", "p99 abs", "threshold", "result"), rows))
     if report.fp16_baseline is not None:
@@ -149,10 +155,11 @@ def localization_lines(loc: Localization | None) -> list[str]:
         return [f"localization: {loc.note or 'no compared tensor diverges for good'}; {compared}"]
     d = loc.first
     where = f" in module {d.module}" if d.module else ""
-    lines = [
-        f"first divergence: node {d.node} ({d.op}){where}, output {d.tensor}: max|diff| {d.max_abs:.3g}"
-        f" > {d.threshold:.3g}; {compared}"
-    ]
+    if d.min_sqnr_db is not None and d.sqnr_db is not None:
+        error = f"SQNR {d.sqnr_db:.1f} dB < {d.min_sqnr_db:g} dB (max|diff| {d.max_abs:.3g})"
+    else:
+        error = f"max|diff| {d.max_abs:.3g} > {d.threshold:.3g}"
+    lines = [f"first divergence: node {d.node} ({d.op}){where}, output {d.tensor}: {error}; {compared}"]
     if d.inputs:
         lines.append(
             "  its inputs: " + ", ".join(f"{i['tensor']} {'agrees' if i['agrees'] else 'differs'}" for i in d.inputs)
@@ -206,6 +213,27 @@ def convert_rows(r: ConvertReport) -> list[tuple[str, str]]:
     if r.floor_ratio is not None:
         spread = f"[{r.floor_spread[0]:.3f}, {r.floor_spread[1]:.3f}]"
         rows.append(("latency / no-normalization floor", f"{r.floor_ratio:.3f} {spread}"))
+    rows += int8_rows(r)
+    return rows
+
+
+def int8_rows(r: ConvertReport) -> list[tuple[str, str]]:
+    """The int8 model of ``convert --precision int8``: its accuracy against float32 and torch, its speed."""
+    judged = r.int8.output_model if r.int8 is not None else None
+    if judged is None:
+        return []
+    theirs, worst = r.int8.baseline, judged.worst_sqnr()
+    versus = ""
+    if r.int8.written == "normonnx" and theirs is not None and theirs.worst_sqnr() is not None:
+        versus = f" (onnxruntime's own flow {theirs.worst_sqnr():.1f} dB)"
+    rows = [("int8 SQNR vs float32 (worst output)", (f"{worst:.1f} dB" if worst is not None else "-") + versus)]
+    if not r.int8.passed:
+        rows.append(("int8 model", "not written: fails its gate"))
+    if r.top1_int8 is not None:
+        rows.append(("int8 top-1 agreement with torch", f"{r.top1_int8:.4%} on the inputs calibration did not see"))
+    if "folded" in r.latency and "int8" in r.latency:
+        ratio = r.latency["folded"].median_ms / r.latency["int8"].median_ms
+        rows.append(("int8 speed-up vs the folded float32 model", f"{ratio:.3f}x"))
     return rows
 
 
@@ -263,7 +291,7 @@ def _short_forms(forms: dict[str, int]) -> str:
 def render_demo(reports: list[ConvertReport], families: dict[str, tuple[str, ...]]) -> str:
     """One row per reference model: what was there, what folded, what is left, error, speed, verdict."""
     head = ("model", "families", "layers", "in export", "normonnx folded", "left in model (form)", "max error",
-            "speed-up", "vs floor", "top-1", "verdict")  # fmt: skip
+            "speed-up", "vs floor", "top-1", "int8 top-1", "verdict")  # fmt: skip
     rows = [
         (
             r.name,
@@ -276,11 +304,21 @@ def render_demo(reports: list[ConvertReport], families: dict[str, tuple[str, ...
             f"{r.speedup:.2f}x" if r.speedup is not None else "-",
             f"{r.floor_ratio:.2f}" if r.floor_ratio is not None else "-",
             f"{r.top1:.2%}" if r.top1 is not None else "-",
+            _int8_cell(r),
             "PASSED" if r.passed else "FAILED",
         )
         for r in reports
     ]
     return table(head, rows)
+
+
+def _int8_cell(r: ConvertReport) -> str:
+    """The int8 model's top-1 agreement with torch, or why there is none."""
+    if r.int8 is None:
+        return "-"
+    if not r.int8.passed:
+        return "fails gate"
+    return f"{r.top1_int8:.2%}" if r.top1_int8 is not None else "held"
 
 
 def render_half(report: HalfReport) -> str:
@@ -306,4 +344,53 @@ def render_half(report: HalfReport) -> str:
         )
         lines.append(f"a plain cast to {report.dtype}, judged the same way: {worst}")
     lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines)
+
+
+def _db(sqnr: float) -> str:
+    """An SQNR for a reader: "exact" where nothing differs (validate.parity.MAX_SQNR)."""
+    return "exact" if sqnr >= 300.0 else f"{sqnr:.1f} dB"
+
+
+def render_quantize(report: QuantizeReport) -> str:
+    """normonnx's int8 model beside onnxruntime's own flow: accuracy, what stays in float and why, latency."""
+    lines = [f"int8: {report.settings}", f"data: {report.data}"]
+    lines += [f"prepared: {p}" for p in report.prepared]
+    rows = []
+    for m in (report.int8, report.baseline):
+        if m is None:
+            continue
+        worst = m.worst_sqnr()
+        flow = "normonnx" if m is report.int8 else "onnxruntime"
+        latency = report.speedups.get(f"{flow} int8")
+        rows.append([
+            flow + (" (written)" if m is report.output_model else ""), f"{worst:.1f}" if worst is not None else "-",
+            ", ".join(f"{v:.1%}" for v in m.top1.values()) or "-", str(m.qdq), str(len(m.float_nodes)),
+            f"{latency.median:.2f}x" if latency else "-",
+        ])  # fmt: skip
+    head = ["int8 flow", "SQNR dB (worst output)", "top-1 agreement", "Q/DQ", "float nodes", "speed-up vs float32"]
+    lines.append(table(head, rows))
+    if report.int8 is not None:
+        reasons: dict[str, list[str]] = {}
+        for f in report.int8.float_nodes:
+            reasons.setdefault(f.reason, []).append(f.node)
+        for reason, nodes in reasons.items():
+            shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+            lines.append(f"  float: {shown}: {reason}")
+    vs = report.speedups.get("normonnx vs onnxruntime int8")
+    noise = report.speedups.get("float32 copy")
+    if vs is not None and noise is not None:
+        lines.append(
+            f"normonnx int8 vs onnxruntime's flow: {vs.median:.2f}x (p10 {vs.p10:.2f}, p90 {vs.p90:.2f}); noise floor"
+            f" (the float32 model against a copy of itself): {noise.median:.2f}x"
+            f" (p10 {noise.p10:.2f}, p90 {noise.p90:.2f})"
+        )
+    if report.jumps:
+        j = report.jumps[0]
+        lines.append(f"error grows most at {j.node} ({j.op}): SQNR {_db(j.sqnr_in_db)} in, {_db(j.sqnr_out_db)} out")
+    if report.parity is not None:
+        lines.append(report.parity.summary(f" of {report.written}'s int8 model vs the float32 model (held out)"))
+    lines += [f"note: {n}" for n in report.notes]
+    if report.int8 is not None:
+        lines += [f"note: {n}" for n in report.int8.notes]
     return "\n".join(lines)

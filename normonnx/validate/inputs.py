@@ -150,9 +150,22 @@ def save_npz(path: str | os.PathLike, sets: list[dict[str, np.ndarray]]) -> None
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def load_npz(path: str | os.PathLike, specs: list[InputSpec]) -> list[dict[str, np.ndarray]]:
-    """Real inputs: arrays named like the inputs; a leading extra axis means several sets."""
+def load_npz(
+    path: str | os.PathLike, specs: list[InputSpec], *, one_array_any_name: bool = False
+) -> list[dict[str, np.ndarray]]:
+    """Real inputs: arrays named like the inputs; a leading extra axis means several sets.
+    ``one_array_any_name``: a model with one input takes an .npz of one array whatever its name."""
     arrays = read_npz(path)
+    if one_array_any_name and len(specs) == 1 and len(arrays) == 1:
+        arrays = {specs[0].name: next(iter(arrays.values()))}
+    return sets_from_arrays(path, arrays, specs)
+
+
+def sets_from_arrays(
+    path: str | os.PathLike, arrays: dict[str, np.ndarray], specs: list[InputSpec]
+) -> list[dict[str, np.ndarray]]:
+    """Input sets from arrays named like the inputs (``path`` names them in messages); a leading extra axis
+    means several sets."""
     if not specs:
         raise UnusableInputError(f"{path}: the model takes no inputs")
     missing = [s.name for s in specs if s.name not in arrays]

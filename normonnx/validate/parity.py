@@ -26,11 +26,16 @@ from normonnx.results import OutputResult, ParityResult
 
 @dataclass(frozen=True)
 class Gate:
+    """``max|diff| <= max(atol, rtol * max|ref|)``; or, with ``min_sqnr`` (an int8 model, whose every value
+    is off by up to half a quantization step), a signal-to-quantization-noise ratio of at least that many dB."""
+
     atol: float = 1e-5
     rtol: float = 1e-5
+    min_sqnr: float | None = None
 
-    def threshold(self, ref_max: float) -> float:
-        return max(self.atol, self.rtol * ref_max)
+    def threshold(self, ref_max: float) -> float | None:
+        """The largest max|diff| that passes (None: the gate is on SQNR)."""
+        return None if self.min_sqnr is not None else max(self.atol, self.rtol * ref_max)
 
 
 FP32_GATE = Gate(1e-5, 1e-5)
@@ -38,6 +43,26 @@ FP32_GATE = Gate(1e-5, 1e-5)
 FAITHFUL_GATE = Gate(1e-2, 1e-2)
 # fp16 candidates are judged against an fp32 reference: normalized max error 5e-3.
 FP16_GATE = Gate(5e-3, 5e-3)
+# An int8 candidate against its float32 model: SQNR = 10 log10(sum ref^2 / sum (ref - cand)^2) >= 20 dB, an rms
+# error of at most a tenth of the signal's rms (DESIGN.md section 5).
+INT8_MIN_SQNR = 20.0
+INT8_GATE = Gate(min_sqnr=INT8_MIN_SQNR)
+
+
+MAX_SQNR = 300.0  # dB: what an exact candidate scores (float64 cannot measure more), finite for JSON
+
+
+def sqnr_db(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB, at most MAX_SQNR (an exact candidate); a zero signal with
+    noise scores -MAX_SQNR."""
+    ref, cand = np.asarray(ref, dtype=np.float64), np.asarray(cand, dtype=np.float64)
+    noise = float(np.sum((ref - cand) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0.0:
+        return MAX_SQNR
+    if signal == 0.0:
+        return -MAX_SQNR
+    return float(np.clip(10 * np.log10(signal / noise), -MAX_SQNR, MAX_SQNR))
 
 
 def default_gate(dtype: np.dtype) -> Gate:
@@ -63,6 +88,8 @@ def compare_output(
     shape = list(np.shape(refs[0]))
     dtype = np.asarray(cands[0]).dtype
     gate = gate or default_gate(dtype)
+    if gate.min_sqnr is not None and dtype.kind != "f":
+        gate = default_gate(dtype)  # an index or a count is right or wrong: SQNR would average a flip away
     for r, c in zip(refs, cands, strict=False):
         if np.shape(r) != np.shape(c):
             return OutputResult(
@@ -89,11 +116,15 @@ def compare_output(
     ref_max = float(np.max(np.abs(ref[both]))) if both.any() else 0.0
     max_abs = float(diff.max()) if diff.size else 0.0
     threshold = gate.threshold(ref_max)
+    # Only where it is the gate: float32 and half reports stay as they were.
+    sqnr = sqnr_db(ref[both], cand[both]) if gate.min_sqnr is not None and both.any() else None
     reasons = []
     if mismatch:
         reasons.append(f"{mismatch} NaN/Inf values where the reference differs")
-    if max_abs > threshold:
+    if threshold is not None and max_abs > threshold:
         reasons.append(f"max|diff| {max_abs:.3g} > {threshold:.3g}")
+    if gate.min_sqnr is not None and (sqnr is None or sqnr < gate.min_sqnr):
+        reasons.append(f"SQNR {sqnr:.1f} dB < {gate.min_sqnr:g} dB" if sqnr is not None else "no finite values")
     return OutputResult(
         name=name,
         shape=shape,
@@ -107,6 +138,8 @@ def compare_output(
         nonfinite_mismatch=mismatch,
         passed=not reasons,
         reason="; ".join(reasons),
+        sqnr_db=sqnr,
+        min_sqnr_db=gate.min_sqnr,
     )
 
 

@@ -71,7 +71,7 @@ def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = 
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if config.optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
-    options.log_severity_level = 0 if config.verbose else 3
+    options.log_severity_level = 0 if config.verbose else 4  # a failing run is our one-line error, not their log
     threads = config.threads or int(os.environ.get(THREADS_ENV, "0") or 0)
     if threads:
         options.intra_op_num_threads = threads

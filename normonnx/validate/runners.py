@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from normonnx.isolation import DEFAULT_TIMEOUT, call_isolated
+from normonnx.isolation import DEFAULT_TIMEOUT, call_isolated, in_isolated_child
 from normonnx.validate import execute
 from normonnx.validate.runner import SessionConfig
 
@@ -204,6 +204,13 @@ class RunOptions:
         if self.isolated and isinstance(model, str | os.PathLike | bytes):
             return IsolatedRunner(model, config, label=name, timeout=self.timeout)
         return InProcessRunner(model, config, label=name, timeout=self.timeout)
+
+    def call(self, fn: Callable[..., T], *args: Any, label: str) -> T:
+        """``fn(*args)`` where this command runs onnxruntime: in a child, unless it is itself one (for work
+        that is not a run of one model, such as onnxruntime's quantizer)."""
+        if self.isolated and not in_isolated_child():
+            return call_isolated(fn, *args, label=label, timeout=self.timeout or DEFAULT_TIMEOUT)
+        return fn(*args)
 
     def faithful(self, model: onnx.ModelProto, *, label: str) -> FaithfulRunner:
         """``model`` judged half-faithfully (see FaithfulRunner), run where this command runs models."""

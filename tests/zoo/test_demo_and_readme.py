@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,10 @@ def test_readme_names_the_two_commands_and_they_exist():
 
 
 def _console_commands() -> list[str]:
+    """Every ``$ normonnx ...`` and ``$ python -c ...`` line of the README's console blocks, in order."""
     blocks = re.findall(r"```console\n(.*?)```", README, re.S)
-    return [line[2:].strip() for b in blocks for line in b.splitlines() if line.startswith("$ normonnx ")]
+    prefixes = ("$ normonnx ", "$ python -c ")
+    return [line[2:].strip() for b in blocks for line in b.splitlines() if line.startswith(prefixes)]
 
 
 def test_every_console_example_in_the_readme_runs(tmp_path):
@@ -38,6 +42,10 @@ def test_every_console_example_in_the_readme_runs(tmp_path):
         args = shlex.split(line)[1:]
         if args[0] == "convert" and "mypkg" in line:
             continue  # the placeholder for the user's own model; the zoo stands in below
+        if line.startswith("python "):
+            done = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True)
+            assert done.returncode == 0, (line, done.stderr)
+            continue
         result = run_cli_process(*args, cwd=tmp_path)
         assert result.code == 0, (line, result.err, result.out[-2000:])
         assert "Traceback" not in result.err
