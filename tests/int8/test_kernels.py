@@ -66,13 +66,25 @@ def test_no_normalization_runs_in_int8_on_the_cpu(op):
     )
 
 
-@pytest.mark.parametrize("op", ["Conv", "Add"])
+# Ops the table calls int8, each as onnxruntime's quantizer writes it: (quantized constant inputs, attributes).
+INT8_CASES = {
+    "Conv": ([("w", rng.standard_normal((C, C, 3, 3)).astype(np.float32))], {"pads": [1, 1, 1, 1]}),
+    "Add": ([("k", rng.standard_normal((1, C, 1, 1)).astype(np.float32))], {}),
+    "Mul": ([("k", rng.standard_normal((1, C, 1, 1)).astype(np.float32))], {}),
+    "MatMul": ([("w", rng.standard_normal((8, 8)).astype(np.float32))], {}),
+    "AveragePool": ([], {"kernel_shape": [2, 2]}),
+    "GlobalAveragePool": ([], {}),
+    "Sigmoid": ([], {}),
+    "LeakyRelu": ([], {}),
+}
+
+
+@pytest.mark.parametrize("op", sorted(INT8_CASES))
 def test_ops_the_table_calls_int8_run_in_int8(op):
-    if op == "Conv":
-        w = rng.standard_normal((C, C, 3, 3)).astype(np.float32)
-        model = _qdq_around("Conv", [("w", w)], quantized_extra=True, pads=[1, 1, 1, 1])
-    else:
-        model = _qdq_around("Add", [("k", rng.standard_normal((1, C, 1, 1)).astype(np.float32))], quantized_extra=True)
+    """Between a DequantizeLinear and a QuantizeLinear, onnxruntime's CPU provider replaces the op by an int8
+    kernel: no float op of that type is left in the deployed graph."""
+    extra, attrs = INT8_CASES[op]
+    model = _qdq_around(op, extra, quantized_extra=True, **attrs)
     assert op in ORT_CPU_INT8
     deployed = {o for _, o, _ in deployed_ops(model)}
-    assert op not in _float_ops(model) and op not in deployed, f"{op} left as a float op: {deployed}"
+    assert op not in deployed and op not in _float_ops(model), f"{op} left as a float op: {deployed}"
