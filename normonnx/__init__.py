@@ -7,6 +7,7 @@ The public API mirrors the CLI::
     model, report = normonnx.emit("model.onnx", 13)      # every normalization re-emitted at opset 13
     report = normonnx.check("new.onnx", against="model.onnx")   # parity, localization, bisection
     model, report = normonnx.half("model.onnx", "fp16")  # norm-aware half precision, judged half-faithfully
+    model, report = normonnx.quantize("model.onnx", data="calib.npz")  # int8, proven against float32 and ORT's flow
 
 Attributes load lazily, so ``import normonnx`` imports neither torch nor
 onnxruntime.
@@ -31,6 +32,9 @@ _API = {
     "check": ("normonnx.pipelines.check", "check"),
     "half": ("normonnx.pipelines.half", "half_model"),
     "half_file": ("normonnx.pipelines.half", "half_file"),
+    "quantize": ("normonnx.pipelines.quantize", "quantize_model"),
+    "quantize_file": ("normonnx.pipelines.quantize", "quantize_file"),
+    "Int8Settings": ("normonnx.int8.engine", "Int8Settings"),
     "bench": ("normonnx.pipelines.bench", "bench"),
     "load_model": ("normonnx.graph.modelio", "load_model"),
     "save_model": ("normonnx.graph.modelio", "save_model"),
