@@ -15,7 +15,7 @@ import numpy as np
 
 from normonnx.errors import UnusableInputError
 from normonnx.results import ProbedShapes
-from normonnx.validate.inputs import InputSpec, read_npz, sets_from_arrays
+from normonnx.validate.inputs import InputSpec, read_input_arrays, sets_from_arrays
 from normonnx.validate.probe import probed_feeds
 
 Feed = dict[str, np.ndarray]
@@ -38,7 +38,7 @@ class Int8Inputs:
     seeded: bool = False
 
 
-def _batch(spec: InputSpec) -> int | None:
+def fixed_batch(spec: InputSpec) -> int | None:
     """The model's fixed batch for this input (None where axis 0 is dynamic or absent)."""
     if spec.shape is None or not spec.shape:
         return None
@@ -49,9 +49,7 @@ def _batch(spec: InputSpec) -> int | None:
 def _feeds(path: str | os.PathLike, specs: list[InputSpec]) -> list[Feed]:
     """The sets of an .npz. One set of N samples (arrays of the inputs' rank) is cut into feeds of the model's
     batch where it is fixed and divides N, else of a few samples each along a dynamic batch axis."""
-    arrays = read_npz(path)
-    if len(specs) == 1 and len(arrays) == 1:
-        arrays = {specs[0].name: next(iter(arrays.values()))}
+    arrays = read_input_arrays(path, specs, one_array_any_name=True)
     one_set = bool(specs) and all(
         s.name in arrays and s.shape is not None and arrays[s.name].ndim == len(s.shape) >= 1 for s in specs
     )
@@ -59,7 +57,7 @@ def _feeds(path: str | os.PathLike, specs: list[InputSpec]) -> list[Feed]:
     if len(counts) > 1:
         raise UnusableInputError(f"{path}: the inputs' arrays hold different numbers of samples")
     count = counts.pop() if counts else 0
-    fixed = {_batch(s) for s in specs}
+    fixed = {fixed_batch(s) for s in specs}
     if one_set and fixed != {None}:
         step = fixed.pop() if len(fixed) == 1 else None
         if step and count > step and count % step == 0:  # N samples of a model that takes `step` at a time
@@ -113,8 +111,8 @@ def split_samples(spec: InputSpec, samples: np.ndarray) -> Int8Inputs:
     """One input's batch of samples: the first CALIBRATION_SHARE to calibrate, the rest held out, cut into feeds
     of the model's batch where it is fixed (a remainder that fills none is left out), else of a few samples."""
     cut = calibration_count(len(samples))
-    step = _batch(spec) or DYNAMIC_BATCH_FEED
-    fixed = _batch(spec) is not None
+    step = fixed_batch(spec) or DYNAMIC_BATCH_FEED
+    fixed = fixed_batch(spec) is not None
     if cut >= len(samples) or (fixed and (cut < step or len(samples) - cut < step)):
         raise UnusableInputError(f"{len(samples)} samples: int8 needs some to calibrate and others to prove it")
 

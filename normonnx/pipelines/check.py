@@ -93,6 +93,7 @@ class Candidate:
     feeds: list[Feed] = field(default_factory=list)
     outputs: list[Outputs] = field(default_factory=list)
     faithful: bool = False  # computed in half-faithful arithmetic, not by onnxruntime
+    int8: str = ""  # a quantized model of a float reference: its quantized ops ("" when it is not one)
     load_error: str | None = None  # why it does not run with onnxruntime's optimizations on
     passes_plain: bool = False  # it failed to load optimized, and passed with optimizations off
 
@@ -179,16 +180,16 @@ def check(
     log.info("check %s against %s: %d input sets", cand.name, ref.name, len(feeds))
     _run_reference(ref, feeds, specs, checkpoint, gates)
     notes: list[str] = []
-    int8 = _int8_candidate(cand.proto, ref.proto)
-    if int8 and not optimize:
+    cand.int8 = _int8_candidate(cand.proto, ref.proto)
+    if cand.int8 and not optimize:
         # onnxruntime's int8 kernels exist only after its QDQ fusions: without them it computes in float.
         cand.runner = cand.runner.derived(optimize=True)
         notes.append("an int8 candidate runs as deployed (ORT_ENABLE_ALL): its int8 kernels need the fusions")
     _run_candidate(cand, ref, feeds, evaluator, runs, notes)
-    if int8 and default_gate is None:
+    if cand.int8 and default_gate is None:
         # Every value of an int8 model is off by up to half a quantization step: judged by SQNR, not max|diff|.
         default_gate = INT8_GATE
-        notes.append(f"an int8 candidate ({int8}): judged by SQNR >= {INT8_GATE.min_sqnr:g} dB per output")
+        notes.append(f"an int8 candidate ({cand.int8}): judged by SQNR >= {INT8_GATE.min_sqnr:g} dB per output")
     report = CheckReport(
         cand.name,
         ref.name,
@@ -343,7 +344,7 @@ def _against_baselines(
         and ref.runner is not None
         and not cand.runner.config.optimize
         and default_gate is None
-        and not _int8_candidate(cand.proto, ref.proto)
+        and not cand.int8
     ):
         noisy = ref.runner.derived(label=f"{ref.name} (noise floor)", optimize=True).infer(ref.feeds)
         rejudge_with_noise(report.parity, compare(ref.outputs, noisy), strict=frozenset(gates or ()))
@@ -419,8 +420,7 @@ def _diagnose(
 ) -> None:  # fmt: skip
     """Why it fails: the onnxruntime transformer that breaks an optimized candidate, and the first node
     whose divergence persists downstream (also when it passes, if asked)."""
-    int8 = bool(_int8_candidate(cand.proto, ref.proto))
-    if cand.runner.config.optimize and not report.parity.passed and not int8:  # int8 needs the transformers
+    if cand.runner.config.optimize and not report.parity.passed and not cand.int8:  # int8 needs the transformers
         report.bisection = _bisect_onnxruntime(
             cand.runner, cand.feeds, ref.outputs, gates, default_gate, cand.passes_plain
         )
@@ -431,7 +431,7 @@ def _diagnose(
             )
     if localize or (localize is None and not report.parity.passed):
         located = cand.runner.derived(label="localize")
-        if cand.load_error is not None or int8:  # what the candidate computes, where its tensors keep their names
+        if cand.load_error is not None or cand.int8:  # what the candidate computes, where its tensors keep their names
             located = located.derived(optimize=False)
         if ref.runner is not None:
             report.localization = _localize(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from normonnx.graph.modelio import load_model, staged_save, with_unique_node_nam
 from normonnx.graph.opsets import OpsetError, convert_opset, default_opset
 from normonnx.graph.quantized import quantized_ops
 from normonnx.int8 import engine
-from normonnx.int8.data import SEEDED_WARNING, Int8Inputs, int8_inputs
+from normonnx.int8.data import SEEDED_WARNING, Int8Inputs, fixed_batch, int8_inputs
 from normonnx.int8.engine import Int8Settings
 from normonnx.int8.kernels import why_float
 from normonnx.int8.proof import error_jumps, judged
@@ -125,7 +126,7 @@ def quantize_model(
         models = {"float32": original, "float32 copy": original, "normonnx int8": ours.quantized.model}
         if theirs is not None:
             models["onnxruntime int8"] = theirs.quantized.model
-        batched = {s.name for s in specs if s.shape and not (isinstance(s.shape[0], int) and s.shape[0] > 0)}
+        batched = {s.name for s in specs if s.shape and fixed_batch(s) is None}
         _bench(report, models, data.held_out[0], batched, options, runs)
     report.seconds = time.perf_counter() - start
     return onnx.load_from_string(written.quantized.model), report
@@ -246,7 +247,6 @@ def _at_qdq_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
     if out.ir_version < QDQ_IR_VERSION:
         # An ir_version 3 file lists every weight as an input too, and they are constants by its spec: at the
         # ir_version opset 13 needs they are plain initializers (onnxruntime's calibrator would ask for them).
-        out = onnx.ModelProto.FromString(out.SerializeToString())
         weights = {t.name for t in out.graph.initializer}
         kept = [i for i in out.graph.input if i.name not in weights]
         del out.graph.input[:]
@@ -269,10 +269,7 @@ def _prepared(
         return with_unique_node_names(proto), [f"normonnx's fold left out: verifying it failed ({first_line(e)[:160]})"]
     if fold_report.parity is not None and fold_report.parity.passed:
         if fold_report.folded:
-            families: dict[str, int] = {}
-            for n in fold_report.folded:
-                families[n.family] = families.get(n.family, 0) + 1
-            counts = ", ".join(f"{k} {v}" for k, v in families.items())
+            counts = ", ".join(f"{k} {v}" for k, v in Counter(n.family for n in fold_report.folded).items())
             done.append(f"folded {len(fold_report.folded)} normalizations into the neighbouring weights ({counts})")
         if sum(fold_report.rewrites.values()):
             done.append(f"normonnx's fold: {sum(fold_report.rewrites.values())} rewrites, verified at the float32 gate")
@@ -329,7 +326,7 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, **kwargs) -> Q
     check_output_path(Path(dst), [Path(src)])
     model, report = quantize_model(load_model(src), name=str(src), **kwargs)
     report.source = str(src)
-    if report.passed and model is not None:
+    if report.passed:
         with staged_save(model, dst, inputs=[src]) as staged:
             staged.commit()
         report.output = str(dst)

@@ -155,10 +155,17 @@ def load_npz(
 ) -> list[dict[str, np.ndarray]]:
     """Real inputs: arrays named like the inputs; a leading extra axis means several sets.
     ``one_array_any_name``: a model with one input takes an .npz of one array whatever its name."""
+    return sets_from_arrays(path, read_input_arrays(path, specs, one_array_any_name), specs)
+
+
+def read_input_arrays(
+    path: str | os.PathLike, specs: list[InputSpec], one_array_any_name: bool = False
+) -> dict[str, np.ndarray]:
+    """The arrays of an .npz, keyed by input name (``one_array_any_name``: see ``load_npz``)."""
     arrays = read_npz(path)
     if one_array_any_name and len(specs) == 1 and len(arrays) == 1:
         arrays = {specs[0].name: next(iter(arrays.values()))}
-    return sets_from_arrays(path, arrays, specs)
+    return arrays
 
 
 def sets_from_arrays(
