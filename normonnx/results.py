@@ -411,8 +411,14 @@ class Inspection(Report):
     producer: str
     nodes: int
     norms: list[NormStatus] = field(default_factory=list)
+    target: str | None = None  # inspect --target: the deployment target asked about
+    not_on_target: list[str] = field(default_factory=list)  # what will not run there as it is
+    target_bugs: list[str] = field(default_factory=list)  # the target's known normalization bugs
 
-    KEYS = ("source", "ir_version", "opsets", "producer", "nodes", Key("normalizations", "norms"), "foldable")
+    KEYS = (
+        "source", "ir_version", "opsets", "producer", "nodes", Key("normalizations", "norms"), "foldable", "target",
+        "not_on_target", "target_bugs",
+    )  # fmt: skip
 
     @property
     def foldable(self) -> int:
@@ -438,9 +444,11 @@ class EmitReport(Report):
     nodes_after: int = 0
     notes: list[str] = field(default_factory=list)
     bisection: Bisection | None = None  # when the full emit failed parity: the rewrite left undone
+    target: str | None = None  # the deployment target (normonnx.targets) that chose the opset and forms
+    why: dict[str, str] = field(default_factory=dict)  # family -> why the target chose its form
 
     KEYS = (
-        "source", "output", "source_opset", "opset", "style", "forms", Key("before", "norms_before"),
+        "source", "output", "source_opset", "opset", "style", "target", "forms", "why", Key("before", "norms_before"),
         Key("after", "norms_after"), "nodes_before", "nodes_after", "refused", "parity", Key("seconds", digits=4),
         "notes", "bisection",
     )  # fmt: skip

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "normonnx"
 # Bottom to top; a module may import from its own layer and the layers below it.
 LAYERS = [
     {"errors", "families", "fileio", "isolation", "foldmath", "reports.schema", "reports.table", "results"},
-    {"graph"},
+    {"graph", "targets"},
     {"recognize"},
     {"passes"},
     {"validate", "int8", "torchfront", "reports", "zoo"},

@@ -123,6 +123,11 @@ CASES = [
     (["fold", "{m}", "-o", "{t}/o.onnx", "--report", "{t}"], "names a directory"),
     (["demo", "-o", "{t}/a_file"], "not a folder"),
     (["demo", "--opset", "9", "-o", "{t}/demo"], "--opset 9"),
+    # issue 22: targets and a second runtime
+    (["emit", "{m}", "-o", "{t}/o.onnx", "--target", "tensorrt-7"], "--target"),
+    (["emit", "{m}", "-o", "{t}/o.onnx", "--target", "tensorrt-8.6", "--opset", "18"], "takes opsets up to 17"),
+    (["check", "{m}", "--against", "{m}", "--runtime", "openvino", "--provider", "cuda"], "CPU plugin only"),
+    (["inspect", "{m}", "--target", "nosuch"], "--target"),
 ]
 TORCH_CASES = [
     (["export", ZOO, "-o", "{t}/o.onnx", "--input-shape", "1,x"], "--input-shape"),

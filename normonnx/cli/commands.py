@@ -81,6 +81,7 @@ def _fold_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", metavar="REPORT.json", help="also write the fold report as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check against the input")
     options.add_norm_affine(p)
+    options.add_deploy_target(p)
     p.add_argument(
         "--constant-initializer-inputs",
         action="store_true",
@@ -92,7 +93,11 @@ def _fold_arguments(p: argparse.ArgumentParser) -> None:
 def _fold_options(args: argparse.Namespace) -> dict:
     from normonnx.passes import FoldOptions
 
-    fold = FoldOptions(fold_norm_affine=args.norm_affine, constant_initializer_inputs=args.constant_initializer_inputs)
+    fold = FoldOptions(
+        fold_norm_affine=args.norm_affine,
+        constant_initializer_inputs=args.constant_initializer_inputs,
+        target=args.target,
+    )
     return {"options": fold, "verify": not args.no_verify, "shapes": _shapes(args)}
 
 
@@ -104,11 +109,17 @@ FOLD = _rewriting("fold", "fold every constant normalization of ONNX files", _fo
 
 def _emit_arguments(p: argparse.ArgumentParser) -> None:
     options.add_files(p, "emit")
-    options.add_target(p, None)
+    options.add_emission(p, None)
 
 
 def _emit_options(args: argparse.Namespace) -> dict:
-    return {"opset": args.opset, "style": args.norm_style, "verify": not args.no_verify, "shapes": _shapes(args)}
+    return {
+        "opset": args.opset,
+        "style": args.norm_style,
+        "verify": not args.no_verify,
+        "shapes": _shapes(args),
+        "target": args.target,
+    }
 
 
 EMIT = _rewriting(
@@ -123,6 +134,7 @@ def _half_arguments(p: argparse.ArgumentParser) -> None:
     options.add_files(p, "convert")
     p.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16", help="the half type (default fp16)")
     p.add_argument("--keep-io-types", action="store_true", help="inputs and outputs stay float32")
+    options.add_deploy_target(p)
     p.add_argument(
         "--inputs", dest="calibration", metavar="DATA.npz", help="calibration and verification inputs (default: seeded)"
     )
@@ -136,6 +148,7 @@ def _half_options(args: argparse.Namespace) -> dict:
         "keep_io_types": args.keep_io_types,
         "inputs_npz": args.calibration,
         "shapes": _shapes(args),
+        "target": args.target,
     }
 
 
@@ -210,13 +223,14 @@ QUANTIZE = _rewriting(
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="ONNX file")
+    options.add_deploy_target(p)
     options.add_json(p, "print as JSON")
 
 
 def _inspect(c: Call) -> Report:
     from normonnx.pipelines.inspect import inspect_model
 
-    return inspect_model(c.source)
+    return inspect_model(c.source, target=c.args.target)
 
 
 INSPECT = Verb(
@@ -235,7 +249,7 @@ INSPECT = Verb(
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     options.add_factory(p, "ONNX file to write")
-    options.add_target(p, DEFAULT_OPSET)
+    options.add_emission(p, DEFAULT_OPSET)
     options.add_precision(p)
 
 
@@ -475,6 +489,7 @@ def _demo(args: argparse.Namespace) -> int:
         args.output,
         opset=args.opset,
         style=args.norm_style,
+        target=args.target,
         only=args.only.split(",") if args.only is not None else None,
         bench_runs=args.runs,
     )

@@ -40,7 +40,18 @@ def add_shape(p: argparse.ArgumentParser) -> None:
 
 
 def add_provider(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
+    p.add_argument(
+        "--provider",
+        choices=("cpu", "cuda", "tensorrt"),
+        default="cpu",
+        help="onnxruntime execution provider for the candidate (default cpu)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("onnxruntime", "openvino"),
+        default="onnxruntime",
+        help="what runs the candidate: onnxruntime (default) or OpenVINO's CPU plugin (pip install openvino)",
+    )
 
 
 def add_precision(p: argparse.ArgumentParser, int8: bool = False) -> None:
@@ -75,13 +86,25 @@ def add_jobs(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_deploy_target(p: argparse.ArgumentParser) -> None:
+    from normonnx.targets import TARGETS
+
+    p.add_argument(
+        "--target",
+        choices=tuple(TARGETS),
+        help="the runtime the model is deployed on: caps the opset at the newest it takes and writes each"
+        " normalization as the op only where it runs that op natively (normonnx.targets)",
+    )
+
+
 def add_form(p: argparse.ArgumentParser, default_opset: int | None) -> None:
-    """--opset and --norm-style: the target every command that writes normalizations takes."""
+    """--opset, --norm-style and --target: what every command that writes normalizations takes."""
     p.add_argument(
         "--opset",
         type=int,
-        default=default_opset,
-        help=f"target opset (default: {default_opset or 'the input model' + chr(39) + 's'})",
+        default=None,
+        help=f"target opset (default: {default_opset or 'the input model' + chr(39) + 's'}"
+        + (", or the newest --target takes if older)" if default_opset else ", capped by --target)"),
     )
     p.add_argument(
         "--norm-style",
@@ -90,9 +113,10 @@ def add_form(p: argparse.ArgumentParser, default_opset: int | None) -> None:
         help="op: standard ops where the opset has them; decomposed: exact subgraphs;"
         " auto: the form measured fastest on onnxruntime CPU (default)",
     )
+    add_deploy_target(p)
 
 
-def add_target(p: argparse.ArgumentParser, default_opset: int | None) -> None:
+def add_emission(p: argparse.ArgumentParser, default_opset: int | None) -> None:
     """What export and emit write (opset, style), whether they verify it, and their report."""
     add_form(p, default_opset)
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
@@ -137,6 +161,7 @@ def factory_options(args: argparse.Namespace) -> dict:
         "input_shapes": [parse_input_shape(s) for s in args.input_shape or []],
         "opset": args.opset,
         "style": args.norm_style,
+        "target": args.target,
         "dynamic_batch": args.dynamic_batch,
         "dynamic": args.dynamic,
     }
@@ -146,7 +171,7 @@ def run_options(args: argparse.Namespace) -> dict:
     """Where and on what shapes check and bench run the models."""
     from normonnx.validate.inputs import parse_shape_overrides
 
-    return {"provider": args.provider, "shapes": parse_shape_overrides(args.shape)}
+    return {"provider": args.provider, "runtime": args.runtime, "shapes": parse_shape_overrides(args.shape)}
 
 
 def tolerances(items: list[str] | None) -> dict:

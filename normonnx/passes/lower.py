@@ -42,22 +42,34 @@ def _dtype(t: gs.Tensor) -> np.dtype | None:
     return numpy_dtype(getattr(t, "dtype", None))
 
 
-def _core(w: Writer, x: gs.Tensor, axes: list[int], eps: float, centered: bool, dtype) -> gs.Tensor:
-    """(x - mean) / sqrt(var + eps) over ``axes`` (RMS without the mean)."""
-    d = w.op("Sub", [x, w.reduce_mean(x, axes, dtype)], dtype=dtype) if centered else x
+def _core(
+    w: Writer, x: gs.Tensor, axes: list[int], eps: float, centered: bool, dtype, stats: list[gs.Tensor] | None = None
+) -> gs.Tensor:
+    """(x - mean) / sqrt(var + eps) over ``axes`` (RMS without the mean); ``stats`` (LayerNormalization's
+    Mean and InvStdDev outputs, where used) are written from the same mean and std."""
+    mean = w.reduce_mean(x, axes, dtype) if centered else None
+    d = w.op("Sub", [x, mean], dtype=dtype) if centered else x
     sq = w.op("Pow", [d, w.scalar("two", 2.0, dtype)], dtype=dtype)
     var = w.reduce_mean(sq, axes, dtype)
     std = w.op("Sqrt", [w.op("Add", [var, w.scalar("eps", eps, dtype)], dtype=dtype)], dtype=dtype)
+    if stats:
+        mean_out, inv_std_out = [*stats, None, None][:2]
+        if mean_out is not None:
+            w.op("Identity", [mean], out=mean_out)
+        if inv_std_out is not None:
+            w.op("Reciprocal", [std], out=inv_std_out)
     return w.op("Div", [d, std], dtype=dtype)
 
 
-def _normalize(w: Writer, x: gs.Tensor, axes: list[int], eps: float, centered: bool, stash: int) -> gs.Tensor:
+def _normalize(
+    w: Writer, x: gs.Tensor, axes: list[int], eps: float, centered: bool, stash: int, stats: list | None = None
+) -> gs.Tensor:
     """The core, inside an fp32 island when the data is fp16 and statistics are stashed in fp32."""
     dtype = _dtype(x)
     if needs_fp32_island(dtype, stash):
-        y = _core(w, w.cast(x, FLOAT32, np.float32), axes, eps, centered, np.float32)
+        y = _core(w, w.cast(x, FLOAT32, np.float32), axes, eps, centered, np.float32, stats)
         return w.cast(y, onnx_dtype(dtype), dtype)
-    return _core(w, x, axes, eps, centered, dtype)
+    return _core(w, x, axes, eps, centered, dtype, stats)
 
 
 def _affine(w: Writer, y: gs.Tensor, scale: gs.Tensor | None, bias: gs.Tensor | None, out: gs.Tensor) -> None:
@@ -87,10 +99,17 @@ def _known_dtype(node: gs.Node) -> str | None:
     return None
 
 
+def _used_stat_outputs(node: gs.Node, ctx: PassContext) -> list[gs.Tensor | None]:
+    return [t if (t.outputs or t in ctx.outputs) else None for t in node.outputs[1:]]
+
+
 def _unused_stat_outputs(node: gs.Node, ctx: PassContext) -> str | None:
-    if any(t.outputs or t in ctx.outputs for t in node.outputs[1:]):
-        return f"{describe(node)}: its statistics outputs are used"
-    return None
+    """Only LayerNormalization's Mean and InvStdDev (float32 data) are written by the subgraph."""
+    if not any(_used_stat_outputs(node, ctx)):
+        return None
+    if node.op == "LayerNormalization" and _dtype(node.inputs[0]) == np.float32:
+        return None
+    return f"{describe(node)}: its statistics outputs are used"
 
 
 Write = Callable[[Writer, gs.Tensor], None]
@@ -104,7 +123,7 @@ def _axes(node: gs.Node) -> list[int] | str:
     return list(range(axis, 0)) if axis < 0 else list(range(axis, rank))
 
 
-def _lower_last_axes(node: gs.Node, centered: bool) -> Write | str:
+def _lower_last_axes(node: gs.Node, centered: bool, stats: list[gs.Tensor | None] | None = None) -> Write | str:
     """LayerNormalization (centered, with bias) and RMSNormalization (neither) over axes [axis..]."""
     x, scale = node.inputs[0], input_or_none(node, 1)
     bias = input_or_none(node, 2) if centered else None
@@ -112,11 +131,11 @@ def _lower_last_axes(node: gs.Node, centered: bool) -> Write | str:
     if isinstance(axes, str):
         return axes
     eps, stash = float(node.attrs.get("epsilon", 1e-5)), int(node.attrs.get("stash_type", 1))
-    return lambda w, out: _affine(w, _normalize(w, x, axes, eps, centered, stash), scale, bias, out)
+    return lambda w, out: _affine(w, _normalize(w, x, axes, eps, centered, stash, stats), scale, bias, out)
 
 
 def lower_layernorm(node: gs.Node, ctx: PassContext) -> Write | str:
-    return _lower_last_axes(node, centered=True)
+    return _lower_last_axes(node, centered=True, stats=_used_stat_outputs(node, ctx))
 
 
 def lower_rmsnorm(node: gs.Node, ctx: PassContext) -> Write | str:

@@ -35,6 +35,16 @@ def constants_pipeline() -> Pipeline:
     return Pipeline((Stage((FoldConstants(),)),))
 
 
+def static_values_pipeline() -> Pipeline:
+    """Shape parts known from static shapes, and whatever constant they make, folded: what an older
+    opset needs as a constant (Reduce axes read from the rank) becomes one."""
+    return Pipeline(
+        (Stage((StaticShapeParts(), FoldConstants()), fixpoint=True),),
+        into_bodies=True,
+        reinfer=_shapes_may_have_changed,
+    )
+
+
 def _shapes_may_have_changed(rewrites: dict[str, int], graph) -> bool:
     """Constants were folded and Shape/Size nodes remain: inferring again may make them constant too."""
     return bool(rewrites.get(FoldConstants.name)) and any(n.op in ("Shape", "Size") for n in graph.nodes)

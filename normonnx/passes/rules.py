@@ -64,6 +64,8 @@ class FoldOptions:
     # Rewrites left undone: the anchor node of a rule's rewrite, or the name of a simplification
     # pass (what bisecting a fold whose output failed parity varies).
     undone: frozenset[str] = frozenset()
+    # The deployment target (normonnx.targets) the folded model is emitted for: its opset and forms.
+    target: str | None = None
 
 
 UNDONE = "left undone: the fold with this rewrite failed parity"

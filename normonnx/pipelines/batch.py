@@ -93,14 +93,21 @@ def fold_one(
 
 
 def emit_one(
-    source: str, output: str, opset=None, style: str = "auto", verify: bool = True, shapes=None, isolated: bool = True
+    source: str,
+    output: str,
+    opset=None,
+    style: str = "auto",
+    verify: bool = True,
+    shapes=None,
+    isolated: bool = True,
+    target: str | None = None,
 ) -> FileResult:
     """``normonnx emit SOURCE -o OUTPUT`` as one row (``isolated=False`` inside a worker process)."""
 
     def work() -> FileResult:
         from normonnx.pipelines.emit import emit_file
 
-        report = emit_file(source, output, opset, style, verify=verify, shapes=shapes, isolated=isolated)
+        report = emit_file(source, output, opset, style, verify=verify, shapes=shapes, isolated=isolated, target=target)
         verdict, code = _verdict(report.parity, report.output is not None)
         return FileResult(
             source, report.output, verdict, code, report.nodes_before, report.nodes_after,
@@ -118,13 +125,16 @@ def half_one(
     inputs_npz=None,
     shapes=None,
     isolated: bool = True,
+    target: str | None = None,
 ) -> FileResult:
     """``normonnx half SOURCE -o OUTPUT`` as one row (its onnxruntime runs are isolated either way)."""
 
     def work() -> FileResult:
         from normonnx.pipelines.half import half_file
 
-        report = half_file(source, output, dtype, keep_io_types=keep_io_types, inputs_npz=inputs_npz, shapes=shapes)
+        report = half_file(
+            source, output, dtype, keep_io_types=keep_io_types, inputs_npz=inputs_npz, shapes=shapes, target=target
+        )
         verdict, code = _verdict(report.parity, report.output is not None)
         return FileResult(
             source, report.output, verdict, code, kept=len(report.kept), max_error=_worst_error(report.parity),

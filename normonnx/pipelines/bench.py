@@ -19,7 +19,7 @@ from normonnx.results import BenchReport
 from normonnx.validate.inputs import check_shape_names, input_specs
 from normonnx.validate.latency import speedup
 from normonnx.validate.probe import probe_shapes, probed_feeds
-from normonnx.validate.runner import SessionConfig, require_provider
+from normonnx.validate.runner import SessionConfig, require_runtime
 from normonnx.validate.runners import RunOptions, measure_interleaved
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def bench(
     vs: str | os.PathLike | None = None,
     *,
     provider: str = "cpu",
+    runtime: str = "onnxruntime",
     threads: int | None = None,
     runs: int = 100,
     warmup: int = 10,
@@ -50,7 +51,7 @@ def bench(
     from normonnx.graph.modelio import load_model
 
     start = time.perf_counter()
-    require_provider(provider)
+    where = require_runtime(runtime, provider)
     paths = {str(model): load_model(model, load_weights=False)}
     if vs is not None:
         paths[str(vs)] = load_model(vs, load_weights=False)
@@ -70,13 +71,13 @@ def bench(
         {s.name: np.asarray(base[s.name]).astype(s.dtype) for s in input_specs(p) if s.name in base}
         for p in paths.values()
     ]
-    config = SessionConfig(provider=provider, optimize=True, threads=threads, spin=False)
+    config = SessionConfig(runtime=runtime, provider=provider, optimize=True, threads=threads, spin=False)
     runners = {name: options.runner(path, config, label=name) for name, path in labels.items()}
     log.info("bench %s: %d warm-up and %d timed runs each, interleaved", ", ".join(labels), warmup, runs)
     stats = measure_interleaved(
         runners, feeds, warmup=warmup, runs=runs, max_seconds=max_seconds, label=f"bench {', '.join(labels)}"
     )
-    report = BenchReport(labels, provider, threads, stats, input_shapes={k: list(np.shape(v)) for k, v in base.items()})
+    report = BenchReport(labels, where, threads, stats, input_shapes={k: list(np.shape(v)) for k, v in base.items()})
     report.shapes_guessed = bool(probed.guessed)
     if label_b:
         report.speedup = speedup(stats, label_b, label_a)

@@ -55,7 +55,7 @@ from normonnx.validate.parity import (
     rejudge_with_noise,
 )
 from normonnx.validate.probe import probe_shapes, probed_feeds
-from normonnx.validate.runner import SessionConfig, require_provider
+from normonnx.validate.runner import SessionConfig, require_runtime
 from normonnx.validate.runners import Feed, OnnxruntimeRunner, Outputs, RunOptions
 from normonnx.validate.scopes import module_paths, module_tensors
 
@@ -143,6 +143,7 @@ def check(
     gates: dict[str, Gate] | None = None,
     default_gate: Gate | None = None,
     provider: str = "cpu",
+    runtime: str = "onnxruntime",
     optimize: bool = False,
     localize: bool | None = None,
     evaluator: str | None = None,
@@ -167,11 +168,13 @@ def check(
         raise UnusableInputError(f"--samples {samples}: at least one input set is needed")
     if (against is None) == (torch_spec is None):
         raise UnusableInputError("give exactly one reference: --against REF.onnx or --torch MODULE:FACTORY")
-    require_provider(provider)
+    where = require_runtime(runtime, provider)
     # Every model this check runs gets its runner from here: in child processes unless the check is
     # itself an isolated worker, each run stopped after ``timeout`` seconds.
     runs = RunOptions(isolated=isolated, timeout=timeout)
-    cand = _candidate(candidate, SessionConfig(provider=provider, optimize=optimize), runs)
+    # OpenVINO compiles a model its own way: --optimize (onnxruntime's graph optimizations) has no meaning there.
+    optimize = optimize and runtime == "onnxruntime"
+    cand = _candidate(candidate, SessionConfig(runtime=runtime, provider=provider, optimize=optimize), runs)
     ref = _reference(against, torch_spec, runs)
     spec_model = ref.proto if ref.proto is not None else cand.proto  # torch: the candidate says what goes in
     specs = input_specs(spec_model)
@@ -194,7 +197,7 @@ def check(
         cand.name,
         ref.name,
         ref.kind,
-        provider,
+        where,
         inputs_npz or ("seeded" if probed is None else f"seeded at {probed.describe()}"),
         _parity(ref, cand, gates, default_gate, notes),
         notes=notes,
@@ -265,8 +268,10 @@ def _run_candidate(
     """The candidate's outputs, keyed like the reference's: half-faithful for a half candidate on the CPU,
     with optimizations off when it does not even load with them on (bisected later)."""
     cand.feeds = _cast_feeds(feeds, {s.name: s.dtype for s in input_specs(cand.proto)})
-    log.info("running the candidate on %s", cand.runner.config.provider)
-    cand.faithful = _half_judged_faithfully(cand.proto, ref.proto, cand.runner.config.provider, evaluator)
+    config = cand.runner.config
+    where = config.provider if config.runtime == "onnxruntime" else config.runtime
+    log.info("running the candidate on %s", where)
+    cand.faithful = _half_judged_faithfully(cand.proto, ref.proto, where, evaluator)
     try:
         if cand.faithful:
             outputs = runs.faithful(cand.proto, label=f"{cand.name} (half-faithful)").infer(feeds)

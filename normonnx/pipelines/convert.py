@@ -22,7 +22,8 @@ import numpy as np
 
 from normonnx.errors import OutputError, UnusableInputError
 from normonnx.int8.data import calibration_count, split_samples
-from normonnx.pipelines.export import DEFAULT_OPSET, export_module, parity_at_two_sizes
+from normonnx.passes.rules import FoldOptions
+from normonnx.pipelines.export import export_module, export_opset, parity_at_two_sizes
 from normonnx.results import ConvertReport
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,9 @@ def convert(
     *,
     checkpoint: str | None = None,
     input_shapes: Sequence[tuple[int, ...]] = (),
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     style: str = "auto",
+    target: str | None = None,
     data: np.ndarray | None = None,
     floor: bool = True,
     bench_runs: int = 100,
@@ -113,6 +115,7 @@ def convert(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a folder; convert writes a report folder")
+    opset = export_opset(opset, target)
     report = ConvertReport(name or spec.rpartition(":")[2], spec, checkpoint, opset, style)
     say("export")
     module, example = build(spec, input_shapes, checkpoint)
@@ -120,11 +123,12 @@ def convert(
     if data is not None:
         _check_data(data, example)
     unfolded, exported = export_module(
-        module, example, opset=opset, style=style, verify=False, name=spec, dynamic_batch=dynamic_batch, dynamic=dynamic
-    )
+        module, example, opset=opset, style=style, verify=False, name=spec, dynamic_batch=dynamic_batch,
+        dynamic=dynamic, target=target,
+    )  # fmt: skip
     report.exporter = exported.exporter
     say("fold")
-    folded, fold_report = fold(unfolded, verify=True)
+    folded, fold_report = fold(unfolded, FoldOptions(target=target), verify=True)
     if not fold_report.parity.passed:
         raise UnusableInputError(f"{spec}: the folded model does not match its export; nothing written")
     report.norms = fold_report.norms
@@ -139,7 +143,7 @@ def convert(
         from normonnx.pipelines.half import half_model
 
         say(f"half precision ({precision})")
-        extra, half_report = half_model(folded, precision)
+        extra, half_report = half_model(folded, precision, target=target)
         report.notes.append(
             f"model.{precision}.onnx: {half_report.weight_bytes_half:.0%} of weight bytes in {precision},"
             f" {len(half_report.kept)} nodes kept in float32; half-faithful {half_report.parity.summary()}"

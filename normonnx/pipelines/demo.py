@@ -34,14 +34,17 @@ def _zoo():
 def run_demo(
     out_dir: str | os.PathLike = "out/demo",
     *,
-    opset: int = 18,
+    opset: int | None = None,
     style: str = "auto",
+    target: str | None = None,
     only: list[str] | None = None,
     bench_runs: int = 200,
 ) -> tuple[list[ConvertReport], list[str]]:
     """Convert every zoo model; returns the reports and the failures (name: reason)."""
     from normonnx.pipelines.emit import check_opset, check_style
+    from normonnx.pipelines.export import export_opset
 
+    opset = export_opset(opset, target)
     check_opset(opset)
     check_style(style)
     out = Path(out_dir)
@@ -69,6 +72,7 @@ def run_demo(
                     checkpoint=str(entry.checkpoint),
                     opset=opset,
                     style=style,
+                    target=target,
                     data=data,
                     bench_runs=bench_runs,
                     name=name,

@@ -26,12 +26,21 @@ import onnx
 from normonnx.errors import UnusableInputError
 from normonnx.families import BY_KEY, WITH_OP, is_default_domain, op_available
 from normonnx.graph.bridge import model_and_name, prepare_graph
-from normonnx.graph.opsets import OLDEST_RUNNABLE_OPSET, OpsetError, convert_opset, default_opset, runnable_copy
+from normonnx.graph.opsets import (
+    OLDEST_RUNNABLE_OPSET,
+    ComputedAtRunTime,
+    OpsetError,
+    convert_opset,
+    default_opset,
+    runnable_copy,
+)
 from normonnx.passes.manager import Pipeline
-from normonnx.passes.registry import lower_pipeline, raise_pipeline
+from normonnx.passes.registry import lower_pipeline, raise_pipeline, static_values_pipeline
 from normonnx.passes.rules import FoldOptions
 from normonnx.recognize.scan import scan, summarize
 from normonnx.results import Decision, EmitReport
+from normonnx.targets import Target
+from normonnx.targets import target as deployment_target
 
 log = logging.getLogger(__name__)
 STYLES = ("auto", "op", "decomposed")
@@ -61,6 +70,14 @@ def planned_form(family: str, opset: int, style: str) -> str:
     return BY_KEY[family].auto_form
 
 
+def planned_forms(opset: int, style: str, deploy: Target | None) -> tuple[dict[str, str], dict[str, str]]:
+    """(family -> form, family -> why) for every family with a standard op; a target decides by its row."""
+    if deploy is None:
+        return {f: planned_form(f, opset, style) for f in WITH_OP}, {}
+    chosen = {f: deploy.form(f, opset, style) for f in WITH_OP}
+    return {f: form for f, (form, _) in chosen.items()}, {f: why for f, (_, why) in chosen.items()}
+
+
 def _run(
     model: onnx.ModelProto, pipeline: Pipeline, decisions: list[Decision], undone: frozenset[str], check: bool
 ) -> onnx.ModelProto:
@@ -69,8 +86,29 @@ def _run(
     return outcome.model
 
 
-def _ops_in(model: onnx.ModelProto) -> set[str]:
-    return {n.op_type for n in model.graph.node if is_default_domain(n.domain)}
+def _groupnorm_must_lower(model: onnx.ModelProto, src: int, target: int) -> bool:
+    """GroupNormalization crossing opset 21 either way: the converter would relabel 18's per-group scale
+    as per channel, and 21's per-channel scale has no form at 18 to 20 that onnx still accepts
+    (GroupNormalization-18 is deprecated since onnx 1.18, and its checker refuses it)."""
+    crossing = src < 21 <= target or target < 21 <= src
+    return crossing and any(n.op_type == "GroupNormalization" and is_default_domain(n.domain) for n in model.graph.node)
+
+
+def _converted(
+    model: onnx.ModelProto, target: int, source: str, decisions: list[Decision], undone: frozenset[str], check: bool
+) -> onnx.ModelProto:
+    """``model`` at opset ``target``; a value the older form needs constant but the graph computes from
+    static shapes (Reduce axes from the rank) is folded first."""
+    try:
+        return convert_opset(model, target)
+    except ComputedAtRunTime:
+        model = _run(model, static_values_pipeline(), decisions, undone, check)
+    except OpsetError as e:
+        raise OpsetError(f"{source}: {e}") from None
+    try:
+        return convert_opset(model, target)
+    except OpsetError as e:
+        raise OpsetError(f"{source}: {e}") from None
 
 
 def emit_file(
@@ -82,8 +120,9 @@ def emit_file(
     verify: bool = True,
     shapes: dict[str, tuple[int, ...]] | None = None,
     isolated: bool = True,
+    target: str | None = None,
 ) -> EmitReport:
-    """Re-emit ``src`` into ``dst``, written (atomically) only if parity holds.
+    """Re-emit ``src`` into ``dst``, written (atomically) only if parity holds (``target``: see ``emit``).
 
     As ``fold_file`` does, the result is staged beside ``dst``, verified from disk
     against ``src`` in isolated processes (onnxruntime never runs in this one), then
@@ -96,24 +135,24 @@ def emit_file(
     check_output_path(Path(dst), [Path(src)])
     log.info("%s: emitting at opset %s, style %s", src, opset or "of the model", style)
     proto = load_model(src, load_weights=True)
-    model, report = emit(proto, opset, style, name=str(src), check=False)  # checked as it is written
+    model, report = emit(proto, opset, style, name=str(src), check=False, target=target)  # checked when written
     older = runnable_copy(proto) if report.source_opset < OLDEST_RUNNABLE_OPSET else None
     report.parity, report.output, _ = write_verified(
         model, src, dst, verify=verify, shapes=shapes, isolated=isolated, reference=older
     )
     if report.output is None and report.parity is not None:
-        report = _without_the_rewrite_at_fault(proto, src, dst, opset, style, report, shapes, isolated, older)
+        report = _without_the_rewrite_at_fault(proto, src, dst, opset, style, report, shapes, isolated, older, target)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _without_the_rewrite_at_fault(proto, src, dst, opset, style, failed: EmitReport, shapes, isolated, older):
+def _without_the_rewrite_at_fault(proto, src, dst, opset, style, failed: EmitReport, shapes, isolated, older, target):
     """The full emit failed parity: bisect its rewrites and deliver it with the one at fault left undone."""
     from normonnx.pipelines._staging import deliver_without_the_rewrite_at_fault
 
     return deliver_without_the_rewrite_at_fault(
         "emit rewrites", failed,
-        lambda undone: emit(proto, opset, style, undone=undone, name=str(src), check=False),
+        lambda undone: emit(proto, opset, style, undone=undone, name=str(src), check=False, target=target),
         lambda culprit, _: f"{culprit} left as it was: rewriting it broke parity",
         src, dst, shapes=shapes, isolated=isolated, reference=older,
     )  # fmt: skip
@@ -127,12 +166,15 @@ def emit(
     undone: frozenset[str] = frozenset(),
     name: str | None = None,
     check: bool = True,
+    target: str | None = None,
 ) -> tuple[onnx.ModelProto, EmitReport]:
     """Every normalization of ``model`` in the form ``style`` wants at ``opset`` (but those whose anchor
     is in ``undone``, left as they are). ``name`` names a model given in memory in messages.
     ``check=False`` leaves onnx's checker to the caller that writes the model (the file is checked then).
 
     The default ``opset`` is the model's own, or the oldest normonnx writes when the model's is older.
+    ``target`` (normonnx.targets) caps the opset at the newest its runtime takes and writes each
+    family as the op only where that runtime runs the op's version with its own kernel.
 
     Nothing is verified here: ``emit_file`` verifies what it writes.
     """
@@ -141,27 +183,30 @@ def emit(
     source = name or source
     src = default_opset(proto)
     # A file older than the oldest opset normonnx writes (model-zoo files at 7..10) is raised to it.
-    target = (src if src >= MIN_OPSET else MIN_OPSET) if opset is None else opset
-    check_opset(target)
+    deploy = deployment_target(target) if target is not None else None
+    own = src if src >= MIN_OPSET else MIN_OPSET
+    if deploy is not None:
+        opset = deploy.opset_for(own, opset)
+    target_opset = own if opset is None else opset
+    check_opset(target_opset)
     check_style(style)
-    forms = {f: planned_form(f, target, style) for f in WITH_OP}
+    forms, why = planned_forms(target_opset, style, deploy)
     before = summarize(scan(prepare_graph(proto)))
     decisions: list[Decision] = []
     out = proto
     # At the source opset: lower what the target lacks or the style does not want,
     # and GroupNormalization-18 before the converter mislabels it as 21.
     lower_first = [f for f in WITH_OP if forms[f] == "decomposed"]
-    if src < 21 <= target and "GroupNormalization" in _ops_in(out) and "groupnorm" not in lower_first:
+    if "groupnorm" not in lower_first and _groupnorm_must_lower(out, src, target_opset):
         lower_first.append("groupnorm")
     if lower_first:
         out = _run(out, lower_pipeline(lower_first), decisions, undone, check)
-    if target != src:
-        try:
-            out = convert_opset(out, target)
-        except OpsetError as e:
-            raise OpsetError(f"{source}: {e}") from None
+    if target_opset != src:
+        out = _converted(out, target_opset, source, decisions, undone, check)
     out = _run(out, raise_pipeline(f for f in WITH_OP if forms[f] == "op"), decisions, undone, check)
-    report = EmitReport(source, src, target, style, forms, before, summarize(scan(prepare_graph(out))), decisions)
+    report = EmitReport(source, src, target_opset, style, forms, before, summarize(scan(prepare_graph(out))), decisions)
+    if deploy is not None:
+        report.target, report.why = deploy.key, why
     report.nodes_before, report.nodes_after = len(proto.graph.node), len(out.graph.node)
     report.seconds = time.perf_counter() - start
     return out, report

@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
 
 
+def export_opset(opset: int | None, target: str | None) -> int:
+    """The opset torch exports at: the one asked, else 18 (dynamo's), capped by the deployment target's newest."""
+    if target is None:
+        return DEFAULT_OPSET if opset is None else opset
+    from normonnx.targets import target as deployment_target
+
+    return deployment_target(target).opset_for(DEFAULT_OPSET, opset)
+
+
 def fold_weight_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Only the constant folding of fold: emission keeps every normalization, folding is ``fold``'s job."""
     return constants_pipeline().apply(model, sort=False, check=False).model  # emit follows; the file is checked
@@ -35,10 +44,11 @@ def export_module(
     module,
     example: Sequence,
     *,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     style: str = "auto",
     verify: bool = True,
     name: str = "<module>",
+    target: str | None = None,
     dynamic_batch: bool = False,
     dynamic: Sequence[str] = (),
 ) -> tuple[onnx.ModelProto, ExportReport]:
@@ -50,12 +60,13 @@ def export_module(
     from normonnx.torchfront.exporter import export_torch
 
     start = time.perf_counter()
+    opset = export_opset(opset, target)
     check_opset(opset)
     check_style(style)
     axes = dynamic_axes(module, example, dynamic_batch, dynamic)
     log.info("%s: torch export at opset %d%s", name, opset, f", dynamic axes {axes}" if axes else "")
     raw, exporter = export_torch(module, tuple(example), opset, axes)
-    model, emitted = emit(fold_weight_subgraphs(raw), opset, style, check=False)  # checked as it is written
+    model, emitted = emit(fold_weight_subgraphs(raw), opset, style, check=False, target=target)  # checked on write
     emitted.source = name
     report = ExportReport(name, exporter, emitted, dynamic=axes)
     if verify:

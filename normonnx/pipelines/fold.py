@@ -19,6 +19,7 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 
+from normonnx.errors import UnusableInputError
 from normonnx.families import BY_KEY, ONNXRUNTIME_NOTE, is_default_domain
 from normonnx.graph import external
 from normonnx.graph.bridge import (
@@ -140,6 +141,8 @@ def fold(
     outcome = fold_pipeline(options).apply(proto, options, graph=graph, store=store, check=check)
     out, graph = outcome.model, outcome.graph
     rewrites, notes = outcome.rewrites, [*notes_first, *outcome.notes]
+    if options.target is not None:
+        out, graph = _emitted_for(out, options.target, source, store, notes)
     unknown = _unknown_ops(graph)
     if unknown:
         notes.append(f"left as they are, ops normonnx does not know: {unknown}")
@@ -157,6 +160,22 @@ def fold(
         report.parity = verify_parity(proto, out, shapes=shapes)
     report.seconds = time.perf_counter() - start
     return out, report
+
+
+def _emitted_for(
+    model: onnx.ModelProto, key: str, source: str, store: external.SpillStore | None, notes: list[str]
+) -> tuple[onnx.ModelProto, gs.Graph]:
+    """The folded model emitted for deployment target ``key`` (its opset, each family's form), and why."""
+    from normonnx.pipelines.emit import emit
+
+    if store is not None:
+        raise UnusableInputError(f"{source}: --target needs the weights in memory; this model keeps them on disk")
+    out, emitted = emit(model, None, "auto", target=key, name=source, check=False)
+    present = {k.split(":")[0] for k in (*emitted.norms_before, *emitted.norms_after)}
+    opsets = f"opset {emitted.source_opset}" + (f" -> {emitted.opset}" if emitted.opset != emitted.source_opset else "")
+    whys = [f"{f} {emitted.forms[f]} ({why})" for f, why in emitted.why.items() if f in present]
+    notes.append(f"emitted for {key}: {opsets}" + (f"; {'; '.join(whys)}" if whys else ""))
+    return out, prepare_graph(out)
 
 
 def fold_file(

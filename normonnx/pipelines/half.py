@@ -88,9 +88,10 @@ def half_model(
     samples: int = 3,
     timeout: float = 900,
     name: str | None = None,
+    target: str | None = None,
 ) -> tuple[onnx.ModelProto, HalfReport]:
     """``model`` in ``dtype`` (``fp16`` or ``bf16``), and the report that judges it (``name`` names a model
-    given in memory in messages)."""
+    given in memory in messages; ``target``: the deployment target the float32 model is emitted for first)."""
     start = time.perf_counter()
     if dtype not in DTYPES:
         raise UnusableInputError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
@@ -106,7 +107,7 @@ def half_model(
     # costs precision (vit_ln: twice a plain cast's error with them, 1.2x without), and speed is fold's job.
     older = runnable_copy(proto)  # onnxruntime runs nothing before opset 7: the reference is onnx's upgrade
     proto = older if older is not None else proto
-    folded, _ = fold(proto, FoldOptions(simplify=False))
+    folded, _ = fold(proto, FoldOptions(simplify=False, target=target))
     attempts = [(folded, [])]
     if half == TensorProto.BFLOAT16 and default_opset(folded) < BF16_OPSET:
         # Conv, ConvTranspose and the pooling ops take bfloat16 from opset 22 on: that first; when it fails

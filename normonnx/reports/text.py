@@ -67,6 +67,11 @@ def render_inspection(ins: Inspection) -> str:
         f"{ins.source}: {ins.nodes} nodes, ir_version {ins.ir_version}, opset {opsets}"
         + (f", from {ins.producer}" if ins.producer else "")
     ]
+    if ins.target:
+        lines.append(f"on {ins.target}: " + ("everything runs as it is" if not ins.not_on_target else "will not run"
+                                             " as it is:"))  # fmt: skip
+        lines += [f"  {what}" for what in ins.not_on_target]
+        lines += [f"  known: {bug}" for bug in ins.target_bugs]
     if not ins.norms:
         lines.append("no normalization found")
         return "\n".join(lines)
@@ -80,8 +85,13 @@ def render_inspection(ins: Inspection) -> str:
 
 
 def render_emit(report: EmitReport) -> str:
-    lines = [f"opset {report.source_opset} -> {report.opset}, style {report.style}"]
-    lines.append("forms: " + ", ".join(f"{fam} {form}" for fam, form in report.forms.items()))
+    opsets = f"opset {report.source_opset}" + (f" -> {report.opset}" if report.opset != report.source_opset else "")
+    lines = [f"{opsets}, style {report.style}" + (f", target {report.target}" if report.target else "")]
+    if report.why:  # the families this model has
+        present = {k.split(":")[0] for k in (*report.norms_before, *report.norms_after)}
+        lines += [f"  {fam} {report.forms[fam]}: {why}" for fam, why in report.why.items() if fam in present]
+    else:
+        lines.append("forms: " + ", ".join(f"{fam} {form}" for fam, form in report.forms.items()))
     keys = sorted(set(report.norms_before) | set(report.norms_after))
     if keys:
         rows = [(k, report.norms_before.get(k, 0), report.norms_after.get(k, 0)) for k in keys]

@@ -27,8 +27,13 @@ PROVIDERS = {
 }
 
 
+RUNTIMES = ("onnxruntime", "openvino")
+
+
 @dataclass(frozen=True)
 class SessionConfig:
+    # Which runtime runs the model: onnxruntime (with ``provider``) or OpenVINO's CPU plugin.
+    runtime: str = "onnxruntime"
     provider: str = "cpu"
     optimize: bool = False  # False: ORT_DISABLE_ALL (the reference); True: ORT_ENABLE_ALL (deployment)
     threads: int | None = None
@@ -63,7 +68,28 @@ def require_provider(provider: str) -> str:
     return name
 
 
+def require_runtime(runtime: str, provider: str = "cpu") -> str:
+    """How reports name where models run ("cpu", "cuda", "openvino"); a runtime or provider not here raises."""
+    if runtime not in RUNTIMES:
+        raise UnusableInputError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "openvino":
+        from normonnx.validate.openvino_session import require_openvino
+
+        if provider != "cpu":
+            raise UnusableInputError(f"--provider {provider}: OpenVINO runs here on its CPU plugin only")
+        require_openvino()
+        return "openvino"
+    require_provider(provider)
+    return provider
+
+
 def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = SessionConfig()):
+    """A session of the configured runtime (onnxruntime's InferenceSession, or OpenVINO behind its interface)."""
+    if config.runtime == "openvino":
+        from normonnx.validate.openvino_session import OpenVinoSession
+
+        threads = config.threads or int(os.environ.get(THREADS_ENV, "0") or 0)
+        return OpenVinoSession(_runnable(model), threads or None)
     import onnxruntime as ort
 
     name = require_provider(config.provider)
@@ -84,19 +110,23 @@ def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = 
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
-    if not isinstance(model, str | os.PathLike):
-        from normonnx.graph.modelio import has_external_data
-
-        if has_external_data(model):
-            raise UnusableInputError("an in-memory model with external data must be run from its validated path")
-        source: bytes | str = model.SerializeToString()
-    else:
-        source = str(Path(model))
+    source = _runnable(model)
     if config.disabled_optimizers:
         return ort.InferenceSession(
             source, options, providers=providers, disabled_optimizers=list(config.disabled_optimizers)
         )
     return ort.InferenceSession(source, options, providers=providers)
+
+
+def _runnable(model: onnx.ModelProto | str | os.PathLike) -> bytes | str:
+    """What a runtime loads: the path of a file, or the bytes of a model in memory without external data."""
+    if isinstance(model, str | os.PathLike):
+        return str(Path(model))
+    from normonnx.graph.modelio import has_external_data
+
+    if has_external_data(model):
+        raise UnusableInputError("an in-memory model with external data must be run from its validated path")
+    return model.SerializeToString()
 
 
 def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:

@@ -193,15 +193,23 @@ def test_shared_intermediate_is_refused():
     assert "also used by Relu" in refusals(ctx)["norm"][0]
 
 
-def test_layernorm_with_used_statistics_output_is_not_lowered():
+def test_layernorm_with_used_statistics_outputs_is_lowered_with_them():
+    """Mean and InvStdDev are written from the subgraph's own mean and std (numpy: the expected values)."""
+    import onnxruntime as ort
+
     b = GraphBuilder(opset=17)
     x = b.input("x", [2, 5, 8])
-    y, mean, _ = b.node("LayerNormalization", [x, b.weight(np.ones(8))], n_out=3, name="ln")
-    b.output(y)
-    b.output(mean)
-    out, ctx = apply(b.model(), Lower("layernorm"))
-    assert "LayerNormalization" in op_types(out)
-    assert "statistics outputs are used" in refusals(ctx)["ln"][0]
+    y, mean, inv = b.node("LayerNormalization", [x, b.weight(np.linspace(0.5, 2, 8))], n_out=3, name="ln")
+    for t in (y, mean, inv):
+        b.output(t)
+    out, _ = apply(b.model(), Lower("layernorm"))
+    assert "LayerNormalization" not in op_types(out)
+    data = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32) * 3 + 1
+    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": data})
+    mu, var = data.mean(-1, keepdims=True), data.var(-1, keepdims=True)
+    np.testing.assert_allclose(got[1], mu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[2], 1 / np.sqrt(var + 1e-5), rtol=1e-5)
+    np.testing.assert_allclose(got[0], (data - mu) / np.sqrt(var + 1e-5) * np.linspace(0.5, 2, 8), rtol=1e-4, atol=1e-5)
 
 
 def test_fp16_lowering_keeps_statistics_in_fp32():

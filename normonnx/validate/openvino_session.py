@@ -1,0 +1,96 @@
+"""OpenVINO (CPU) behind the slice of onnxruntime's session interface normonnx uses.
+
+A second runtime that runs on this machine: ``check --runtime openvino`` and
+``bench --runtime openvino`` make this session wherever they would make an
+onnxruntime one (``validate.runner.session``), so isolation, comparison,
+localization and interleaved timing are the same code for both.
+
+OpenVINO's CPU plugin computes in bfloat16 by default on CPUs that have it;
+normonnx asks for float32 (``INFERENCE_PRECISION_HINT``), so a float32 model
+is judged as float32 on both runtimes, and for the latency hint (batch 1,
+one request at a time), as ``bench`` measures.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from normonnx.errors import RuntimeUnavailableError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+INSTALL_HINT = "OpenVINO is not installed: pip install openvino"
+
+
+@dataclass(frozen=True)
+class Port:
+    """What onnxruntime's NodeArg tells: a name, a type string, a shape with None for dynamic axes."""
+
+    name: str
+    type: str
+    shape: list[int | None]
+
+
+def require_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise RuntimeUnavailableError(INSTALL_HINT) from None
+    return openvino
+
+
+def openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__.split("-")[0]
+
+
+def _port(port: Any, fallback: str) -> Port:
+    names = port.get_names()
+    name = sorted(names)[0] if names else fallback
+    shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+    return Port(name, f"tensor({port.get_element_type().get_type_name()})", shape)
+
+
+class OpenVinoSession:
+    """One model compiled for OpenVINO's CPU plugin, run one request at a time."""
+
+    def __init__(self, model: onnx.ModelProto | str | os.PathLike | bytes, threads: int | None = None) -> None:
+        ov = require_openvino()
+        core = ov.Core()
+        if isinstance(model, str | os.PathLike):
+            source: Any = str(Path(model))
+        else:
+            source = model if isinstance(model, bytes) else model.SerializeToString()
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._compiled = core.compile_model(core.read_model(source), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self._inputs = [_port(p, f"input{k}") for k, p in enumerate(self._compiled.inputs)]
+        self._outputs = [_port(p, f"output{k}") for k, p in enumerate(self._compiled.outputs)]
+        self._output_index = {}
+        for k, p in enumerate(self._compiled.outputs):
+            for name in p.get_names():
+                self._output_index[name] = k
+
+    def get_inputs(self) -> list[Port]:
+        return self._inputs
+
+    def get_outputs(self) -> list[Port]:
+        return self._outputs
+
+    def run(self, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The named outputs (all when None), copied out of OpenVINO's buffers, in the order asked."""
+        import numpy as np
+
+        result = self._request.infer(feeds).to_tuple()
+        wanted = [o.name for o in self._outputs] if names is None else names
+        return [np.array(result[self._output_index[name]], copy=True) for name in wanted]
