@@ -39,6 +39,10 @@ class OutputError(NormonnxError):
     """An output path normonnx refuses to write (for example the input itself)."""
 
 
+class MissingKernelError(UnusableInputError):
+    """onnxruntime has no kernel for an op of the model: a custom op whose library was not given."""
+
+
 class VerificationError(NormonnxError):
     """The candidate model does not match its reference within tolerance."""
 

@@ -23,11 +23,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from normonnx.errors import NormonnxError, UnusableInputError, first_line
+from normonnx.errors import MissingKernelError, NormonnxError, UnusableInputError, first_line
 
 DEFAULT_TIMEOUT = 900.0
 # A many-file worker shares the cores with its siblings: its onnxruntime sessions get this many threads.
 THREADS_ENV = "NORMONNX_SESSION_THREADS"
+# onnxruntime custom-op libraries (--custom-ops), os.pathsep-separated: every session, here or in a child, loads them.
+CUSTOM_OPS_ENV = "NORMONNX_CUSTOM_OPS"
 
 
 class IsolatedRunError(UnusableInputError):
@@ -41,6 +43,7 @@ class _Raised:
         self.type = type(error).__name__
         self.message = first_line(error)
         self.exit_code = error.exit_code if isinstance(error, NormonnxError) else 2
+        self.ours = isinstance(error, NormonnxError)  # normonnx's own message: no type name in front
 
 
 def _signal_name(code: int) -> str:
@@ -82,7 +85,10 @@ def _died(label: str, what: str, code: int, stderr: bytes) -> IsolatedRunError:
 def _unwrap(result: Any, label: str) -> Any:
     """The child's answer, or the exception it reported raised here with the child's exit code."""
     if isinstance(result, _Raised):
-        error = IsolatedRunError(f"{label}: {result.type}: {result.message}")
+        if result.type == "MissingKernelError":  # a mistake the user fixes with an option: kept as it is
+            raise MissingKernelError(f"{label}: {result.message}")
+        what = result.message if getattr(result, "ours", False) else f"{result.type}: {result.message}"
+        error = IsolatedRunError(f"{label}: {what}")
         error.exit_code = result.exit_code
         raise error
     return result
@@ -106,22 +112,38 @@ _shared: Worker | None = None
 _shared_lock = threading.Lock()
 
 
-def call_in_shared_worker(fn: Callable, *args, label: str, timeout: float | None = DEFAULT_TIMEOUT, **kwargs) -> Any:
-    """``fn`` in one long-lived child shared by this process's many small calls (constant evaluation).
-
-    A child per call would cost a process start each; one worker started on first use and
-    closed at exit costs one. Inside an isolated child, ``fn`` runs right here.
-    """
+def _shared_worker() -> Worker:
     global _shared
+    if _shared is None:
+        import atexit
+
+        _shared = Worker()
+        atexit.register(_shared.close)
+    return _shared
+
+
+def call_in_shared_worker(fn: Callable, *args, label: str, timeout: float | None = DEFAULT_TIMEOUT, **kwargs) -> Any:
+    """``fn`` in the one warm child this process shares for every onnxruntime run: constant evaluation,
+    shape probing, the reference's and the candidate's runs, latency.
+
+    A child per call would cost a process start and an onnxruntime import each; one worker, started
+    early (``prestart_shared_worker``) and closed at exit, costs one, paid while the caller works. A crash
+    or a hang still ends only the worker (the call raises IsolatedRunError; the next call starts a fresh
+    one). Inside an isolated child, ``fn`` runs right here.
+    """
     if in_isolated_child():
         return fn(*args, **kwargs)
     with _shared_lock:
-        if _shared is None:
-            import atexit
+        return _shared_worker().call(fn, *args, label=label, timeout=timeout, **kwargs)
 
-            _shared = Worker()
-            atexit.register(_shared.close)
-        return _shared.call(fn, *args, label=label, timeout=timeout, **kwargs)
+
+def prestart_shared_worker() -> None:
+    """Start the shared worker now, so that its interpreter start and onnxruntime import overlap the caller's
+    own work (a command knows early that it will verify)."""
+    if in_isolated_child():
+        return
+    with _shared_lock:
+        _shared_worker().start()
 
 
 def _send(stream, obj: Any) -> None:
@@ -152,8 +174,17 @@ class Worker:
         self.proc: subprocess.Popen | None = None
         self._stderr = None
         self.session_threads = session_threads
+        self._started_with: str | None = None  # the custom-op libraries its sessions load (fixed at start)
+
+    def start(self) -> subprocess.Popen:
+        """The child, started now if it is not running (it imports onnxruntime while the caller works on)."""
+        if self.proc is not None and self.proc.poll() is None and self._started_with == os.environ.get(CUSTOM_OPS_ENV):
+            return self.proc
+        self.close()
+        return self._start()
 
     def _start(self) -> subprocess.Popen:
+        self._started_with = os.environ.get(CUSTOM_OPS_ENV)
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (the child writes to it for its whole life)
         self._forwarded = 0
         extra = {THREADS_ENV: str(self.session_threads)} if self.session_threads else {}
@@ -169,7 +200,7 @@ class Worker:
         return self.proc
 
     def call(self, fn: Callable, *args, label: str, timeout: float | None = DEFAULT_TIMEOUT, **kwargs) -> Any:
-        proc = self.proc if self.proc is not None and self.proc.poll() is None else self._start()
+        proc = self.start()
         timer = threading.Timer(timeout, proc.kill) if timeout else None
         if timer:
             timer.start()
@@ -220,6 +251,12 @@ def _main() -> None:
     serve = "--serve" in sys.argv[1:]
     if os.environ.get(_LOG_ENV):  # a many-file run under -v: the worker logs its steps too
         logging.basicConfig(level=logging.INFO, format="normonnx: %(message)s", stream=sys.stderr)
+    if serve:  # a warm worker imports what every call needs before the first call arrives
+        try:
+            import numpy  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            pass  # the call that needs it says so
     while True:
         try:
             fn, args, kwargs = _receive(channel_in) if serve else pickle.loads(channel_in.read())

@@ -338,10 +338,12 @@ class BenchReport(Report):
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     shapes_guessed: bool = False  # some dynamic dim was sized by validate.probe, not by --shape
     seconds: float = 0.0
+    cores: int | None = None  # the cores onnxruntime's default thread pool uses when --threads is not given
+    notes: list[str] = field(default_factory=list)  # a spread too wide to trust, and how to get a stable number
 
     KEYS = (
-        "models", "provider", "threads", "input_shapes", "shapes_guessed", Key("latency", "stats"), "speedup",
-        Key("seconds", digits=3),
+        "models", "provider", "threads", "cores", "input_shapes", "shapes_guessed", Key("latency", "stats"),
+        "speedup", "notes", Key("seconds", digits=3),
     )  # fmt: skip
 
 
@@ -414,10 +416,12 @@ class Inspection(Report):
     target: str | None = None  # inspect --target: the deployment target asked about
     not_on_target: list[str] = field(default_factory=list)  # what will not run there as it is
     target_bugs: list[str] = field(default_factory=list)  # the target's known normalization bugs
+    # "domain:op" -> nodes, for the ops onnxruntime itself has no kernel for (custom ops: --custom-ops LIB)
+    ops_without_kernel: dict[str, int] = field(default_factory=dict)
 
     KEYS = (
         "source", "ir_version", "opsets", "producer", "nodes", Key("normalizations", "norms"), "foldable", "target",
-        "not_on_target", "target_bugs",
+        "not_on_target", "target_bugs", "ops_without_kernel",
     )  # fmt: skip
 
     @property

@@ -22,6 +22,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_files import start, write, write_with
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks"
 
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    start("bench_emit", 3)
     from normonnx.families import BY_KEY
     from normonnx.pipelines.emit import emit
     from normonnx.validate.latency import measure, speedup
@@ -136,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     args.out.mkdir(exist_ok=True)
-    (args.out / "emit_forms.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "emit_forms.md").write_text(_markdown(report))
+    write(args.out / "emit_forms.json", json.dumps(report, indent=2) + "\n")
+    write(args.out / "emit_forms.md", _markdown(report))
     _plot(report, args.out / "emit_forms.png")
     print((args.out / "emit_forms.md").read_text())
     return 0 if all(r["auto_is_faster"] and r["parity"] for r in rows) else 1
@@ -202,7 +206,7 @@ def _plot(report: dict, path: Path) -> None:
     )
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 
 Each tool runs as its own process on the same file (what a user waits for),
 side by side in one run, for chains of 250, 1000 and 4000 blocks (32 channels,
-3x3). Peers that are not installed are skipped; install them with
+3x3). A peer that is not installed stops the run before it starts (--allow-missing runs without it and
+lists it as skipped in the results); install them with
 ``pip install -e .[bench]``. Results: benchmarks/fold_speed.{md,json,png}.
 
     python scripts/bench_fold.py [--blocks 250 1000 4000] [--timeout 600]
@@ -26,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_files import require, start, write, write_with
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks"
@@ -129,13 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--render", action="store_true", help="only rewrite the table and plot from the JSON")
+    parser.add_argument("--allow-missing", action="store_true", help="run without the peers not installed")
     args = parser.parse_args(argv)
     if args.render:
         report = json.loads((args.out / "fold_speed.json").read_text())
-        (args.out / "fold_speed.md").write_text(_markdown(report))
+        write(args.out / "fold_speed.md", _markdown(report))
         _plot(report, args.out / "fold_speed.png")
         print((args.out / "fold_speed.md").read_text())
         return 0
+    start("bench_fold", 5)
+    require([v[0] for v in TOOLS.values() if v[0]], args.allow_missing)
     tools = {k: v for k, v in TOOLS.items() if v[0] is None or importlib.util.find_spec(v[0])}
     skipped = sorted(set(TOOLS) - set(tools))
     results: dict[str, dict[str, dict]] = {t: {} for t in tools}
@@ -168,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     args.out.mkdir(exist_ok=True)
-    (args.out / "fold_speed.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "fold_speed.md").write_text(_markdown(report))
+    write(args.out / "fold_speed.json", json.dumps(report, indent=2) + "\n")
+    write(args.out / "fold_speed.md", _markdown(report))
     _plot(report, args.out / "fold_speed.png")
     print((args.out / "fold_speed.md").read_text())
     return 0
@@ -290,7 +297,7 @@ def _plot(report: dict, path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 if __name__ == "__main__":

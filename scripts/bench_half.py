@@ -9,7 +9,7 @@ seeded inputs; latency is onnxruntime CPU at ORT_ENABLE_ALL, interleaved with th
 and an identity copy of it as the noise floor.
 
     python scripts/bench_half.py            # writes benchmarks/half.{md,json,png}
-    python scripts/bench_half.py --replot   # the table and plot again from half.json
+    python scripts/bench_half.py --replot   # the plot again from half.json
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_files import missing_note, require, save_figure, start, write
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -126,7 +129,7 @@ def converters(dtype: str) -> dict:
         "normonnx": lambda m: half_model(m, dtype)[0],
         "plain cast": lambda m: with_float_type(m, half),
     }
-    if dtype == "fp16" and importlib.util.find_spec("onnxconverter_common"):
+    if dtype == "fp16" and importlib.util.find_spec("onnxconverter_common"):  # main() required it
         from onnxconverter_common import float16
 
         tools["onnxconverter-common"] = lambda m: float16.convert_float_to_float16(m, keep_io_types=True)
@@ -196,6 +199,10 @@ def main() -> int:
     from normonnx.validate.probe import probe_shapes, probed_feeds
     from normonnx.validate.runners import RunOptions
 
+    if "--replot" not in sys.argv:
+        start("bench_half", 10)
+        require(["onnxconverter_common"], "--allow-missing" in sys.argv)
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -226,11 +233,11 @@ def main() -> int:
                     row["noise_floor"] = ratios.get("copy")
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    write(rows)
+    write_results(rows)
     return 0
 
 
-def write(rows: list[dict]) -> None:
+def write_results(rows: list[dict]) -> None:
     from normonnx.reports.table import table
 
     def cell(v, fmt):
@@ -248,7 +255,8 @@ def write(rows: list[dict]) -> None:
     ours = [r for r in rows if r["tool"] == "normonnx"]
     ok = [r for r in ours if "error" not in r and r["nonfinite"] == 0 and r["max_error"] <= 1e-2]
     lines = [
-        "# normonnx half against onnxconverter-common and a plain cast, judged half-faithfully",
+        "# normonnx half against onnxconverter-common and a plain cast, judged half-faithfully"
+        + missing_note([] if any(r["tool"] == "onnxconverter-common" for r in rows) else ["onnxconverter-common"]),
         "",
         "Every conversion runs in the half-faithful evaluator (float32 inside every op, every fp16/bf16 tensor"
         " rounded as a GPU stores it) against the float32 model, on the same seeded inputs. Max error is"
@@ -266,8 +274,8 @@ def write(rows: list[dict]) -> None:
         " Run: `python scripts/bench_half.py`.",
     ]
     OUT.mkdir(exist_ok=True)
-    (OUT / "half.md").write_text("\n".join(lines) + "\n\n![max error per model](half.png)\n")
-    (OUT / "half.json").write_text(json.dumps(rows, indent=1) + "\n")
+    write(OUT / "half.md", "\n".join(lines) + "\n\n![max error per model](half.png)\n")
+    write(OUT / "half.json", json.dumps(rows, indent=1) + "\n")
     plot(rows, OUT / "half.png")
 
 
@@ -287,18 +295,18 @@ def plot(rows: list[dict], path: Path) -> None:
                    if r["dtype"] == dtype and r["tool"] == tool and "max_error" in r]  # fmt: skip
             if pts:
                 ax.scatter(*zip(*pts, strict=True), marker=marker, label=tool)
-        ax.axvline(1e-2, color="black", linewidth=0.8)
+        ax.axvline(1e-2, color="black", linewidth=0.8, label="gate 1e-2")
         ax.set_xscale("log")
+        ax.set_xlabel("max|diff| / max(1, max|ref|), log scale (left of the gate: passes)")
         ax.set_title(f"{dtype}: max|diff| / max(1, max|ref|), half-faithful", fontsize=9)
         ax.legend(fontsize=7)
     axes[0].set_yticks(range(len(models)), models, fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--replot"]:  # the table and plot again from benchmarks/half.json
-        write(json.loads((OUT / "half.json").read_text()))
+    if sys.argv[1:] == ["--replot"]:  # the plot again from benchmarks/half.json (the table keeps its date)
+        plot(json.loads((OUT / "half.json").read_text()), OUT / "half.png")
         raise SystemExit(0)
     raise SystemExit(main())

@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_files import start, write, write_with
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks"
@@ -129,7 +132,7 @@ def _ratio(row: dict) -> float | None:
     return 1.0 / s["median"] if s else None
 
 
-def write(rows: list[dict], meta: dict) -> None:
+def write_results(rows: list[dict], meta: dict) -> None:
     from normonnx.pipelines.quantize import TIE_DB
 
     lines = [
@@ -190,11 +193,9 @@ def write(rows: list[dict], meta: dict) -> None:
         "![int8](int8.png)",
         "",
     ]
-    (OUT / "int8.md.tmp").write_text("\n".join(lines))
-    (OUT / "int8.json.tmp").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    _plot(rows, OUT / "int8.png.tmp")
-    for name in ("int8.md", "int8.json", "int8.png"):
-        (OUT / f"{name}.tmp").replace(OUT / name)
+    write(OUT / "int8.md", "\n".join(lines))
+    write(OUT / "int8.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
+    _plot(rows, OUT / "int8.png")
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -220,7 +221,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     b.legend(fontsize=8, loc="lower right")
     fig.suptitle("int8 on onnxruntime CPU: normonnx quantize vs onnxruntime's quant_pre_process + quantize_static")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def main() -> None:
@@ -228,9 +229,11 @@ def main() -> None:
     p.add_argument("--replot", action="store_true", help="table and plot from benchmarks/int8.json")
     p.add_argument("--only", nargs="*", help="models whose name contains one of these (not written)")
     args = p.parse_args()
+    if not args.replot:
+        start("bench_int8", 25)
     if args.replot:
         doc = json.loads((OUT / "int8.json").read_text())
-        write(doc["rows"], doc["meta"])
+        write_results(doc["rows"], doc["meta"])
         return
     import onnxruntime
 
@@ -243,7 +246,7 @@ def main() -> None:
     if args.only:
         print(json.dumps(rows, indent=1)[:4000])
         return
-    write(rows, meta)
+    write_results(rows, meta)
 
 
 if __name__ == "__main__":

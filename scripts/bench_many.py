@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_files import start, write
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -108,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    start("bench_many", 5)
     deep = _deep_scenario(args.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "models"
@@ -138,7 +142,7 @@ def main() -> None:
         "graph_heavy": deep,
     }
     out = ROOT / "benchmarks"
-    (out / "many_files.json").write_text(json.dumps(result, indent=2) + "\n")
+    write(out / "many_files.json", json.dumps(result, indent=2) + "\n")
     lines = [
         "# Many files at once: `normonnx fold DIR -o OUT`, serial vs `--jobs 2`",
         "",
@@ -174,7 +178,7 @@ def main() -> None:
         "",
         f"Median ratio **{deep['median_ratio']:.3f}**; exit code and counts {deep['exit_code_and_counts']['2']}.",
     ]
-    (out / "many_files.md").write_text("\n".join(lines) + "\n")
+    write(out / "many_files.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

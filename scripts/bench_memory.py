@@ -26,6 +26,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_files import start, write
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -117,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench_memory")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
     args = parser.parse_args(argv)
+    start("bench_memory", 5)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    start = time.perf_counter()
+    began = time.perf_counter()
     weights = write_model(args.work, args.dim, args.layers)
-    written = time.perf_counter() - start
+    written = time.perf_counter() - began
     print(f"wrote {weights / 2**30:.2f} GiB of weights in {written:.0f} s", flush=True)
     fold = [sys.executable, "-m", "normonnx", "fold", str(args.work / "big.onnx"), "-o"]
     fold_only, _, peak_fold_only = measure_peak([*fold, str(args.work / "nocheck.onnx"), "--no-verify"])
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
     }
     args.out.mkdir(exist_ok=True)
-    (args.out / "memory.json").write_text(json.dumps(result, indent=2) + "\n")
+    write(args.out / "memory.json", json.dumps(result, indent=2) + "\n")
     ok = proc.returncode == 0 and result["ratio"] <= 1.5
     md = [
         "# Folding a model with more than 2 GB of weights: peak memory",
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Folded graph: {' '.join(result['nodes_after'] or [])}",
     ]
-    (args.out / "memory.md").write_text("\n".join(md) + "\n")
+    write(args.out / "memory.md", "\n".join(md) + "\n")
     print("\n".join(md))
     shutil.rmtree(args.work, ignore_errors=True)
     return 0 if ok else 1

@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_files import missing_note, require, save_figure, start, write
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks"
 PY = sys.executable
@@ -179,7 +182,7 @@ def render(rows: list[dict], tools: list[str], meta: dict) -> str:
     headers = ("exporter", "file", "foldable", *tools, "vs onnxsim", "vs fastest peer", "noise floor")
     summary = meta["summary"]
     lines = [
-        "# normonnx fold on other people's files",
+        "# normonnx fold on other people's files" + missing_note(meta.get("missing_peers", [])),
         "",
         f"{meta['files']} files from {meta['exporters']} exporters (`python scripts/fetch_corpus.py`), each tool run"
         " with no options. A cell: foldable normalizations left, max error against the original"
@@ -217,7 +220,7 @@ def plot(rows: list[dict], path: Path) -> None:
     rows = [r for r in rows if r.get("ratios")]
     if not rows:
         return
-    names = [r["file"] for r in rows]
+    names = [f"{r['exporter']}/{r['file']}" for r in rows]  # one file name can come from two exporters
     fig, ax = plt.subplots(figsize=(10, max(4, 0.28 * len(rows))))
     y = np.arange(len(rows))
     ax.scatter([r["ratios"].get("onnxsim", np.nan) for r in rows], y, label="vs onnxsim", marker="o")
@@ -226,10 +229,12 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(y, names, fontsize=7)
     ax.set_xlabel("normonnx output latency / peer output latency (below 1: normonnx faster)")
+    ax.set_title(
+        "Latency of normonnx fold's output vs the peers' outputs, other exporters' files (ORT CPU)", fontsize=10
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> int:
@@ -237,8 +242,16 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=ROOT / "corpus")
     parser.add_argument("--max-seconds", type=float, default=6.0, help="timing budget per file")
     parser.add_argument("--timeout", type=float, default=600.0, help="per tool and file")
-    parser.add_argument("--only", nargs="*", help="file names to run (default: all)")
+    parser.add_argument("--only", nargs="*", help="file names to run (default: all; not committed, written to out/)")
+    parser.add_argument("--allow-missing", action="store_true", help="run without the peers not installed")
+    parser.add_argument("--replot", action="store_true", help="only the plot again, from benchmarks/real_world.json")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads((OUT / "real_world.json").read_text())["rows"], OUT / "real_world.png")
+        return 0
+    start("bench_real_world", 40 if not args.only else 2)
+    missing = require([m for m, _ in TOOLS.values() if m], args.allow_missing)
+    where = ROOT / "out" if args.only else OUT  # a subset never replaces the committed table
     files = corpus_files(args.corpus)
     if args.only:
         files = [(e, p) for e, p in files if p.name in args.only or p.stem in args.only]
@@ -273,12 +286,13 @@ def main() -> int:
             rows.append(row)
             for path in outputs.values():
                 path.unlink(missing_ok=True)
-            write_results(rows, tools)  # after every file: a long run interrupted keeps what it measured
-    write_results(rows, tools)
+            write(ROOT / "out" / "real_world.partial.json", json.dumps(rows, indent=1, default=str) + "\n")
+    write_results(rows, tools, where, missing)
+    print(f"wrote {where / 'real_world.md'}")
     return 0
 
 
-def write_results(rows: list[dict], tools: list[str]) -> None:
+def write_results(rows: list[dict], tools: list[str], out: Path, missing: list[str]) -> None:
     ratios_sim = [r["ratios"]["onnxsim"] for r in rows if "onnxsim" in r.get("ratios", {})]
     ratios_fast = [max(r["ratios"].values()) for r in rows if r.get("ratios")]
     torch_fast = [max(r["ratios"].values()) for r in rows if r.get("ratios") and r["exporter"] in TORCH_EXPORTS]
@@ -308,11 +322,11 @@ def write_results(rows: list[dict], tools: list[str]) -> None:
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["python scripts/bench_real_world.py", *sys.argv[1:]]),
         "summary": summary,
+        "missing_peers": missing,
     }
-    OUT.mkdir(exist_ok=True)
-    (OUT / "real_world.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str) + "\n")
-    (OUT / "real_world.md").write_text(render(rows, tools, meta))
-    plot(rows, OUT / "real_world.png")
+    write(out / "real_world.json", json.dumps({"meta": meta, "rows": rows}, indent=1, default=str) + "\n")
+    write(out / "real_world.md", render(rows, tools, meta))
+    plot(rows, out / "real_world.png")
 
 
 def _round(value: float | None) -> float | None:

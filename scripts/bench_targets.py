@@ -32,6 +32,7 @@ OUT = ROOT / "benchmarks"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_emit import CASES, op_model  # noqa: E402  (the same single-op models as emit_forms.md)
+from benchmark_files import save_figure, start, write  # noqa: E402
 
 OPSETS = (17, 13, 11)
 
@@ -153,18 +154,7 @@ def plot(forms: list[dict], path: Path) -> None:
     ax.set_title("Normalization op vs normonnx's decomposed subgraph, CPU, median of interleaved runs")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _write(path: Path, text: str | None = None, writer=None) -> None:
-    """Written beside, then renamed over: an interrupted run leaves the committed results as they were."""
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    if writer is not None:
-        writer(tmp)
-    else:
-        tmp.write_text(text)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if not corpus.is_dir():
         print(f"{corpus}: no corpus; run scripts/fetch_corpus.py first", file=sys.stderr)
         return 2
-    start = time.perf_counter()
+    start("bench_targets", 2)
+    began = time.perf_counter()
     forms = forms_on_runtimes(args.runs)
     with tempfile.TemporaryDirectory():
         down = corpus_down(corpus)
@@ -190,11 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         "openvino": openvino.__version__.split("-")[0],
         "onnx": onnx.__version__,
         "runs": args.runs,
-        "seconds": time.perf_counter() - start,
+        "seconds": time.perf_counter() - began,
     }
-    _write(OUT / "targets.json", json.dumps({"meta": meta, "forms": forms, "corpus": down}, indent=1) + "\n")
-    _write(OUT / "targets.md", markdown(forms, down, meta))
-    _write(OUT / "targets.png", writer=lambda p: plot(forms, p))
+    write(OUT / "targets.json", json.dumps({"meta": meta, "forms": forms, "corpus": down}, indent=1) + "\n")
+    write(OUT / "targets.md", markdown(forms, down, meta))
+    plot(forms, OUT / "targets.png")
     print(f"wrote {OUT / 'targets.md'}")
     return 0
 

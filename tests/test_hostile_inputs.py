@@ -173,7 +173,7 @@ def _no_graph(m: onnx.ModelProto) -> None:
 
 REFUSED = {
     "empty file": (_bytes(b""), "is empty"),
-    "truncated": (_truncated, "not an ONNX model"),
+    "truncated": (_truncated, "the file is truncated"),
     "random bytes": (_bytes(np.random.default_rng(0).bytes(4096)), "ONNX model"),
     "text": (_bytes(b"ir_version: 8\nthis is not protobuf\n"), "ONNX model"),
     "a tensor, not a model": (

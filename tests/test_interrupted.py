@@ -3,6 +3,7 @@ cleaned by the next run, and only its own."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -57,3 +58,28 @@ def test_killed_runs_leave_input_and_previous_output_intact(tmp_path):
     assert onnx.load(out).graph.node[0].op_type == "Conv"
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
     assert leftovers == [".someone-elses.tmp"]
+
+
+def test_ctrl_c_at_any_moment_is_one_line(tmp_path):
+    """SIGINT to the process group, as a terminal's Ctrl-C sends it, while the verbs are being imported,
+    while the fold runs and while the isolated verification runs: one line on stderr, exit 130."""
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(_model(), src)
+    cmd = [sys.executable, "-m", "normonnx", "fold", str(src), "-o", str(out)]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    full = time.perf_counter() - start
+    out.unlink()
+    landed = 0
+    for delay in (0.15, 0.4, full * 0.5, full * 0.8):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode == 0:
+            continue  # it had finished: nothing to say
+        landed += 1
+        lines = err.decode().strip().splitlines()
+        assert proc.returncode == 130 and lines == ["normonnx: interrupted"], (delay, proc.returncode, lines)
+        assert not out.exists()
+    assert landed >= 3, f"only {landed} of 4 interrupts hit a running fold"

@@ -175,7 +175,8 @@ def test_bench_document_keeps_the_samples_only_when_asked():
     report = BenchReport({"a": "a.onnx"}, "cpu", None, stats, seconds=1.23456)
     doc = report.to_dict()
     assert list(doc) == [
-        "schema", "models", "provider", "threads", "input_shapes", "shapes_guessed", "latency", "speedup", "seconds"
+        "schema", "models", "provider", "threads", "cores", "input_shapes", "shapes_guessed", "latency", "speedup",
+        "notes", "seconds",
     ]  # fmt: skip
     assert doc["latency"]["a"] == {
         "name": "a", "runs": 2, "median_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.1, "mean_ms": 1.0, "throughput": 1000.0

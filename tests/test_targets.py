@@ -154,3 +154,28 @@ def test_an_unknown_target_is_one_line():
 
     with pytest.raises(UnusableInputError, match="choose one of ort-cpu"):
         target("tensorrt-7")
+
+
+def test_openvino_reports_the_graph_output_names_and_why_it_cannot_run():
+    """OpenVINO merges an Identity's input and output into one port; the ONNX graph's name is the one reported.
+    A model it cannot convert is one line that names the op (its first line names a C++ file)."""
+    from normonnx.errors import UnusableInputError
+    from normonnx.validate.openvino_session import OpenVinoSession
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ("z", "y")]
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Identity", ["a"], ["y"]),
+             helper.make_node("Neg", ["x"], ["z"])]  # fmt: skip
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs), opset_imports=[helper.make_opsetid("", 17)])
+    session = OpenVinoSession(model.SerializeToString())
+    assert [o.name for o in session.get_outputs()] == ["z", "y"]
+    data = RNG.standard_normal((2, 3)).astype(np.float32)
+    z, y = session.run(None, {"x": data})
+    np.testing.assert_array_equal(y, np.maximum(data, 0))
+    np.testing.assert_array_equal(z, -data)
+    custom = helper.make_model(
+        helper.make_graph([helper.make_node("Foo", ["x"], ["y"], domain="my.dom")], "g", [x], outs[1:]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("my.dom", 1)],
+    )
+    with pytest.raises(UnusableInputError, match=r"No conversion rule found for operations: my\.dom\.Foo"):
+        OpenVinoSession(custom.SerializeToString())

@@ -12,6 +12,7 @@ options, ``output.py`` what goes to stdout and stderr.
 
 from __future__ import annotations
 
+# main.py imports the verbs (and onnx) only when it parses a command line: this import is light.
 from normonnx.cli.main import EXIT_INTERNAL, build_parser, main, run
 
 __all__ = ["EXIT_INTERNAL", "build_parser", "main", "run"]

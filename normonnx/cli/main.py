@@ -8,12 +8,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from normonnx import __version__
 from normonnx.cli import options
-from normonnx.cli.commands import COMMANDS
-from normonnx.cli.verb import Command
-from normonnx.errors import EXIT_OK, EXIT_UNUSABLE_INPUT, NormonnxError, first_line
+from normonnx.errors import EXIT_OK, EXIT_UNUSABLE_INPUT, NormonnxError, UnusableInputError, first_line
+
+if TYPE_CHECKING:
+    from normonnx.cli.verb import Command
 
 EXIT_INTERNAL = 3
 
@@ -29,8 +31,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_UNUSABLE_INPUT, f"{prog}: error: {message} (see {prog} --help)\n")
 
 
-def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
     """The parser of ``commands`` (every verb by default), each subcommand handled by its own ``handle``."""
+    if commands is None:
+        from normonnx.cli.commands import COMMANDS  # the verbs import what they run: only when parsing
+
+        commands = COMMANDS
     parser = _Parser(prog="normonnx", description="Export, fold and validate normalization layers through ONNX.")
     parser.add_argument("--version", action="version", version=f"normonnx {__version__}")
     options.add_global(parser, in_subcommand=False)
@@ -44,10 +50,14 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
     return parser
 
 
-def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMANDS) -> int:
-    """Run one command line (``sys.argv`` by default) over ``commands``; the exit code."""
-    parser = build_parser(commands)
+def main(argv: Sequence[str] | None = None, commands: Sequence[Command] | None = None) -> int:
+    """Run one command line (``sys.argv`` by default) over ``commands`` (every verb); the exit code."""
     words = list(sys.argv[1:] if argv is None else argv)
+    if words == ["--version"]:  # answered before the verbs (and onnx, numpy) are imported
+        print(f"normonnx {__version__}")
+        return EXIT_OK
+    _warm_up_for(words)
+    parser = build_parser(commands)
     parser.command = next((w for w in words if w in parser.commands), None)
     try:
         args = parser.parse_args(words)
@@ -59,7 +69,11 @@ def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMAN
         stream=sys.stderr,
         force=True,
     )
+    from normonnx.isolation import CUSTOM_OPS_ENV
+
+    before = os.environ.get(CUSTOM_OPS_ENV)
     try:
+        _load_custom_ops(args.custom_ops)
         return args.handler(args)
     except NormonnxError as e:
         print(f"normonnx: error: {e}", file=sys.stderr)
@@ -75,6 +89,38 @@ def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMAN
             raise
         print(f"normonnx: internal error: {type(e).__name__}: {first_line(e)} (rerun with --debug)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:  # this command line's libraries only: an in-process caller's next call starts as it was
+        if before is None:
+            os.environ.pop(CUSTOM_OPS_ENV, None)
+        else:
+            os.environ[CUSTOM_OPS_ENV] = before
+
+
+# The verbs whose proof runs onnxruntime (in the shared warm worker, normonnx.isolation).
+_RUNS_ONNXRUNTIME = {"fold", "emit", "check", "bench", "half", "quantize"}
+
+
+def _warm_up_for(words: list[str]) -> None:
+    """Start the warm onnxruntime worker before the verbs are imported: its start and its onnxruntime import
+    then overlap this process's imports and the fold itself. Read from the raw words (the parser is not
+    built yet); a guess that is wrong costs an idle child, nothing else."""
+    verb = next((w for w in words if not w.startswith("-")), None)
+    if verb in _RUNS_ONNXRUNTIME and "--no-verify" not in words and not {"-h", "--help"} & set(words):
+        from normonnx.isolation import prestart_shared_worker
+
+        prestart_shared_worker()
+
+
+def _load_custom_ops(libraries: list[str] | None) -> None:
+    """--custom-ops: checked here, then handed to every onnxruntime session (children too) by the environment,
+    for this command line only (``main`` restores it)."""
+    from normonnx.isolation import CUSTOM_OPS_ENV
+
+    for library in libraries or ():
+        if not os.path.isfile(library):
+            raise UnusableInputError(f"--custom-ops {library}: no such file")
+    if libraries:
+        os.environ[CUSTOM_OPS_ENV] = os.pathsep.join(os.path.abspath(p) for p in libraries)
 
 
 def _silence_stdout() -> None:
@@ -93,7 +139,11 @@ def run() -> None:
     returns, so the process can skip both.
     """
     gc.disable()
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # while the verbs were still being imported or parsed: one line too
+        print("normonnx: interrupted", file=sys.stderr)
+        code = 130
     try:
         sys.stdout.flush()
     except BrokenPipeError:

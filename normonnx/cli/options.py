@@ -33,6 +33,13 @@ def add_global(p: argparse.ArgumentParser, *, in_subcommand: bool) -> None:
     default = argparse.SUPPRESS if in_subcommand else False
     p.add_argument("-v", "--verbose", action="store_true", default=default, help="log each step to stderr")
     p.add_argument("--debug", action="store_true", default=default, help="show tracebacks of unexpected errors")
+    p.add_argument(
+        "--custom-ops",
+        action="append",
+        metavar="LIB",
+        default=argparse.SUPPRESS if in_subcommand else None,
+        help="an onnxruntime custom-op library (.so/.dll) every onnxruntime run loads; repeatable",
+    )
 
 
 def add_shape(p: argparse.ArgumentParser) -> None:
@@ -160,7 +167,7 @@ def factory_options(args: argparse.Namespace) -> dict:
         "checkpoint": args.checkpoint,
         "input_shapes": [parse_input_shape(s) for s in args.input_shape or []],
         "opset": args.opset,
-        "style": args.norm_style,
+        "norm_style": args.norm_style,
         "target": args.target,
         "dynamic_batch": args.dynamic_batch,
         "dynamic": args.dynamic,

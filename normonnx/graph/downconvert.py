@@ -19,6 +19,7 @@ they are: onnxruntime registers them at every opset.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -175,6 +176,13 @@ class _Facts:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.consts: dict[str, onnx.TensorProto] = {}
+        # A name two graphs define (sibling If branches may) has no single value or shape: left unknown,
+        # so an adapter that needs it refuses rather than reads the other branch's.
+        defined: Counter[str] = Counter()
+        for g in _graphs(model.graph):
+            defined.update({*(t.name for t in g.initializer), *(i.name for i in g.input),
+                            *(o for n in g.node for o in n.output)})  # fmt: skip
+        ambiguous = {name for name, count in defined.items() if count > 1}
         for g in _graphs(model.graph):
             self.consts.update((t.name, t) for t in g.initializer)
             for n in g.node:
@@ -199,6 +207,10 @@ class _Facts:
                     self.shapes.setdefault(
                         vi.name, [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
                     )
+        for name in ambiguous:
+            self.consts.pop(name, None)
+            self.types.pop(name, None)
+            self.shapes.pop(name, None)
         self.names = {n for g in _graphs(model.graph) for node in g.node for n in node.output}
         self.names |= set(self.consts) | {i.name for g in _graphs(model.graph) for i in g.input}
 
@@ -319,7 +331,7 @@ class Down:
         elif op in _SOFTMAX and self.crossing(13):
             return self._softmax(node)
         elif op == "BatchNormalization":
-            self._batchnorm(node)
+            self._batchnorm(node, before, after)
         elif op == "Resize":
             self._resize(node)
         elif op == "Upsample":
@@ -332,6 +344,12 @@ class Down:
             self._pad(node)
         elif op == "Reshape":
             self._reshape(node)
+        elif op == "RoiAlign" and self.crossing(16):
+            self._roialign(node)
+        elif op == "DFT" and self.crossing(20):
+            raise OpsetError(f"{where(node)}: DFT's axis became an input with another default at opset 20")
+        elif op == "GridSample" and self.crossing(20):
+            self._gridsample(node)
         elif op == "Constant" and self.dst < 12 and node.attribute[0].name != "value":
             tensor = _constant_tensor(node.attribute[0])  # value_ints and friends came at opset 12
             if tensor is not None:
@@ -352,10 +370,34 @@ class Down:
                 _drop_named(node, noop_attribute)
             return
         value = self.constant_input(node, index, name)
+        if value.size == 0 and node.op_type in ("Squeeze", "Unsqueeze"):
+            raise OpsetError(f"{where(node)}: an empty axes input, which runtimes read differently, is not converted")
+        if value.size == 0 and noop_attribute and _attr(node, noop_attribute) == 1:
+            raise OpsetError(f"{where(node)}: empty axes with {noop_attribute}=1 has no equivalent at opset {self.dst}")
         del node.input[index:]
         if noop_attribute:
             _drop_named(node, noop_attribute)
-        node.attribute.append(helper.make_attribute(name, [int(a) for a in value.reshape(-1)]))
+        if value.size:  # empty axes: every axis, which the older op does without the attribute
+            node.attribute.append(helper.make_attribute(name, [int(a) for a in value.reshape(-1)]))
+
+    def _roialign(self, node: onnx.NodeProto) -> None:
+        """RoiAlign-10 always computes as RoiAlign-16's output_half_pixel (16's default is half_pixel)."""
+        mode = _attr(node, "coordinate_transformation_mode", b"half_pixel")
+        if mode != b"output_half_pixel":
+            raise OpsetError(f"{where(node)}: coordinate_transformation_mode {mode.decode()} came at opset 16")
+        _drop_named(node, "coordinate_transformation_mode")
+
+    def _gridsample(self, node: onnx.NodeProto) -> None:
+        """GridSample-20 renamed 16's modes (bilinear -> linear, bicubic -> cubic) and took N-D inputs."""
+        rank = self.facts.rank(node.input[0])
+        if rank != 4:
+            raise OpsetError(f"{where(node)}: GridSample before opset 20 takes 4-D inputs only (rank {rank})")
+        mode = _attr(node, "mode", b"linear")
+        _drop_named(node, "mode")
+        older = {b"linear": "bilinear", b"cubic": "bicubic", b"nearest": "nearest"}.get(mode)
+        if older is None:
+            raise OpsetError(f"{where(node)}: mode {mode.decode()} has no form before opset 20")
+        node.attribute.append(helper.make_attribute("mode", older))
 
     def _reshape(self, node: onnx.NodeProto) -> None:
         """allowzero=1 means nothing when the constant shape holds no 0 (dynamo writes it on every view)."""
@@ -389,34 +431,60 @@ class Down:
         back = helper.make_node("Transpose", [inner], [result], name=self.facts.fresh(f"{result}_back"), perm=perm)
         return [moved, node, back]
 
-    def _batchnorm(self, node: onnx.NodeProto) -> None:
+    def _batchnorm(self, node: onnx.NodeProto, before: list[onnx.NodeProto], after: list[onnx.NodeProto]) -> None:
         if self.crossing(14):
             if _attr(node, "training_mode") == 1 or len(node.output) > 1:
                 raise OpsetError(f"{where(node)}: training mode cannot be written below opset 14")
             _drop_named(node, "training_mode")
         if self.crossing(15):
-            self._batchnorm_types(node)
+            self._batchnorm_types(node, before, after)
 
-    def _batchnorm_types(self, node: onnx.NodeProto) -> None:
-        """Before opset 15 the parameters share X's type (mean and var may differ at 14 only):
-        constant parameters of another type (fp32 with an fp16 X) are stored in X's type."""
+    def _batchnorm_types(self, node: onnx.NodeProto, before: list[onnx.NodeProto], after: list[onnx.NodeProto]) -> None:
+        """Before opset 15 the parameters share X's type (mean and var may differ at 14 only). Constant
+        parameters of another type are stored in X's type when that changes no value; otherwise (an fp16 X
+        with float32 statistics) the op computes in the parameters' type between two Casts, as BN-15 does."""
         types = self.facts.types
         x_type = types.get(node.input[0])
         if not x_type:
             return
         last = 3 if self.dst == 14 else 5
-        for i in range(1, min(last, len(node.input))):
-            name = node.input[i]
-            if types.get(name, x_type) == x_type:
-                continue
-            value = self.facts.constant(name)
-            if value is None:
-                raise OpsetError(
-                    f"{where(node)}: input {name} is computed in another type than X; opset {self.dst} needs X's type"
-                )
-            cast = self.const(f"{name}_as_x", value.astype(helper.tensor_dtype_to_np_dtype(x_type)))
-            types[cast] = x_type
-            node.input[i] = cast
+        others = [i for i in range(1, min(last, len(node.input))) if types.get(node.input[i], x_type) != x_type]
+        if not others:
+            return
+        values = {i: self.facts.constant(node.input[i]) for i in others}
+        computed = [node.input[i] for i, v in values.items() if v is None]
+        if computed:
+            raise OpsetError(
+                f"{where(node)}: input {computed[0]} is computed in another type than X;"
+                f" opset {self.dst} needs X's type"
+            )
+        dtype = helper.tensor_dtype_to_np_dtype(x_type)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow means the other path, not a warning
+            stored = {i: v.astype(dtype) for i, v in values.items()}
+        if all(np.array_equal(stored[i].astype(v.dtype), v) for i, v in values.items()):
+            for i in others:
+                cast = self.const(f"{node.input[i]}_as_x", stored[i])
+                types[cast] = x_type
+                node.input[i] = cast
+            return
+        self._batchnorm_in_wider_type(node, x_type, before, after)
+
+    def _batchnorm_in_wider_type(
+        self, node: onnx.NodeProto, x_type: int, before: list[onnx.NodeProto], after: list[onnx.NodeProto]
+    ) -> None:
+        """X cast up to the parameters' type, the op there, the result cast back: no parameter rounded."""
+        wide = {self.facts.types.get(name) for name in node.input[1:5] if name}
+        if len(wide) != 1 or not wide <= {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}:
+            raise OpsetError(f"{where(node)}: its parameters do not share one float type; opset {self.dst} needs one")
+        (to,) = wide
+        up = self.make("Cast", [node.input[0]], f"{node.output[0]}_x_wide", to=to)
+        result = node.output[0]
+        node.input[0], node.output[0] = up.output[0], self.facts.fresh(f"{result}_wide")
+        back = helper.make_node(
+            "Cast", [node.output[0]], [result], name=self.facts.fresh(f"{result}_narrow"), to=x_type
+        )
+        before.append(up)
+        after.append(back)
 
     def _resize(self, node: onnx.NodeProto) -> None:
         """Resize-18/19's additions (antialias, keep_aspect_ratio_policy, axes, half_pixel_symmetric) are
@@ -551,6 +619,8 @@ class Down:
 
     def _hardswish(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
         """HardSwish(x) = x * HardSigmoid(x; alpha=1/6, beta=1/2): its definition, with ops of opset 6."""
+        if self.facts.types.get(node.input[0]) == onnx.TensorProto.BFLOAT16:
+            raise OpsetError(f"{where(node)}: HardSigmoid takes no bfloat16 before opset 22")
         gate = self.make("HardSigmoid", [node.input[0]], f"{node.output[0]}_gate", alpha=1.0 / 6, beta=0.5)
         mul = helper.make_node("Mul", [node.input[0], gate.output[0]], [node.output[0]], name=node.name or None)
         return [gate, mul]

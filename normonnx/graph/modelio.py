@@ -57,8 +57,10 @@ def _parse(path: Path) -> onnx.ModelProto:
     try:
         with open(path, "rb") as f:
             model.ParseFromString(f.read())
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise _fail(path, f"not an ONNX model (protobuf parse failed: {first_line(e)})") from None
+    except (DecodeError, RuntimeError, ValueError):
+        from normonnx.graph.sniff import what_it_is
+
+        raise _fail(path, what_it_is(path)) from None
     except OSError as e:
         raise _fail(path, f"cannot be read ({e.strerror})") from None
     return model

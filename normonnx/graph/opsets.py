@@ -16,6 +16,7 @@ from normonnx.errors import first_line
 from normonnx.families import is_default_domain
 from normonnx.graph.bridge import keep_dropped_fields
 from normonnx.graph.downconvert import ComputedAtRunTime, OpsetError, default_opset, down, onnxruntime_op_without_schema
+from normonnx.graph.modelio import iter_nodes
 
 __all__ = ["ComputedAtRunTime", "OpsetError", "convert_opset", "default_opset", "runnable_copy"]
 # A domain no runtime knows, under which onnxruntime's default-domain ops cross onnx's up converter.
@@ -64,11 +65,11 @@ def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
 
 def _hide_onnxruntime_ops(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """``model`` (or a copy) with onnxruntime's schema-less default-domain ops moved to a private domain."""
-    if not any(onnxruntime_op_without_schema(n, opset) for n in model.graph.node):
+    if not any(onnxruntime_op_without_schema(n, opset) for n in iter_nodes(model.graph)):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    for node in out.graph.node:
+    for node in iter_nodes(out.graph):
         if onnxruntime_op_without_schema(node, opset):
             node.domain = _CROSSING_DOMAIN
     out.opset_import.append(onnx.helper.make_opsetid(_CROSSING_DOMAIN, 1))
@@ -76,7 +77,7 @@ def _hide_onnxruntime_ops(model: onnx.ModelProto, opset: int) -> onnx.ModelProto
 
 
 def _bring_back_onnxruntime_ops(model: onnx.ModelProto) -> None:
-    for node in model.graph.node:
+    for node in iter_nodes(model.graph):
         if node.domain == _CROSSING_DOMAIN:
             node.domain = ""
     kept = [o for o in model.opset_import if o.domain != _CROSSING_DOMAIN]

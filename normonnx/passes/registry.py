@@ -87,7 +87,7 @@ def half_pipeline(kept: dict[str, KeptFloat32], half: int, keep_io_types: bool) 
 
 def lower_pipeline(families: Iterable[str]) -> Pipeline:
     """Each family's standard op replaced by its exact subgraph."""
-    return Pipeline((Stage(tuple(Lower(f) for f in families)),))
+    return Pipeline((Stage(tuple(Lower(f) for f in families)),), into_bodies=True)
 
 
 def raise_pipeline(families: Iterable[str]) -> Pipeline:

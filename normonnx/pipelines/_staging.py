@@ -17,7 +17,9 @@ from typing import Any
 
 import onnx
 
+from normonnx.errors import MissingKernelError
 from normonnx.graph.modelio import save_model, staged_save
+from normonnx.reports.progress import phase
 from normonnx.results import Bisection, ParityResult
 from normonnx.validate.bisect import bisect
 from normonnx.validate.verify import verify_parity
@@ -41,19 +43,24 @@ def write_verified(
     ``reference`` replaces ``src`` as what the output is verified against (a pre-opset-7 file's runnable copy).
     """
     output = None
+    phase("stage the output")
     with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:
         parity = None
         if verify:
             log.info("%s: verifying parity against the original", src)
-            parity = verify_parity(
-                src if reference is None else reference,
-                staged.path,
-                shapes=shapes,
-                reference_proto=reference_proto if reference is None else reference,
-                candidate_bytes=staged.disk_bytes(),
-                isolated=isolated,
-            )
+            try:
+                parity = verify_parity(
+                    src if reference is None else reference,
+                    staged.path,
+                    shapes=shapes,
+                    reference_proto=reference_proto if reference is None else reference,
+                    candidate_bytes=staged.disk_bytes(),
+                    isolated=isolated,
+                )
+            except MissingKernelError as e:  # the rewrite is fine; the proof needs the op's library
+                raise MissingKernelError(f"{e}, or --no-verify to write it without the proof") from None
         if parity is None or parity.passed:
+            phase("write")
             staged.commit()
             output = str(dst)
     return parity, output, staged.stale

@@ -96,7 +96,7 @@ def emit_one(
     source: str,
     output: str,
     opset=None,
-    style: str = "auto",
+    norm_style: str = "auto",
     verify: bool = True,
     shapes=None,
     isolated: bool = True,
@@ -107,7 +107,9 @@ def emit_one(
     def work() -> FileResult:
         from normonnx.pipelines.emit import emit_file
 
-        report = emit_file(source, output, opset, style, verify=verify, shapes=shapes, isolated=isolated, target=target)
+        report = emit_file(
+            source, output, opset, norm_style, verify=verify, shapes=shapes, isolated=isolated, target=target
+        )
         verdict, code = _verdict(report.parity, report.output is not None)
         return FileResult(
             source, report.output, verdict, code, report.nodes_before, report.nodes_after,
@@ -122,7 +124,7 @@ def half_one(
     output: str,
     dtype: str = "fp16",
     keep_io_types: bool = False,
-    inputs_npz=None,
+    inputs=None,
     shapes=None,
     isolated: bool = True,
     target: str | None = None,
@@ -133,7 +135,7 @@ def half_one(
         from normonnx.pipelines.half import half_file
 
         report = half_file(
-            source, output, dtype, keep_io_types=keep_io_types, inputs_npz=inputs_npz, shapes=shapes, target=target
+            source, output, dtype, keep_io_types=keep_io_types, inputs=inputs, shapes=shapes, target=target
         )
         verdict, code = _verdict(report.parity, report.output is not None)
         return FileResult(

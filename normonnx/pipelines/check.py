@@ -37,6 +37,7 @@ from normonnx.graph.modelio import has_external_data, load_model
 from normonnx.graph.opsets import runnable_copy
 from normonnx.graph.quantized import quantized_ops
 from normonnx.isolation import IsolatedRunError
+from normonnx.reports.progress import phase
 from normonnx.results import Bisection, CheckReport, Localization, ParityResult, ProbedShapes
 from normonnx.validate import execute
 from normonnx.validate.align import Pair, align
@@ -134,9 +135,9 @@ def check(
     candidate: onnx.ModelProto | str | os.PathLike,
     *,
     against: onnx.ModelProto | str | os.PathLike | None = None,
-    torch_spec: str | None = None,
+    torch: str | None = None,
     checkpoint: str | None = None,
-    inputs_npz: str | None = None,
+    inputs: str | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
     samples: int = 3,
     seed: int = 0,
@@ -161,12 +162,12 @@ def check(
     ``reference/NAME`` and ``candidate/NAME`` the same way.
     """
     start = time.perf_counter()
-    _check_save_paths(save_inputs, save_outputs, candidate, against, fp16_baseline, inputs_npz)
+    _check_save_paths(save_inputs, save_outputs, candidate, against, fp16_baseline, inputs)
     # Loaded up front: a missing or broken baseline is a mistake, not something to ignore.
     baseline = _source(fp16_baseline) if fp16_baseline is not None else None
     if samples < 1:
         raise UnusableInputError(f"--samples {samples}: at least one input set is needed")
-    if (against is None) == (torch_spec is None):
+    if (against is None) == (torch is None):
         raise UnusableInputError("give exactly one reference: --against REF.onnx or --torch MODULE:FACTORY")
     where = require_runtime(runtime, provider)
     # Every model this check runs gets its runner from here: in child processes unless the check is
@@ -175,20 +176,24 @@ def check(
     # OpenVINO compiles a model its own way: --optimize (onnxruntime's graph optimizations) has no meaning there.
     optimize = optimize and runtime == "onnxruntime"
     cand = _candidate(candidate, SessionConfig(runtime=runtime, provider=provider, optimize=optimize), runs)
-    ref = _reference(against, torch_spec, runs)
+    ref = _reference(against, torch, runs)
     spec_model = ref.proto if ref.proto is not None else cand.proto  # torch: the candidate says what goes in
     specs = input_specs(spec_model)
     check_shape_names(shapes, specs)
-    feeds, probed = _inputs(ref, cand, spec_model, specs, inputs_npz, shapes, samples, seed, runs)
+    phase("choose inputs")
+    feeds, probed = _inputs(ref, cand, spec_model, specs, inputs, shapes, samples, seed, runs)
     log.info("check %s against %s: %d input sets", cand.name, ref.name, len(feeds))
+    phase(f"reference run, {len(feeds)} input sets")
     _run_reference(ref, feeds, specs, checkpoint, gates)
     notes: list[str] = []
     cand.int8 = _int8_candidate(cand.proto, ref.proto)
-    if cand.int8 and not optimize:
+    if cand.int8 and not optimize and runtime == "onnxruntime":
         # onnxruntime's int8 kernels exist only after its QDQ fusions: without them it computes in float.
         cand.runner = cand.runner.derived(optimize=True)
         notes.append("an int8 candidate runs as deployed (ORT_ENABLE_ALL): its int8 kernels need the fusions")
+    phase(f"candidate run, {len(feeds)} input sets")
     _run_candidate(cand, ref, feeds, evaluator, runs, notes)
+    phase("compare")
     if cand.int8 and default_gate is None:
         # Every value of an int8 model is off by up to half a quantization step: judged by SQNR, not max|diff|.
         default_gate = INT8_GATE
@@ -198,7 +203,7 @@ def check(
         ref.name,
         ref.kind,
         where,
-        inputs_npz or ("seeded" if probed is None else f"seeded at {probed.describe()}"),
+        inputs or ("seeded" if probed is None else f"seeded at {probed.describe()}"),
         _parity(ref, cand, gates, default_gate, notes),
         notes=notes,
     )
@@ -272,6 +277,8 @@ def _run_candidate(
     where = config.provider if config.runtime == "onnxruntime" else config.runtime
     log.info("running the candidate on %s", where)
     cand.faithful = _half_judged_faithfully(cand.proto, ref.proto, where, evaluator)
+    if cand.faithful and config.runtime != "onnxruntime":
+        notes.append(f"judged by normonnx's half-faithful evaluator (--evaluator faithful): {where} did not run it")
     try:
         if cand.faithful:
             outputs = runs.faithful(cand.proto, label=f"{cand.name} (half-faithful)").infer(feeds)

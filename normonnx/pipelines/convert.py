@@ -76,16 +76,16 @@ def _check_data(data: np.ndarray, example) -> None:
 
 def convert(
     spec: str,
-    out_dir: str | os.PathLike,
+    output: str | os.PathLike,
     *,
     checkpoint: str | None = None,
     input_shapes: Sequence[tuple[int, ...]] = (),
     opset: int | None = None,
-    style: str = "auto",
+    norm_style: str = "auto",
     target: str | None = None,
     data: np.ndarray | None = None,
     floor: bool = True,
-    bench_runs: int = 100,
+    runs: int = 100,
     name: str | None = None,
     progress: Progress | None = None,
     dynamic_batch: bool = False,
@@ -94,7 +94,7 @@ def convert(
     require_int8: bool = True,
 ) -> ConvertReport:
     """``spec`` (MODULE:FACTORY) with ``checkpoint`` exported, folded, checked against torch and timed, into the
-    report folder ``out_dir``; ``precision`` (fp16, bf16, int8) adds model.<precision>.onnx, verified.
+    report folder ``output``; ``precision`` (fp16, bf16, int8) adds model.<precision>.onnx, verified.
 
     int8 calibrates on the first quarter of ``data`` and is proven on the rest (seeded inputs without
     ``data``, said in the report). ``require_int8=False`` (the demo) reports an int8 model that fails its
@@ -112,18 +112,18 @@ def convert(
             progress(step)
 
     start = time.perf_counter()
-    out = Path(out_dir)
+    out = Path(output)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a folder; convert writes a report folder")
     opset = export_opset(opset, target)
-    report = ConvertReport(name or spec.rpartition(":")[2], spec, checkpoint, opset, style)
+    report = ConvertReport(name or spec.rpartition(":")[2], spec, checkpoint, opset, norm_style)
     say("export")
     module, example = build(spec, input_shapes, checkpoint)
     report.layers = count_norms(module)
     if data is not None:
         _check_data(data, example)
     unfolded, exported = export_module(
-        module, example, opset=opset, style=style, verify=False, name=spec, dynamic_batch=dynamic_batch,
+        module, example, opset=opset, norm_style=norm_style, verify=False, name=spec, dynamic_batch=dynamic_batch,
         dynamic=dynamic, target=target,
     )  # fmt: skip
     report.exporter = exported.exporter
@@ -173,14 +173,14 @@ def convert(
             say("floor")
             files["floor"] = out / "model.floor.onnx"
             floor_model, _ = export_module(
-                strip_norms(module), example, opset=opset, style=style, verify=False, dynamic_batch=dynamic_batch,
-                dynamic=dynamic,
+                strip_norms(module), example, opset=opset, norm_style=norm_style, verify=False,
+                dynamic_batch=dynamic_batch, dynamic=dynamic,
             )  # fmt: skip
             floor_model = rename_inputs(fold(floor_model)[0], [i.name for i in folded.graph.input])
             save_model(floor_model, files["floor"])
             models["floor"] = files["floor"]
         say("bench")
-        _bench(report, models, bench_runs)
+        _bench(report, models, runs)
         report.files = {k: str(v) for k, v in files.items()}
         report.seconds = time.perf_counter() - start
         write_convert_report(out, report)

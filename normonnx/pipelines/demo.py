@@ -32,13 +32,13 @@ def _zoo():
 
 
 def run_demo(
-    out_dir: str | os.PathLike = "out/demo",
+    output: str | os.PathLike = "out/demo",
     *,
     opset: int | None = None,
-    style: str = "auto",
+    norm_style: str = "auto",
     target: str | None = None,
     only: list[str] | None = None,
-    bench_runs: int = 200,
+    runs: int = 200,
 ) -> tuple[list[ConvertReport], list[str]]:
     """Convert every zoo model; returns the reports and the failures (name: reason)."""
     from normonnx.pipelines.emit import check_opset, check_style
@@ -46,8 +46,8 @@ def run_demo(
 
     opset = export_opset(opset, target)
     check_opset(opset)
-    check_style(style)
-    out = Path(out_dir)
+    check_style(norm_style)
+    out = Path(output)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a folder; the demo writes a report folder")
     zoo, heldout_set = _zoo()
@@ -56,7 +56,7 @@ def run_demo(
     if unknown:
         raise UnusableInputError(f"unknown zoo models: {', '.join(unknown)}; known: {', '.join(zoo)}")
     data = heldout_set().images
-    out = Path(out_dir)
+    out = Path(output)
     reports, failures = [], []
     with Progress(len(names), "demo") as bar:
         for name in names:
@@ -71,10 +71,10 @@ def run_demo(
                     out / name,
                     checkpoint=str(entry.checkpoint),
                     opset=opset,
-                    style=style,
+                    norm_style=norm_style,
                     target=target,
                     data=data,
-                    bench_runs=bench_runs,
+                    runs=runs,
                     name=name,
                     progress=step,
                     dynamic_batch=True,  # top-1 agreement then runs in batches
@@ -88,5 +88,5 @@ def run_demo(
                 failures.append(f"{name}: {e}")
             bar.advance()
     summary = render_demo(reports, {n: zoo[n].families for n in names})
-    write_demo_report(out, summary, reports, failures, opset, style)
+    write_demo_report(out, summary, reports, failures, opset, norm_style)
     return reports, failures

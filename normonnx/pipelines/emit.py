@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 
 import onnx
+import onnx.inliner
 
 from normonnx.errors import UnusableInputError
 from normonnx.families import BY_KEY, WITH_OP, is_default_domain, op_available
 from normonnx.graph.bridge import model_and_name, prepare_graph
+from normonnx.graph.modelio import iter_nodes
 from normonnx.graph.opsets import (
     OLDEST_RUNNABLE_OPSET,
     ComputedAtRunTime,
@@ -38,6 +40,7 @@ from normonnx.passes.manager import Pipeline
 from normonnx.passes.registry import lower_pipeline, raise_pipeline, static_values_pipeline
 from normonnx.passes.rules import FoldOptions
 from normonnx.recognize.scan import scan, summarize
+from normonnx.reports.progress import phase
 from normonnx.results import Decision, EmitReport
 from normonnx.targets import Target
 from normonnx.targets import target as deployment_target
@@ -91,7 +94,9 @@ def _groupnorm_must_lower(model: onnx.ModelProto, src: int, target: int) -> bool
     as per channel, and 21's per-channel scale has no form at 18 to 20 that onnx still accepts
     (GroupNormalization-18 is deprecated since onnx 1.18, and its checker refuses it)."""
     crossing = src < 21 <= target or target < 21 <= src
-    return crossing and any(n.op_type == "GroupNormalization" and is_default_domain(n.domain) for n in model.graph.node)
+    return crossing and any(
+        n.op_type == "GroupNormalization" and is_default_domain(n.domain) for n in iter_nodes(model.graph)
+    )
 
 
 def _converted(
@@ -113,18 +118,18 @@ def _converted(
 
 def emit_file(
     src: str | os.PathLike,
-    dst: str | os.PathLike,
+    output: str | os.PathLike,
     opset: int | None = None,
-    style: str = "auto",
+    norm_style: str = "auto",
     *,
     verify: bool = True,
     shapes: dict[str, tuple[int, ...]] | None = None,
     isolated: bool = True,
     target: str | None = None,
 ) -> EmitReport:
-    """Re-emit ``src`` into ``dst``, written (atomically) only if parity holds (``target``: see ``emit``).
+    """Re-emit ``src`` into ``output``, written (atomically) only if parity holds (``target``: see ``emit``).
 
-    As ``fold_file`` does, the result is staged beside ``dst``, verified from disk
+    As ``fold_file`` does, the result is staged beside ``output``, verified from disk
     against ``src`` in isolated processes (onnxruntime never runs in this one), then
     committed; ``report.output`` is None when parity failed and nothing was written.
     """
@@ -132,27 +137,33 @@ def emit_file(
     from normonnx.pipelines._staging import write_verified
 
     start = time.perf_counter()
-    check_output_path(Path(dst), [Path(src)])
-    log.info("%s: emitting at opset %s, style %s", src, opset or "of the model", style)
+    check_output_path(Path(output), [Path(src)])
+    log.info("%s: emitting at opset %s, style %s", src, opset or "of the model", norm_style)
+    phase("load")
     proto = load_model(src, load_weights=True)
-    model, report = emit(proto, opset, style, name=str(src), check=False, target=target)  # checked when written
+    phase("emit")
+    model, report = emit(proto, opset, norm_style, name=str(src), check=False, target=target)  # checked when written
     older = runnable_copy(proto) if report.source_opset < OLDEST_RUNNABLE_OPSET else None
     report.parity, report.output, _ = write_verified(
-        model, src, dst, verify=verify, shapes=shapes, isolated=isolated, reference=older
+        model, src, output, verify=verify, shapes=shapes, isolated=isolated, reference=older
     )
     if report.output is None and report.parity is not None:
-        report = _without_the_rewrite_at_fault(proto, src, dst, opset, style, report, shapes, isolated, older, target)
+        report = _without_the_rewrite_at_fault(
+            proto, src, output, opset, norm_style, report, shapes, isolated, older, target
+        )
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _without_the_rewrite_at_fault(proto, src, dst, opset, style, failed: EmitReport, shapes, isolated, older, target):
+def _without_the_rewrite_at_fault(
+    proto, src, dst, opset, norm_style, failed: EmitReport, shapes, isolated, older, target
+):
     """The full emit failed parity: bisect its rewrites and deliver it with the one at fault left undone."""
     from normonnx.pipelines._staging import deliver_without_the_rewrite_at_fault
 
     return deliver_without_the_rewrite_at_fault(
         "emit rewrites", failed,
-        lambda undone: emit(proto, opset, style, undone=undone, name=str(src), check=False, target=target),
+        lambda undone: emit(proto, opset, norm_style, undone=undone, name=str(src), check=False, target=target),
         lambda culprit, _: f"{culprit} left as it was: rewriting it broke parity",
         src, dst, shapes=shapes, isolated=isolated, reference=older,
     )  # fmt: skip
@@ -161,14 +172,14 @@ def _without_the_rewrite_at_fault(proto, src, dst, opset, style, failed: EmitRep
 def emit(
     model: onnx.ModelProto | str | os.PathLike,
     opset: int | None = None,
-    style: str = "auto",
+    norm_style: str = "auto",
     *,
     undone: frozenset[str] = frozenset(),
     name: str | None = None,
     check: bool = True,
     target: str | None = None,
 ) -> tuple[onnx.ModelProto, EmitReport]:
-    """Every normalization of ``model`` in the form ``style`` wants at ``opset`` (but those whose anchor
+    """Every normalization of ``model`` in the form ``norm_style`` wants at ``opset`` (but those whose anchor
     is in ``undone``, left as they are). ``name`` names a model given in memory in messages.
     ``check=False`` leaves onnx's checker to the caller that writes the model (the file is checked then).
 
@@ -189,11 +200,14 @@ def emit(
         opset = deploy.opset_for(own, opset)
     target_opset = own if opset is None else opset
     check_opset(target_opset)
-    check_style(style)
-    forms, why = planned_forms(target_opset, style, deploy)
+    check_style(norm_style)
+    forms, why = planned_forms(target_opset, norm_style, deploy)
     before = summarize(scan(prepare_graph(proto)))
     decisions: list[Decision] = []
     out = proto
+    if proto.functions and target_opset < src:
+        # Local functions are inlined before a down conversion: the normalizations inside them are lowered too.
+        out = onnx.inliner.inline_local_functions(proto)
     # At the source opset: lower what the target lacks or the style does not want,
     # and GroupNormalization-18 before the converter mislabels it as 21.
     lower_first = [f for f in WITH_OP if forms[f] == "decomposed"]
@@ -204,7 +218,9 @@ def emit(
     if target_opset != src:
         out = _converted(out, target_opset, source, decisions, undone, check)
     out = _run(out, raise_pipeline(f for f in WITH_OP if forms[f] == "op"), decisions, undone, check)
-    report = EmitReport(source, src, target_opset, style, forms, before, summarize(scan(prepare_graph(out))), decisions)
+    report = EmitReport(
+        source, src, target_opset, norm_style, forms, before, summarize(scan(prepare_graph(out))), decisions
+    )
     if deploy is not None:
         report.target, report.why = deploy.key, why
     report.nodes_before, report.nodes_after = len(proto.graph.node), len(out.graph.node)

@@ -45,7 +45,7 @@ def export_module(
     example: Sequence,
     *,
     opset: int | None = None,
-    style: str = "auto",
+    norm_style: str = "auto",
     verify: bool = True,
     name: str = "<module>",
     target: str | None = None,
@@ -62,11 +62,11 @@ def export_module(
     start = time.perf_counter()
     opset = export_opset(opset, target)
     check_opset(opset)
-    check_style(style)
+    check_style(norm_style)
     axes = dynamic_axes(module, example, dynamic_batch, dynamic)
     log.info("%s: torch export at opset %d%s", name, opset, f", dynamic axes {axes}" if axes else "")
     raw, exporter = export_torch(module, tuple(example), opset, axes)
-    model, emitted = emit(fold_weight_subgraphs(raw), opset, style, check=False, target=target)  # checked on write
+    model, emitted = emit(fold_weight_subgraphs(raw), opset, norm_style, check=False, target=target)  # checked on write
     emitted.source = name
     report = ExportReport(name, exporter, emitted, dynamic=axes)
     if verify:

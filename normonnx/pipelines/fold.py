@@ -33,6 +33,7 @@ from normonnx.graph.opsets import OLDEST_RUNNABLE_OPSET, default_opset, runnable
 from normonnx.passes.registry import fold_pipeline
 from normonnx.passes.rules import NO_FAMILY, FoldOptions
 from normonnx.recognize.scan import SUBGRAPH_NOTE, Found, scan, summarize
+from normonnx.reports.progress import phase
 from normonnx.results import Decision, FoldReport, GraphStats, NormStatus
 from normonnx.validate.verify import verify_parity
 
@@ -112,11 +113,13 @@ def fold(
     shapes: dict[str, tuple[int, ...]] | None = None,
     store: external.SpillStore | None = None,
     check: bool = True,
+    name: str | None = None,
 ) -> tuple[onnx.ModelProto, FoldReport]:
     """Fold every constant normalization of ``model``; return the new model and the report.
 
     ``store`` sends the weights folds compute to disk (models whose weights are on disk).
     ``check=False`` leaves onnx's checker to the caller that writes the model (the file is checked then).
+    ``name`` names a model given in memory in messages (its file, when the caller read one).
 
     With ``verify``, the result is run against the original on onnxruntime
     (CPU, optimizations off) over seeded inputs and ``report.parity`` says
@@ -124,6 +127,7 @@ def fold(
     """
     start = time.perf_counter()
     proto, source = model_and_name(model)
+    source = name or source
     options = options or FoldOptions()
     upgraded = runnable_copy(proto)
     notes_first = []
@@ -180,17 +184,17 @@ def _emitted_for(
 
 def fold_file(
     src: str | os.PathLike,
-    dst: str | os.PathLike,
+    output: str | os.PathLike,
     options: FoldOptions | None = None,
     *,
     verify: bool = True,
     shapes: dict[str, tuple[int, ...]] | None = None,
     isolated: bool = True,
 ) -> FoldReport:
-    """Fold ``src`` into ``dst``; ``dst`` is written (atomically) only if parity holds.
+    """Fold ``src`` into ``output``; ``output`` is written (atomically) only if parity holds.
 
     ``report.output`` is None when parity failed and nothing was written. The
-    result is staged beside ``dst``, verified from disk against ``src`` in
+    result is staged beside ``output``, verified from disk against ``src`` in
     isolated processes, then committed. A model whose weights are on disk is
     folded without loading them: weights are read when a fold needs them and
     new ones spill to disk at once.
@@ -199,23 +203,25 @@ def fold_file(
     from normonnx.pipelines._staging import write_verified
 
     start = time.perf_counter()
-    check_output_path(Path(dst), [Path(src)])
+    check_output_path(Path(output), [Path(src)])
+    phase("load")
     proto = load_model(src, load_weights=False)
     store = None
     if has_external_data(proto):
         absolutize(proto, src)
-        store = external.SpillStore(dst)
+        store = external.SpillStore(output)
     try:
         log.info("%s: folding %d nodes", src, len(proto.graph.node))
-        model, report = fold(proto, options, store=store, check=False)  # checked as it is written
+        phase("fold")
+        model, report = fold(proto, options, store=store, check=False, name=str(src))  # checked as it is written
         report.source = str(src)
-        log.info("%s: %d normalizations folded, %d kept; staging %s", src, len(report.folded), len(report.kept), dst)
+        log.info("%s: %d normalizations folded, %d kept; staging %s", src, len(report.folded), len(report.kept), output)
         older = runnable_copy(proto)  # a pre-opset-7 file is verified against the copy onnxruntime runs
         report.parity, report.output, report.stale_files = write_verified(
-            model, src, dst, verify=verify, shapes=shapes, isolated=isolated, reference_proto=proto, reference=older
+            model, src, output, verify=verify, shapes=shapes, isolated=isolated, reference_proto=proto, reference=older
         )
         if report.output is None and report.parity is not None and store is None:
-            report = _without_the_rewrite_at_fault(proto, src, dst, options, report, shapes, isolated, older)
+            report = _without_the_rewrite_at_fault(proto, src, output, options, report, shapes, isolated, older)
     finally:
         if store is not None:
             store.close()
@@ -231,7 +237,7 @@ def _without_the_rewrite_at_fault(proto, src, dst, options, failed: FoldReport, 
     options = options or FoldOptions()
 
     def fold_without(undone: frozenset[str]) -> tuple[onnx.ModelProto, FoldReport]:
-        model, report = fold(proto, replace(options, undone=options.undone | undone), check=False)
+        model, report = fold(proto, replace(options, undone=options.undone | undone), check=False, name=str(src))
         report.source = str(src)
         return model, report
 

@@ -32,8 +32,10 @@ from normonnx.graph.precision import with_float_type
 from normonnx.passes import FoldOptions
 from normonnx.passes.registry import half_pipeline
 from normonnx.passes.to_half import plan_float32
+from normonnx.pipelines.emit import newest_opset
 from normonnx.pipelines.fold import fold
 from normonnx.results import HalfReport
+from normonnx.targets import target as deployment_target
 from normonnx.validate.inputs import input_specs, load_npz
 from normonnx.validate.parity import FAITHFUL_GATE, compare, limit_by_baseline
 from normonnx.validate.probe import probe_shapes, probed_feeds
@@ -83,7 +85,7 @@ def half_model(
     dtype: str = "fp16",
     *,
     keep_io_types: bool = False,
-    inputs_npz: str | None = None,
+    inputs: str | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
     samples: int = 3,
     timeout: float = 900,
@@ -113,17 +115,20 @@ def half_model(
         # Conv, ConvTranspose and the pooling ops take bfloat16 from opset 22 on: that first; when it fails
         # the gate, the model at its own opset (those ops in float32), at least 13 (Cast takes bfloat16 there).
         attempts = []
-        for target in dict.fromkeys((BF16_OPSET, max(default_opset(folded), BF16_CAST_OPSET))):
+        # A deployment target's newest opset caps the raise (TensorRT 8.6: 17, so bfloat16 Conv stays float32).
+        cap = deployment_target(target).max_opset if target is not None else newest_opset()
+        wanted = [o for o in dict.fromkeys((BF16_OPSET, max(default_opset(folded), BF16_CAST_OPSET))) if o <= cap]
+        if not wanted:
+            raise UnusableInputError(f"{source}: bfloat16 needs opset {BF16_CAST_OPSET}; {target} takes up to {cap}")
+        for opset in wanted:
             try:
-                raised = convert_opset(folded, target)
+                raised = convert_opset(folded, opset)
             except OpsetError as e:
-                raise UnusableInputError(
-                    f"{source}: bfloat16 needs opset {target}; onnx cannot raise it: {e}"
-                ) from None
-            attempts.append((raised, [f"raised to opset {target}"] if target != default_opset(folded) else []))
+                raise UnusableInputError(f"{source}: bfloat16 needs opset {opset}; onnx cannot raise it: {e}") from None
+            attempts.append((raised, [f"raised to opset {opset}"] if opset != default_opset(folded) else []))
     tried: list[str] = []
     for k, (candidate, notes) in enumerate(attempts):
-        out, report = _converted(proto, candidate, source, dtype, half, keep_io_types, inputs_npz, shapes, samples,
+        out, report = _converted(proto, candidate, source, dtype, half, keep_io_types, inputs, shapes, samples,
                                  timeout)  # fmt: skip
         report.notes = [*tried, *notes, *report.notes]
         if report.passed or k == len(attempts) - 1:
@@ -173,17 +178,17 @@ def _converted(proto, folded, source, dtype, half, keep_io_types, inputs_npz, sh
     return out, report
 
 
-def half_file(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "fp16", **kwargs) -> HalfReport:
-    """``half_model`` of ``src`` written to ``dst`` (atomically) only if the half-faithful gate holds."""
+def half_file(src: str | os.PathLike, output: str | os.PathLike, dtype: str = "fp16", **kwargs) -> HalfReport:
+    """``half_model`` of ``src`` written to ``output`` (atomically) only if the half-faithful gate holds."""
     from normonnx.graph.modelio import check_output_path
 
     start = time.perf_counter()
-    check_output_path(Path(dst), [Path(src)])
+    check_output_path(Path(output), [Path(src)])
     model, report = half_model(load_model(src), dtype, name=str(src), **kwargs)
     report.source = str(src)
     if report.passed:
-        with staged_save(model, dst, inputs=[src], no_stricter_than=src) as staged:
+        with staged_save(model, output, inputs=[src], no_stricter_than=src) as staged:
             staged.commit()
-        report.output = str(dst)
+        report.output = str(output)
     report.seconds = time.perf_counter() - start
     return report

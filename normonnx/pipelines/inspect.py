@@ -17,6 +17,7 @@ from normonnx.pipelines.fold import fold
 from normonnx.results import Inspection
 from normonnx.targets import target as deployment_target
 from normonnx.targets import what_will_not_run
+from normonnx.validate.runner import ops_without_kernel
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def inspect_model(model: onnx.ModelProto | str | os.PathLike, target: str | None
     producer = f"{proto.producer_name} {proto.producer_version}".strip()
     opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
     inspection = Inspection(source, proto.ir_version, opsets, producer, report.before.nodes, report.norms)
+    inspection.ops_without_kernel = ops_without_kernel(proto)
     if deploy is not None:
         inspection.target = deploy.key
         inspection.not_on_target = what_will_not_run(proto, deploy)

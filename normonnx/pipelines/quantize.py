@@ -318,17 +318,17 @@ def _bench(
         report.speedups["normonnx vs onnxruntime int8"] = speedup(stats, "onnxruntime int8", "normonnx int8")
 
 
-def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, **kwargs) -> QuantizeReport:
-    """``quantize_model`` of ``src`` written to ``dst`` (atomically) only if the int8 gate holds."""
+def quantize_file(src: str | os.PathLike, output: str | os.PathLike, **kwargs) -> QuantizeReport:
+    """``quantize_model`` of ``src`` written to ``output`` (atomically) only if the int8 gate holds."""
     from normonnx.graph.modelio import check_output_path
 
     start = time.perf_counter()
-    check_output_path(Path(dst), [Path(src)])
+    check_output_path(Path(output), [Path(src)])
     model, report = quantize_model(load_model(src), name=str(src), **kwargs)
     report.source = str(src)
     if report.passed:
-        with staged_save(model, dst, inputs=[src]) as staged:
+        with staged_save(model, output, inputs=[src]) as staged:
             staged.commit()
-        report.output = str(dst)
+        report.output = str(output)
     report.seconds = time.perf_counter() - start
     return report

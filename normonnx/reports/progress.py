@@ -1,8 +1,12 @@
-"""Progress on a terminal: one status line on stderr, redrawn in place, never wider than the terminal.
+"""Progress: the phase a command is in (load, fold, reference and candidate runs, write), and how long each took.
 
-Quiet when stderr is not a terminal (a log, a pipe, CI), and under ``-v``,
-whose step lines would otherwise be torn by the redrawn line. A ticker thread redraws the elapsed time of a long
-step, so an opaque step (a child process verifying parity) still shows life.
+On a terminal, one status line on stderr, redrawn in place, never wider than the terminal; a ticker thread
+redraws the elapsed time of a long phase, so an opaque one (onnxruntime verifying parity) still shows life.
+Under ``-v``, a line per phase with its time instead (the redrawn line would tear the log lines). Into a log
+or a pipe, a line for every phase that took ``LONG_PHASE`` seconds or more: a long run is never silent, a short
+one prints nothing but its result.
+
+Pipelines mark phases with ``phase("reference run")``; the command's progress, if any, shows them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,16 @@ import sys
 import threading
 import time
 from typing import TextIO
+
+LONG_PHASE = 10.0  # seconds: a phase this long gets its own line in a log
+log = logging.getLogger("normonnx")
+_ACTIVE: list[Progress] = []
+
+
+def phase(name: str) -> None:
+    """The command now does ``name`` (the innermost progress shows it and times the previous phase)."""
+    if _ACTIVE:
+        _ACTIVE[-1].begin(name)
 
 
 class Progress:
@@ -27,8 +41,30 @@ class Progress:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self.verbose = verbose
+        self._phase: tuple[str, float] | None = None
+
+    def begin(self, name: str) -> None:
+        """A new phase: the previous one ends (its time said where that is wanted), this one is shown."""
+        self._end_phase()
+        self._phase = (name, time.perf_counter())
+        self.update(note=name)
+
+    def _end_phase(self) -> None:
+        if self._phase is None:
+            return
+        name, began = self._phase
+        self._phase = None
+        seconds = time.perf_counter() - began
+        where = f"{self.label}: " if self.label else ""
+        if self.verbose:
+            log.info("%s%s took %.2f s", where, name, seconds)
+        elif not self.enabled and seconds >= LONG_PHASE:
+            self.stream.write(f"normonnx: {where}{name} took {seconds:.0f} s\n")
+            self.stream.flush()
 
     def __enter__(self) -> Progress:
+        _ACTIVE.append(self)
         if self.enabled:
             self._ticker = threading.Thread(target=self._tick, daemon=True)
             self._ticker.start()
@@ -36,6 +72,11 @@ class Progress:
         return self
 
     def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self._end_phase()
+        self._phase = None
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=1)

@@ -33,10 +33,17 @@ def render_fold(report: FoldReport, max_rows: int = 40) -> str:
     rows += [(key, b.norms.get(key, 0), a.norms.get(key, 0)) for key in keys]
     rows.append(("tensor data", human_bytes(b.tensor_bytes), human_bytes(a.tensor_bytes)))
     lines = [table(("", "before", "after"), rows), "", _op_table(b.ops, a.ops), ""]
-    folded, kept = report.folded, report.kept
+    # --norm-affine folds a normalization's affine and keeps the normalization: said apart, so that the
+    # line agrees with the table above (the layernorm is still there).
+    affine = [n for n in report.folded if n.why.startswith("affine into")]
+    folded, kept = [n for n in report.folded if n not in affine], report.kept
     by_family = Counter(n.family for n in folded)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(by_family.items())) or "none"
     lines.append(f"folded: {len(folded)} ({summary})")
+    if affine:
+        by_family = Counter(n.family for n in affine)
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(by_family.items()))
+        lines.append(f"affines folded into the next linear op, the normalization kept: {len(affine)} ({summary})")
     for n in kept[:max_rows]:
         lines.append(f"  kept {n.family} {n.anchor} [{n.form}]: {n.why}")
     if len(kept) > max_rows:
@@ -67,6 +74,11 @@ def render_inspection(ins: Inspection) -> str:
         f"{ins.source}: {ins.nodes} nodes, ir_version {ins.ir_version}, opset {opsets}"
         + (f", from {ins.producer}" if ins.producer else "")
     ]
+    if ins.ops_without_kernel:
+        ops = ", ".join(f"{op} ({n} node{'s' if n > 1 else ''})" for op, n in ins.ops_without_kernel.items())
+        lines.append(
+            f"onnxruntime has no kernel for: {ops}; runs need --custom-ops LIB (or --no-verify to fold unverified)"
+        )
     if ins.target:
         lines.append(f"on {ins.target}: " + ("everything runs as it is" if not ins.not_on_target else "will not run"
                                              " as it is:"))  # fmt: skip
@@ -87,11 +99,11 @@ def render_inspection(ins: Inspection) -> str:
 def render_emit(report: EmitReport) -> str:
     opsets = f"opset {report.source_opset}" + (f" -> {report.opset}" if report.opset != report.source_opset else "")
     lines = [f"{opsets}, style {report.style}" + (f", target {report.target}" if report.target else "")]
-    if report.why:  # the families this model has
-        present = {k.split(":")[0] for k in (*report.norms_before, *report.norms_after)}
+    present = {k.split(":")[0] for k in (*report.norms_before, *report.norms_after)}  # the families it has
+    if report.why:
         lines += [f"  {fam} {report.forms[fam]}: {why}" for fam, why in report.why.items() if fam in present]
-    else:
-        lines.append("forms: " + ", ".join(f"{fam} {form}" for fam, form in report.forms.items()))
+    elif present & set(report.forms):
+        lines.append("forms: " + ", ".join(f"{fam} {form}" for fam, form in report.forms.items() if fam in present))
     keys = sorted(set(report.norms_before) | set(report.norms_after))
     if keys:
         rows = [(k, report.norms_before.get(k, 0), report.norms_after.get(k, 0)) for k in keys]
@@ -181,16 +193,21 @@ def localization_lines(loc: Localization | None) -> list[str]:
             f" computed from them agrees (a changed meaning, not a divergence): {shown}"
         )
     if len(loc.path) > 1:
-        lines.append("  error to the output: " + " -> ".join(f"{p['op']} {p['relative']:.2g}" for p in loc.path))
+        steps = [f"{p['op']} {p['relative']:.2g}" for p in loc.path]
+        if len(steps) > 8:  # one readable line: the start, the end, and how many between (--report: all)
+            steps = [*steps[:3], f"... {len(steps) - 6} more", *steps[-3:]]
+        lines.append("  error to the output: " + " -> ".join(steps))
     return lines
 
 
 def render_bench(report: BenchReport) -> str:
-    lines = [
-        f"normonnx bench on {report.provider}"
-        + (f", {report.threads} threads" if report.threads else "")
-        + f", inputs {_shapes(report.input_shapes)}{' (guessed)' if report.shapes_guessed else ''}"
-    ]
+    runtime = "OpenVINO" if report.provider == "openvino" else "onnxruntime"
+    if report.threads:
+        threads = f"{report.threads} thread" + ("s" if report.threads > 1 else "")
+    else:
+        threads = f"{runtime}'s default threads ({report.cores} cores)"
+    guessed = " (dynamic sizes chosen by normonnx; --shape sets them)" if report.shapes_guessed else ""
+    lines = [f"normonnx bench on {report.provider}, {threads}, inputs {_shapes(report.input_shapes)}{guessed}"]
     rows = [
         (name, st.runs, f"{st.median_ms:.3f}", f"{st.p10_ms:.3f}", f"{st.p90_ms:.3f}", f"{st.throughput:.1f}")
         for name, st in report.stats.items()
@@ -201,6 +218,7 @@ def render_bench(report: BenchReport) -> str:
         lines.append(
             f"speed-up of {sp.candidate} over {sp.baseline}: {sp.median:.3f}x (p10 {sp.p10:.3f}, p90 {sp.p90:.3f})"
         )
+    lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
 
 
@@ -250,7 +268,7 @@ def int8_rows(r: ConvertReport) -> list[tuple[str, str]]:
 def render_convert(r: ConvertReport) -> str:
     """convert's result for a terminal (report.md holds the same as Markdown)."""
     rows = convert_rows(r)
-    lines = [f"normonnx convert {r.spec} ({r.exporter}, style {r.style})", table(("", ""), rows)]
+    lines = [f"normonnx convert {r.spec} ({r.exporter}, style {r.style})", table(("result", "value"), rows)]
     kept = [n for n in r.norms if not n.folded]
     lines += [f"  kept {n.family} {n.anchor} [{n.form}]: {n.why}" for n in kept]
     lines += [f"note: {n}" for n in r.notes]
@@ -274,6 +292,10 @@ def render_batch(report: BatchReport) -> str:
         for r in report.results
     ]
     head = ("file", "nodes before", "after", "folded", "kept", "max error", "time", "verdict")
+    # A column no file has a value in (emit and check count no folds) is left out.
+    empty = {k for k in range(1, 6) if all(row[k] == "-" for row in rows)}
+    head = tuple(h for k, h in enumerate(head) if k not in empty)
+    rows = [tuple(v for k, v in enumerate(row) if k not in empty) for row in rows]
     files, jobs = len(report.results), report.jobs
     title = f"normonnx {report.command}: {_count(files, 'file')}, {_count(jobs, 'job')}, {report.seconds:.1f} s"
     return title + "\n" + table(head, rows)

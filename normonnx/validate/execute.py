@@ -91,6 +91,18 @@ def run_outputs(
     return [run(sess, {k: v for k, v in f.items() if k in wanted}) for f in feeds]
 
 
+def run_side_by_side(
+    first: ModelSource, second: ModelSource, feeds: Sequence[dict[str, np.ndarray]], config: SessionConfig
+) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """Both models' outputs for every feed, the two runs at once on two threads (onnxruntime releases the
+    GIL): a verification's reference and candidate in one warm worker, each on half the cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda source: run_outputs(source, feeds, config), (first, second))
+    return a, b
+
+
 def run_intermediates(
     source: ModelSource, feeds: dict[str, np.ndarray], names: Sequence[str], config: SessionConfig, chunk: int = 400
 ) -> dict[str, np.ndarray]:

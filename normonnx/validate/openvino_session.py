@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from normonnx.errors import RuntimeUnavailableError
+from normonnx.errors import RuntimeUnavailableError, UnusableInputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,11 +52,33 @@ def openvino_version() -> str | None:
     return openvino.__version__.split("-")[0]
 
 
-def _port(port: Any, fallback: str) -> Port:
+def _port(port: Any, fallback: str, preferred: list[str] = ()) -> Port:
+    """OpenVINO merges a tensor's aliases (an Identity's input and output) into one port: the name the ONNX
+    graph gives it (``preferred``, its inputs or outputs) is the one reported."""
     names = port.get_names()
-    name = sorted(names)[0] if names else fallback
+    known = [n for n in preferred if n in names]
+    name = known[0] if known else (sorted(names)[0] if names else fallback)
     shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
     return Port(name, f"tensor({port.get_element_type().get_type_name()})", shape)
+
+
+def _reason(error: BaseException) -> str:
+    """The informative line of an OpenVINO exception (the first names a C++ source file)."""
+    lines = [line.strip(" -") for line in str(error).splitlines() if line.strip(" -")]
+    rules = [line for line in lines if "conversion rule" in line]  # which ops its ONNX frontend lacks
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '", "FrontEnd API", "Summary"))]
+    return (rules or useful or lines or [type(error).__name__])[0][:300]
+
+
+def _graph_names(model: onnx.ModelProto | str | os.PathLike | bytes) -> tuple[list[str], list[str]]:
+    """The ONNX graph's input and output names (weights are not read)."""
+    import onnx
+
+    if isinstance(model, str | os.PathLike):
+        proto = onnx.load(str(model), load_external_data=False)
+    else:
+        proto = onnx.ModelProto.FromString(model) if isinstance(model, bytes) else model
+    return [i.name for i in proto.graph.input], [o.name for o in proto.graph.output]
 
 
 class OpenVinoSession:
@@ -72,10 +94,14 @@ class OpenVinoSession:
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self._compiled = core.compile_model(core.read_model(source), "CPU", config)
+        try:
+            self._compiled = core.compile_model(core.read_model(source), "CPU", config)
+        except Exception as e:  # OpenVINO's first line names its source file; the reason comes later
+            raise UnusableInputError(f"OpenVINO cannot run the model: {_reason(e)}") from None
         self._request = self._compiled.create_infer_request()
-        self._inputs = [_port(p, f"input{k}") for k, p in enumerate(self._compiled.inputs)]
-        self._outputs = [_port(p, f"output{k}") for k, p in enumerate(self._compiled.outputs)]
+        inputs, outputs = _graph_names(model)
+        self._inputs = [_port(p, f"input{k}", inputs) for k, p in enumerate(self._compiled.inputs)]
+        self._outputs = [_port(p, f"output{k}", outputs) for k, p in enumerate(self._compiled.outputs)]
         self._output_index = {}
         for k, p in enumerate(self._compiled.outputs):
             for name in p.get_names():

@@ -38,7 +38,8 @@ _BATCH_NAME = re.compile(r"^(n|b|bs|batch\w*|\w*_?batch(_size)?|num_\w+)$", re.I
 _SPATIAL_NAME = re.compile(r"(^h$|^w$|height|width|^(in_|img_|image_)?(h|w)$|_h$|_w$|side)", re.IGNORECASE)
 _SEQUENCE_NAME = re.compile(r"(seq|len|length|time|^t$|frames?|samples?|tokens?|steps?|words?)", re.IGNORECASE)
 
-BATCH_SIZES = (2, 1)  # 2 first: a batch axis mixed up with another shows only with batch > 1
+BATCH_SIZES = (2, 1)  # verification: 2 first, a batch axis mixed up with another shows only with batch > 1
+DEPLOYMENT_BATCH_SIZES = (1, 2)  # latency: batch 1 first, as a model is deployed
 SPATIAL_SIDES = (32, 64, 224, 320, 640)
 SEQUENCE_LENGTHS = (16, 64, 512, 1024)
 MAX_STRIDE = 128
@@ -162,9 +163,13 @@ def compared_constants(model: onnx.ModelProto, specs: list[InputSpec]) -> dict[s
 
 
 def candidates(
-    specs: list[InputSpec], overrides: dict[str, tuple[int, ...]], strides: tuple[int, ...] = ()
+    specs: list[InputSpec],
+    overrides: dict[str, tuple[int, ...]],
+    strides: tuple[int, ...] = (),
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
 ) -> list[dict[str, tuple[int, ...]]]:
-    """The ordered shapes to try: per size level, batch 2 then batch 1; each side a multiple of its axis' stride."""
+    """The ordered shapes to try: per size level, each of ``batch_sizes``; each side a multiple of its axis'
+    stride."""
     dims = dynamic_dims(specs, overrides)
 
     def ladder(d: Dim) -> list[int] | None:
@@ -179,7 +184,7 @@ def candidates(
 
     ladders = {d: ladder(d) for d in dims}
     levels = max((len(v) for v in ladders.values() if v), default=1)
-    batches = BATCH_SIZES if any(d.role == "batch" for d in dims) else BATCH_SIZES[:1]
+    batches = batch_sizes if any(d.role == "batch" for d in dims) else batch_sizes[:1]
     result, seen = [], set()
     for level in range(levels):
         for batch in batches:
@@ -220,10 +225,12 @@ def probe_shapes(
     model: onnx.ModelProto,
     runner: OnnxruntimeRunner | None,
     overrides: dict[str, tuple[int, ...]] | None = None,
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
 ) -> ProbedShapes:
     """The shapes (and test values) to verify ``model`` at; tried with ``runner`` (the original, run the way
     the command runs it; its label names it in messages) only when something is guessed. With no runner
-    nothing can be tried and the first candidate is taken."""
+    nothing can be tried and the first candidate is taken. ``batch_sizes``: the order a dynamic batch is
+    tried in (bench: ``DEPLOYMENT_BATCH_SIZES``, batch 1 first)."""
     from normonnx.validate.inputs import check_shape_names
 
     overrides = dict(overrides or {})
@@ -234,7 +241,7 @@ def probe_shapes(
             raise UnusableInputError(f"input '{spec.name}' has no declared shape; pass --shape {spec.name}:D0,D1,...")
     values = compared_constants(model, specs)
     guessed = sorted({d.input for d in dynamic_dims(specs, overrides)})
-    tries = candidates(specs, overrides, total_strides(model) if guessed else ())
+    tries = candidates(specs, overrides, total_strides(model) if guessed else (), batch_sizes)
     if (not guessed and not values) or runner is None:
         return ProbedShapes(tries[0], values, guessed, 0)
     # Every shape with seeded integers first, then with integers 0 (token ids a small embedding table cannot take).

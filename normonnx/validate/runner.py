@@ -8,12 +8,13 @@ current directory); otherwise it is given the path of the validated file.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from normonnx.errors import RuntimeUnavailableError, UnusableInputError
-from normonnx.isolation import THREADS_ENV
+from normonnx.errors import MissingKernelError, RuntimeUnavailableError, UnusableInputError, first_line
+from normonnx.isolation import CUSTOM_OPS_ENV, THREADS_ENV
 
 if TYPE_CHECKING:  # the isolated child runs models from paths and never needs onnx itself
     import numpy as np
@@ -111,11 +112,70 @@ def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = 
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
     source = _runnable(model)
-    if config.disabled_optimizers:
-        return ort.InferenceSession(
-            source, options, providers=providers, disabled_optimizers=list(config.disabled_optimizers)
-        )
-    return ort.InferenceSession(source, options, providers=providers)
+    register_custom_ops(options)
+    extra = {"disabled_optimizers": list(config.disabled_optimizers)} if config.disabled_optimizers else {}
+    try:
+        return ort.InferenceSession(source, options, providers=providers, **extra)
+    except Exception as e:
+        missing = missing_kernel(e)
+        if missing is None:
+            raise
+        raise MissingKernelError(missing) from None
+
+
+_NOT_REGISTERED = re.compile(r"([\w.]*):?(\w+)\(-?\d+\) is not a registered function/op")
+
+
+def missing_kernel(error: BaseException) -> str | None:
+    """onnxruntime's "X is not a registered function/op" as what to do (None for any other error)."""
+    match = _NOT_REGISTERED.search(str(error))
+    if match is None:
+        return None
+    domain, op = match.groups()
+    return (
+        f"onnxruntime cannot run {domain + ':' if domain else ''}{op} (no kernel, and no custom-op library"
+        " implements it): pass --custom-ops LIB with the library that does"
+    )
+
+
+def ops_without_kernel(model: onnx.ModelProto) -> dict[str, int]:
+    """ "domain:op" -> node count for the ops onnxruntime itself cannot run: no kernel, and no onnx schema
+    whose function body it would expand (a custom op, whose library --custom-ops may load)."""
+    from collections import Counter
+
+    from onnx import defs
+    from onnxruntime.capi import _pybind_state
+
+    from normonnx.families import is_default_domain
+    from normonnx.graph.modelio import iter_nodes
+
+    kernels = {(k.domain or "", k.op_name) for k in _pybind_state.get_all_opkernel_def()}
+    opsets = {("" if is_default_domain(o.domain) else o.domain): o.version for o in model.opset_import}
+    missing: Counter[str] = Counter()
+    for node in iter_nodes(model.graph):
+        domain = "" if is_default_domain(node.domain) else node.domain
+        if (domain, node.op_type) in kernels:
+            continue
+        try:
+            defs.get_schema(node.op_type, opsets.get(domain, 1), domain)
+            continue  # an onnx op (or function) onnxruntime expands
+        except defs.SchemaError:
+            missing[f"{domain + ':' if domain else ''}{node.op_type}"] += 1
+    return dict(missing)
+
+
+def custom_op_libraries() -> list[str]:
+    """The custom-op libraries --custom-ops gave (through the environment, so that children see them)."""
+    return [p for p in os.environ.get(CUSTOM_OPS_ENV, "").split(os.pathsep) if p]
+
+
+def register_custom_ops(options) -> None:
+    """Load every --custom-ops library into a SessionOptions; one that does not load is a one-line error."""
+    for library in custom_op_libraries():
+        try:
+            options.register_custom_ops_library(library)
+        except Exception as e:
+            raise UnusableInputError(f"--custom-ops {library}: onnxruntime cannot load it ({first_line(e)})") from None
 
 
 def _runnable(model: onnx.ModelProto | str | os.PathLike) -> bytes | str:

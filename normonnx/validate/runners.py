@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from normonnx.isolation import DEFAULT_TIMEOUT, call_isolated, in_isolated_child
+from normonnx.isolation import DEFAULT_TIMEOUT, call_in_shared_worker, call_isolated, in_isolated_child
 from normonnx.validate import execute
 from normonnx.validate.runner import SessionConfig
 
@@ -73,6 +73,11 @@ class OnnxruntimeRunner(ABC):
     def infer(self, feeds: Sequence[Feed]) -> list[Outputs]:
         """The model's outputs for every feed (inputs the model does not take are left out)."""
         return self._call(execute.run_outputs, self.model, list(feeds), self.config)
+
+    def infer_beside(self, other: OnnxruntimeRunner, feeds: Sequence[Feed]) -> tuple[list[Outputs], list[Outputs]]:
+        """(this model's outputs, ``other``'s) for every feed, both run at once where this runner runs, with
+        this runner's session configuration."""
+        return self._call(execute.run_side_by_side, self.model, other.model, list(feeds), self.config)
 
     def intermediates(self, feed: Feed, names: Sequence[str]) -> dict[str, np.ndarray]:
         """The values of the named tensors inside the model (floating ones only) on one feed."""
@@ -146,8 +151,9 @@ class InProcessRunner(OnnxruntimeRunner):
 
 
 class IsolatedRunner(OnnxruntimeRunner):
-    """onnxruntime in a child process (``normonnx.isolation``) for every operation: a crash, a hang past
-    ``timeout`` seconds, or an exception there is an ``IsolatedRunError`` that starts with ``label``."""
+    """onnxruntime in the command's warm child process (``normonnx.isolation``) for every operation: a crash,
+    a hang past ``timeout`` seconds, or an exception there is an ``IsolatedRunError`` that starts with
+    ``label`` (and the next operation gets a fresh child)."""
 
     def __init__(
         self,
@@ -161,7 +167,7 @@ class IsolatedRunner(OnnxruntimeRunner):
         self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
 
     def _call(self, op: Callable[..., T], *args: Any) -> T:
-        return call_isolated(op, *args, label=self.label, timeout=self.timeout)
+        return call_in_shared_worker(op, *args, label=self.label, timeout=self.timeout)
 
 
 class FaithfulRunner:

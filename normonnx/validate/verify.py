@@ -12,12 +12,12 @@ floor (see validate.parity).
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from normonnx.errors import NormonnxError
+from normonnx.reports.progress import phase
 from normonnx.results import ParityResult
 from normonnx.validate.parity import Gate, compare, rejudge_with_noise
 from normonnx.validate.runner import SessionConfig
@@ -57,6 +57,7 @@ def verify_parity(
     if specs is None:
         specs = load_model(reference, load_weights=False) if isinstance(reference, str | os.PathLike) else reference
     original = options.runner(reference, label=f"{model_label(reference)} (the original)")
+    phase("choose input shapes")
     probed = probe_shapes(specs, original, shapes)
     feeds = probed_feeds(input_specs(specs), probed, samples)
     sharing: dict = {}
@@ -71,14 +72,18 @@ def verify_parity(
             sharing = {"threads": max(1, cores // 2), "spin": False}
     config = SessionConfig(optimize=False, **sharing)
     ref, cand = (options.runner(m, config) for m in (reference, candidate))
-    if side_by_side:
-        with ThreadPoolExecutor(2) as pool:
-            refs, cands = pool.map(lambda r: r.infer(feeds), (ref, cand))
+    if side_by_side:  # both in the one warm worker, at once
+        phase(f"original and output run side by side, {len(feeds)} input sets")
+        refs, cands = ref.infer_beside(cand, feeds)
     else:
-        refs, cands = ref.infer(feeds), cand.infer(feeds)
+        phase(f"original run, {len(feeds)} input sets")
+        refs = ref.infer(feeds)
+        phase(f"output run, {len(feeds)} input sets")
+        cands = cand.infer(feeds)
     result = compare(refs, cands, default=gate)
     result.inputs = probed
     if not result.passed and noise_floor and gate is None:
+        phase("the original's own noise")
         result = rejudge_with_noise(result, _own_error(ref, reference, refs, feeds, isolated))
     return result
 

@@ -228,3 +228,84 @@ def test_an_input_type_the_older_op_lacks_is_refused():
                    [_vi("y", None, TensorProto.INT64)], 13)  # fmt: skip
     with pytest.raises(UnusableInputError, match=r"Max \(biggest\) reads tensor\(int64\)"):
         emit(model, 11)
+
+
+# --- found by an adversarial review of the first version
+
+
+def test_gridsample_20_modes_take_their_older_names():
+    x = RNG.standard_normal((1, 2, 4, 5)).astype(np.float32)
+    grid = RNG.random((1, 3, 3, 2)).astype(np.float32) * 2 - 1
+    for mode in ("linear", "cubic", "nearest"):
+        node = helper.make_node("GridSample", ["x", "g"], ["y"], mode=mode, align_corners=0)
+        model = _model([node], [_vi("x", [1, 2, 4, 5]), _vi("g", [1, 3, 3, 2])], [_vi("y", None)], 20)
+        _down_matches(model, 16, {"x": x, "g": grid}, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("node", "inputs", "opset", "expected"),
+    [
+        (helper.make_node("RoiAlign", ["x", "r", "i"], ["y"]), 16, 13, "coordinate_transformation_mode half_pixel"),
+        (helper.make_node("DFT", ["x"], ["y"]), 20, 17, "axis became an input"),
+    ],
+)
+def test_ops_whose_meaning_changed_are_refused(node, inputs, opset, expected):
+    ins = [_vi("x", [1, 1, 4, 4]), _vi("r", [1, 4]), _vi("i", [1], TensorProto.INT64)][: len(node.input)]
+    model = _model([node], ins, [_vi("y", None)], inputs)
+    with pytest.raises(UnusableInputError, match=expected):
+        emit(model, opset)
+
+
+def test_empty_reduce_axes_mean_every_axis_and_empty_squeeze_axes_are_refused():
+    x = RNG.standard_normal((2, 1, 4)).astype(np.float32)
+    reduce = _model([helper.make_node("ReduceMean", ["x", "ax"], ["y"])], [_vi("x", [2, 1, 4])], [_vi("y", None)],
+                    18, [_i64("ax", np.zeros(0, np.int64))])  # fmt: skip
+    _down_matches(reduce, 13, {"x": x})
+    squeeze = _model([helper.make_node("Squeeze", ["x", "ax"], ["y"])], [_vi("x", [2, 1, 4])], [_vi("y", [2, 1, 4])],
+                     13, [_i64("ax", np.zeros(0, np.int64))])  # fmt: skip
+    with pytest.raises(UnusableInputError, match="empty axes"):
+        emit(squeeze, 11)
+
+
+def test_batchnorm_parameters_that_do_not_fit_x_exactly_are_not_rounded():
+    """Scale 1.0001 would round to 1.0 in fp16 and a variance of 1e10 overflow: the op computes in float32."""
+    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])
+    inits = [_f32("s", [1.0001, 1.0]), _f32("b", [0.0, 0.0]), _f32("m", [0.0, 1e5]), _f32("v", [1.0, 1e10])]
+    model = _model([node], [_vi("x", [1, 2, 3], TensorProto.FLOAT16)], [_vi("y", None, TensorProto.FLOAT16)], 15, inits)
+    out = _down_matches(model, 14, {"x": np.array([[[1000, 2, 3], [4, 5, 6]]], np.float16)}, atol=1e-3)
+    assert _ops(out) == ["Cast", "BatchNormalization", "Cast"]
+
+
+def test_a_name_two_branches_define_is_not_read_from_the_wrong_one():
+    """Each branch has its own Constant "ax" (axis 1 in one, 2 in the other): no single value to move."""
+    x = RNG.standard_normal((2, 3, 4)).astype(np.float32)
+
+    def branch(name, axis):
+        nodes = [helper.make_node("Constant", [], ["ax"], value=_i64("v", [axis])),
+                 helper.make_node("ReduceSum", ["x", "ax"], [f"{name}_y"], keepdims=1)]  # fmt: skip
+        return helper.make_graph(nodes, name, [], [_vi(f"{name}_y", None)])
+
+    cond = helper.make_node("If", ["c"], ["y"], then_branch=branch("t", 1), else_branch=branch("e", 2))
+    model = _model([cond], [_vi("x", [2, 3, 4]), _vi("c", [], TensorProto.BOOL)], [_vi("y", None)], 13)
+    try:
+        converted, _ = emit(model, 11)
+    except UnusableInputError:
+        return  # refused: exact or nothing
+    sess = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    for c in (True, False):
+        feeds = {"x": x, "c": np.array(c)}
+        np.testing.assert_allclose(sess.run(None, feeds)[0], ReferenceEvaluator(model).run(None, feeds)[0])
+
+
+def test_normalizations_inside_bodies_are_lowered_too():
+    x = RNG.standard_normal((1, 4, 3, 3)).astype(np.float32)
+
+    def branch(name):
+        node = helper.make_node("LayerNormalization", ["x", "s", "b"], [f"{name}_y"], axis=-1)
+        return helper.make_graph([node], name, [], [_vi(f"{name}_y", [1, 4, 3, 3])])
+
+    cond = helper.make_node("If", ["c"], ["y"], then_branch=branch("t"), else_branch=branch("e"))
+    inits = [_f32("s", [1.0, 2.0, 3.0]), _f32("b", [0.1, 0.2, 0.3])]
+    model = _model([cond], [_vi("x", [1, 4, 3, 3]), _vi("c", [], TensorProto.BOOL)], [_vi("y", [1, 4, 3, 3])], 17,
+                   inits)  # fmt: skip
+    _down_matches(model, 13, {"x": x, "c": np.array(True)}, atol=1e-5)

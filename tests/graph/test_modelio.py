@@ -250,3 +250,41 @@ def test_onnxruntime_contrib_ops_load_and_are_listed_never_rewritten(tmp_path, c
     assert [n.op_type for n in onnx.load(out).graph.node] == [n.op_type for n in nodes]
     assert cli("check", out, "--against", src).code == 0
     assert cli("bench", src, "--runs", "2", "--warmup", "0").code == 0
+
+
+def _torch_zip(path, member="archive/data.pkl"):
+    """What torch.save writes (a zip whose pickle is archive/data.pkl), without importing torch."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(member, b"\x80\x02}q\x00.")
+
+
+def _safetensors(path):
+    import json
+    import struct
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "expected"),
+    [
+        ("model.pt", _torch_zip, "a PyTorch checkpoint (torch.save), not an ONNX model: export it"),
+        ("looks.onnx", _torch_zip, "a PyTorch checkpoint (torch.save)"),
+        ("scripted.pt", lambda p: _torch_zip(p, "m/constants.pkl"), "a TorchScript archive (torch.jit.save)"),
+        ("old.pth", lambda p: p.write_bytes(b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."), "legacy torch.save"),
+        ("w.safetensors", _safetensors, "a safetensors file (weights only)"),
+        ("cut.onnx", lambda p: p.write_bytes(conv_bn_model().SerializeToString()[:-40]), "the file is truncated"),
+        ("noise.onnx", lambda p: p.write_bytes(bytes(range(256)) * 4), "the file is damaged or of another format"),
+    ],
+)
+def test_a_file_that_is_not_onnx_is_named_for_what_it_is(tmp_path, name, make, expected):
+    """protobuf says "Wire format was corrupt" for all of these; normonnx says what the file is."""
+    path = tmp_path / name
+    make(path)
+    with pytest.raises(ModelLoadError) as e:
+        modelio.load_model(path)
+    assert expected in str(e.value) and str(path) in str(e.value)
+    assert "Wire format" not in str(e.value)

@@ -153,11 +153,11 @@ def test_check_judges_an_int8_candidate_by_sqnr(quantized):
 
     folder, src, dst, _, _ = quantized
     np.savez(folder / "held_sets.npz", x=_images(16, 2).reshape(2, 8, 3, SIDE, SIDE))
-    report = check(dst, against=src, inputs_npz=str(folder / "held_sets.npz"))
+    report = check(dst, against=src, inputs=str(folder / "held_sets.npz"))
     out = report.parity.outputs[0]
     assert report.passed and out.min_sqnr_db == 20.0 and out.sqnr_db >= 20.0
     assert any("int8 candidate" in n for n in report.notes)
-    strict = check(dst, against=src, inputs_npz=str(folder / "held_sets.npz"), gates={"logits": Gate(1e-5, 1e-5)})
+    strict = check(dst, against=src, inputs=str(folder / "held_sets.npz"), gates={"logits": Gate(1e-5, 1e-5)})
     assert not strict.passed  # a float32 gate asked for by name still applies
 
 

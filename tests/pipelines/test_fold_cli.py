@@ -112,16 +112,18 @@ def test_both_parity_schedules_catch_a_planted_error(cli, conv_bn_path, tmp_path
     from normonnx.validate import verify
 
     monkeypatch.setattr(verify, "CONCURRENT_PARITY_BYTES", 1 << 40 if side_by_side else 0)
+    from normonnx.validate.runners import OnnxruntimeRunner
+
     pools = []
-    real_pool = verify.ThreadPoolExecutor
-    monkeypatch.setattr(verify, "ThreadPoolExecutor", lambda n: pools.append(n) or real_pool(n))
+    real = OnnxruntimeRunner.infer_beside
+    monkeypatch.setattr(OnnxruntimeRunner, "infer_beside", lambda self, *a: pools.append(1) or real(self, *a))
     r = cli("fold", conv_bn_path, "-o", tmp_path / "good.onnx")
     assert r.code == 0 and r.out.strip().endswith("PASSED")
     assert bool(pools) == side_by_side  # the schedule asked for is the one that ran
-    real = foldmath.batchnorm_affine
+    real_affine = foldmath.batchnorm_affine
     monkeypatch.setattr(
         "normonnx.recognize.affine.fm.batchnorm_affine",
-        lambda *a: foldmath.ChannelAffine(real(*a).scale, real(*a).shift + 0.01),
+        lambda *a: foldmath.ChannelAffine(real_affine(*a).scale, real_affine(*a).shift + 0.01),
     )
     r = cli("fold", conv_bn_path, "-o", tmp_path / "bad.onnx")
     assert r.code == 1 and not (tmp_path / "bad.onnx").exists()

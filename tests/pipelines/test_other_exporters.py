@@ -70,29 +70,44 @@ def test_emit_raises_a_file_older_than_opset_11_to_11(cli, tmp_path):
     assert next(o.version for o in written.opset_import if o.domain in ("", "ai.onnx")) == 11
 
 
-def bn15_fp16_input_fp32_params() -> onnx.ModelProto:
-    """shared/repros/emit case A: BatchNormalization-15, X in float16, scale/bias/mean/var in float32."""
+def bn15_fp16_input_fp32_params(exact: bool = False) -> onnx.ModelProto:
+    """shared/repros/emit case A: BatchNormalization-15, X in float16, scale/bias/mean/var in float32
+    (``exact``: values fp16 holds exactly; else values it would round, and a variance it would overflow)."""
     r = rng()
     b = GraphBuilder(opset=15, dtype=np.float16)
     x = b.input("x", [2, 4, 5, 5])
-    params = [b.const(np.abs(r.standard_normal(4)).astype(np.float32) + 0.5) for _ in range(4)]
+    if exact:
+        params = [b.const(np.array([0.5, 1.0, 1.5, 2.0], np.float32)) for _ in range(4)]
+    else:
+        values = [np.abs(r.standard_normal(4)).astype(np.float32) + 0.5 for _ in range(4)]
+        values[3][0] = 1e10  # a variance above fp16's range
+        params = [b.const(v) for v in values]
     y = b.node("BatchNormalization", [x, *params], epsilon=1e-5)
     b.output(y)
     return b.model()
 
 
+@pytest.mark.parametrize("exact", [True, False])
 @pytest.mark.parametrize("opset", [14, 13, 11])
-def test_mixed_type_batchnorm_15_down_converts_with_its_parameters_cast(opset):
-    model = bn15_fp16_input_fp32_params()
+def test_mixed_type_batchnorm_15_down_converts_without_rounding_a_parameter(opset, exact):
+    """float32 parameters that fp16 holds exactly are stored in fp16; others stay float32, and the op computes
+    there between two Casts (an fp16 copy would round them, or overflow a large variance to inf)."""
+    model = bn15_fp16_input_fp32_params(exact)
     out, _ = emit(model, opset, "op")
     onnx.checker.check_model(out, full_check=True)
     bn = next(n for n in out.graph.node if n.op_type == "BatchNormalization")
     types = {t.name: t.data_type for t in out.graph.initializer}
-    cast = bn.input[1:3] if opset == 14 else bn.input[1:]  # opset 14 lets mean and var keep their own type
-    assert all(types[name] == onnx.TensorProto.FLOAT16 for name in cast)
+    if exact:
+        cast = bn.input[1:3] if opset == 14 else bn.input[1:]  # opset 14 lets mean and var keep their own type
+        assert all(types[name] == onnx.TensorProto.FLOAT16 for name in cast)
+    else:
+        assert all(types[name] == onnx.TensorProto.FLOAT for name in bn.input[1:])
+        assert [n.op_type for n in out.graph.node] == ["Cast", "BatchNormalization", "Cast"]
     feeds = {"x": rng(1).standard_normal((2, 4, 5, 5)).astype(np.float16)}
+    y = model.graph.output[0].name
     ref, got = run_model(model, feeds), run_model(out, feeds)
-    np.testing.assert_allclose(got[bn.output[0]], ref[bn.output[0]], atol=5e-3, rtol=5e-3)
+    assert np.isfinite(got[y]).all()
+    np.testing.assert_allclose(got[y], ref[y], atol=5e-3, rtol=5e-3)
 
 
 def test_five_output_training_batchnorm_up_conversion_is_our_one_line(cli, tmp_path):

@@ -70,3 +70,38 @@ def test_a_hang_is_stopped_by_the_timeout():
 def test_an_exception_in_the_child_keeps_its_message():
     with pytest.raises(IsolatedRunError, match="ValueError: invalid literal"):
         call_isolated(int, "x", label="bad call")
+
+
+def test_bench_times_a_dynamic_batch_at_batch_1_and_says_where_it_ran(cli, tmp_path):
+    """A deployment latency is batch 1 (verification keeps batch 2 first, to catch a mixed-up batch axis)."""
+    import json
+
+    from tests.conftest import conv_bn_model
+
+    model = conv_bn_model()
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(model, path)
+    r = cli("bench", path, "--runs", 5, "--warmup", 1, "--json")
+    report = json.loads(r.out)
+    assert r.code == 0 and report["input_shapes"]["input"][0] == 1
+    r = cli("bench", path, "--runs", 5, "--warmup", 1)
+    assert "on cpu, onnxruntime's default threads (" in r.out and "input 1x" in r.out
+
+
+def test_a_spread_too_wide_to_trust_is_flagged_with_what_to_do():
+    from normonnx.pipelines.bench import untrusted_spread
+    from normonnx.results import BenchReport, LatencyStats, Speedup
+
+    def stats(p10, p90):
+        return LatencyStats("m", 100, (p10 + p90) / 2, p10, p90, (p10 + p90) / 2, 1.0, [])
+
+    steady = BenchReport({"a": "a"}, "cpu", None, {"a": stats(1.0, 1.2)})
+    assert untrusted_spread(steady) == []
+    noisy = BenchReport({"a": "a", "b": "b"}, "cpu", None, {"a": stats(1.0, 1.2), "b": stats(1.0, 1.2)})
+    noisy.speedup = Speedup("b", "a", 0.978, 0.088, 21.06)  # what the issue saw
+    (note,) = untrusted_spread(noisy)
+    assert "too wide to trust" in note and "p10 0.088" in note and "--threads 1" in note and "--runs" in note
+    busy = BenchReport({"a": "a"}, "cpu", None, {"a": stats(1.0, 3.0)})
+    assert "a p90/p10 3.0" in untrusted_spread(busy)[0]

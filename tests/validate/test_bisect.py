@@ -159,7 +159,7 @@ def test_an_emit_whose_one_rewrite_breaks_parity_is_delivered_without_it(tmp_pat
             node.attrs["epsilon"] = eps
 
     monkeypatch.setitem(lower.LOWERINGS, "layernorm", buggy)
-    report = emit_file(tmp_path / "lns.onnx", tmp_path / "out.onnx", style="decomposed")
+    report = emit_file(tmp_path / "lns.onnx", tmp_path / "out.onnx", norm_style="decomposed")
     assert report.output == str(tmp_path / "out.onnx") and report.parity.passed
     assert report.bisection.culprit == "ln2"
     out = onnx.load(tmp_path / "out.onnx")

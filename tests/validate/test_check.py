@@ -107,7 +107,7 @@ def test_npz_inputs_and_per_output_tolerance(tmp_path):
     folded, _ = fold(ref)
     data = np.random.default_rng(0).standard_normal((4, 2, 3, 16, 16)).astype(np.float32)
     np.savez(tmp_path / "real.npz", input=data)
-    result = check(folded, against=ref, inputs_npz=str(tmp_path / "real.npz"))
+    result = check(folded, against=ref, inputs=str(tmp_path / "real.npz"))
     assert result.passed and result.parity.samples == 4
     from normonnx.validate.parity import Gate
 
@@ -158,7 +158,7 @@ def test_torch_reference(tmp_path):
     from normonnx.pipelines.export import export_file
 
     export_file("tests.torchfront.family_nets:groupnorm", tmp_path / "gn.onnx", opset=17)
-    result = check(tmp_path / "gn.onnx", torch_spec="tests.torchfront.family_nets:groupnorm")
+    result = check(tmp_path / "gn.onnx", torch="tests.torchfront.family_nets:groupnorm")
     assert result.passed and result.reference_kind == "torch"
 
 

@@ -160,7 +160,7 @@ def test_a_planted_error_in_a_torch_export_names_the_module_path(tmp_path):
     w = next(t for t in model.graph.initializer if t.name == conv.input[1])
     w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.01, w.name))
     onnx.save(model, tmp_path / "bad.onnx")
-    result = check(tmp_path / "bad.onnx", torch_spec=spec)
+    result = check(tmp_path / "bad.onnx", torch=spec)
     assert not result.passed
     loc = result.localization
     assert loc.first.module == "stages.3.conv", loc.to_dict()

@@ -112,10 +112,26 @@ def test_an_onnxruntime_failure_in_an_isolated_runner_is_one_line_naming_the_run
     assert caught.value.exit_code == 2
 
 
+def _slow_model() -> bytes:
+    """200 chained 512x512 MatMuls: seconds of work however warm the worker is."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.eye(512, dtype=np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x" if k == 0 else f"h{k}", "w"], [f"h{k + 1}"]) for k in range(200)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [512, 512])
+    y = helper.make_tensor_value_info("h200", TensorProto.FLOAT, [512, 512])
+    model = helper.make_model(
+        helper.make_graph(nodes, "slow", [x], [y], [w]), opset_imports=[onnx.helper.make_opsetid("", 17)]
+    )
+    return model.SerializeToString()
+
+
 def test_an_isolated_runner_stops_a_run_past_its_timeout():
-    runner = IsolatedRunner(affine_relu().SerializeToString(), label="slow model", timeout=0.01)
+    runner = IsolatedRunner(_slow_model(), label="slow model", timeout=0.2)
     with pytest.raises(IsolatedRunError, match=r"^slow model: no answer within 0 s; stopped it$"):
-        runner.infer(FEEDS)
+        runner.infer([{"x": np.ones((512, 512), np.float32)}])
+    assert IsolatedRunner(affine_relu().SerializeToString(), label="after").infer(FEEDS)  # a fresh worker answers
 
 
 def test_run_options_choose_the_kind_once():

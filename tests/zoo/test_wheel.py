@@ -2,9 +2,10 @@
 repository: the zoo (the repository's models/ folder) and its checkpoints ship as normonnx.zoo, and a user's
 own package named `models` cannot shadow them.
 
-The one cost worth keeping low is the install: pip's cache stays on, constraints.txt pins the CPU build of
-torch (which pip finds on local disk where the machine provides it), and nothing is byte-compiled ahead
-(--no-compile: the demo compiles only the modules it imports, not the whole of torch).
+The wheel is built and installed by the README's own install lines, verbatim. The one cost worth keeping low
+is the install: pip's cache stays on, constraints.txt pins the CPU build of torch (which pip finds on local
+disk where the machine provides it), and nothing is byte-compiled ahead (PIP_NO_COMPILE: the demo compiles
+only the modules it imports, not the whole of torch).
 """
 
 from __future__ import annotations
@@ -23,22 +24,39 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
+def _readme_install_lines() -> list[str]:
+    """The bash block under the README's "Installing elsewhere" heading, line by line."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Installing elsewhere") :]
+    block = section[section.index("```bash") + len("```bash") : section.index("```", section.index("```bash") + 7)]
+    return [line for line in block.strip().splitlines() if line.strip()]
+
+
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The wheel pip builds from a copy of the sources, so that the build's own folders (build/, *.egg-info)
-    neither land in the shared checkout nor carry stale files into the wheel."""
+def installed(tmp_path_factory) -> tuple[Path, Path]:
+    """(the wheel, the fresh environment it went into): the README's install lines, verbatim, run with that
+    environment's pip first on PATH, in a copy of the sources (the build's own folders stay out of the
+    checkout)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, env=env)
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+    env["PIP_NO_COMPILE"] = "1"  # the demo compiles only what it imports, not the whole of torch
     src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "constraints.txt"):
         shutil.copy2(ROOT / name, src / name)
     for name in ("normonnx", "models"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(src)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    (built,) = out.glob("normonnx-*.whl")
-    return built
+    for line in _readme_install_lines():
+        run = subprocess.run(["bash", "-c", line], cwd=src, env=env, capture_output=True, text=True, timeout=1200)
+        assert run.returncode == 0, f"{line}: {run.stderr[-3000:]}"
+    (built,) = (src / "dist").glob("normonnx-*.whl")
+    return built, venv
+
+
+@pytest.fixture(scope="module")
+def wheel(installed) -> Path:
+    return installed[0]
 
 
 def test_the_wheel_holds_the_zoo_as_normonnx_zoo_and_nothing_of_the_repository(wheel):
@@ -48,16 +66,13 @@ def test_the_wheel_holds_the_zoo_as_normonnx_zoo_and_nothing_of_the_repository(w
     assert not any(n.startswith(("tests/", "scripts/", "models/")) for n in names)
 
 
-def test_an_installed_wheel_runs_the_demo_outside_the_repository(wheel, tmp_path):
+def test_an_installed_wheel_runs_the_demo_outside_the_repository(installed, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, env=env)
+    venv = installed[1]
     python, normonnx = venv / "bin" / "python", venv / "bin" / "normonnx"
-    install = subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--no-compile", "-c", ROOT / "constraints.txt", f"{wheel}[export]"],
-        capture_output=True, text=True, env=env, timeout=1200,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stderr[-3000:]
+    torch = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], env=env, capture_output=True,
+                           text=True, check=True)  # fmt: skip
+    assert torch.stdout.strip().endswith("+cpu"), torch.stdout  # the constraints file's CPU build, not CUDA's
 
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "models").mkdir(parents=True)
@@ -79,3 +94,26 @@ def test_an_installed_wheel_runs_the_demo_outside_the_repository(wheel, tmp_path
     assert model["name"] == "resnet_bn" and model["passed"]
     assert Path(model["checkpoint"]) == installed / "resnet_bn.safetensors"
     assert (elsewhere / "out" / "report.md").exists()
+
+
+def test_the_readme_python_examples_run_from_any_folder(installed, tmp_path):
+    """Each README ```python example of normonnx, run by the installed package in a folder of its own that
+    holds a model.onnx and, to be hostile, a folder named normonnx (an editable install's finder loses to
+    such a folder; an installed package does not)."""
+    import re
+
+    import onnx
+
+    from tests.conftest import conv_bn_model
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    python = installed[1] / "bin" / "python"
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if b.startswith("import normonnx")]
+    assert blocks
+    onnx.save(conv_bn_model(), tmp_path / "model.onnx")
+    (tmp_path / "normonnx").mkdir()
+    for block in blocks:
+        run = subprocess.run([python, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
