@@ -105,7 +105,8 @@ def _warm_up_for(words: list[str]) -> None:
     then overlap this process's imports and the fold itself. Read from the raw words (the parser is not
     built yet); a guess that is wrong costs an idle child, nothing else."""
     verb = next((w for w in words if not w.startswith("-")), None)
-    if verb in _RUNS_ONNXRUNTIME and "--no-verify" not in words and not {"-h", "--help"} & set(words):
+    # --no-verify too: folding a computed constant runs onnxruntime (a cold start there costs about 1 s).
+    if verb in _RUNS_ONNXRUNTIME and not {"-h", "--help"} & set(words):
         from normonnx.isolation import prestart_shared_worker
 
         prestart_shared_worker()

@@ -43,18 +43,8 @@ def _build_model(
     return model
 
 
-def run_on_onnxruntime(model_bytes: bytes) -> list[np.ndarray]:
-    """The model's outputs on onnxruntime CPU, optimizations off (runs in an isolated child)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    return session.run(None, {})
-
-
 def _run_onnxruntime(model: onnx.ModelProto) -> list[np.ndarray]:
+    from normonnx.graph.constant_run import run_on_onnxruntime
     from normonnx.isolation import call_in_shared_worker
 
     return call_in_shared_worker(run_on_onnxruntime, model.SerializeToString(), label="constant evaluation")
@@ -66,26 +56,30 @@ def _run_reference(model: onnx.ModelProto) -> list[np.ndarray]:
     return ReferenceEvaluator(model).run(None, {})
 
 
-def _moved_only(
-    nodes: Sequence[onnx.NodeProto], leaves: Sequence[gs.Constant], outputs: Sequence[gs.Tensor]
-) -> list[np.ndarray] | None:
-    """The outputs, here, when every node only moves data (Identity, Transpose): no arithmetic, so numpy
-    gives the very bytes a runtime would, without a process for it (TorchScript exports share weights
-    through Identity nodes). None when any node computes."""
-    if not all(n.op_type in ("Identity", "Transpose") and n.domain in ("", "ai.onnx") for n in nodes):
-        return None
+_MOVES = ("Identity", "Transpose")  # ops that only move data: numpy gives the very bytes a runtime would
+
+
+def _move(node: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
+    if node.op_type == "Transpose":
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        return np.ascontiguousarray(np.transpose(x, perm))
+    return x
+
+
+def _moved_here(
+    nodes: Sequence[onnx.NodeProto], leaves: Sequence[gs.Constant]
+) -> tuple[dict[str, np.ndarray], list[onnx.NodeProto]]:
+    """(values computed here, the nodes left to a runtime). Identity and Transpose of values at hand are
+    computed here: no arithmetic, and no weight sent to a process and back for it (TorchScript exports
+    share weights through Identity nodes, and transpose every Linear's weight)."""
     values = {leaf.name: np.asarray(leaf.values) for leaf in leaves}
+    rest = []
     for node in nodes:
-        x = values.get(node.input[0])
-        if x is None:
-            return None
-        if node.op_type == "Transpose":
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            x = np.ascontiguousarray(np.transpose(x, perm))
-        values[node.output[0]] = x
-    if not all(t.name in values for t in outputs):
-        return None
-    return [values[t.name] for t in outputs]
+        if node.op_type in _MOVES and node.domain in ("", "ai.onnx") and node.input[0] in values:
+            values[node.output[0]] = _move(node, values[node.input[0]])
+        else:
+            rest.append(node)
+    return values, rest
 
 
 def evaluate_protos(
@@ -96,10 +90,18 @@ def evaluate_protos(
     ir_version: int = 8,
 ) -> list[np.ndarray]:
     """Values of ``outputs``, computed by ``nodes`` (topologically ordered) from the initializers ``leaves``."""
-    moved = _moved_only(nodes, leaves, outputs)
-    if moved is not None:
-        return moved
-    model = _build_model(nodes, leaves, outputs, opset_imports, ir_version)
+    values, rest = _moved_here(nodes, leaves)
+    wanted = [t for t in outputs if t.name not in values]
+    if wanted:
+        needed = {name for n in rest for name in n.input if name}
+        inputs = [gs.Constant(name, values[name]) for name in sorted(needed & set(values))]
+        model = _build_model(rest, inputs, wanted, opset_imports, ir_version)
+        values.update(zip((t.name for t in wanted), _run_elsewhere(model), strict=True))
+    return [values[t.name] for t in outputs]
+
+
+def _run_elsewhere(model: onnx.ModelProto) -> list[np.ndarray]:
+    """The model's outputs from onnxruntime (in the warm worker), else from onnx's reference evaluator."""
     errors = []
     for runner in (_run_onnxruntime, _run_reference):
         try:
