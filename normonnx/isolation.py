@@ -87,7 +87,7 @@ def _unwrap(result: Any, label: str) -> Any:
     if isinstance(result, _Raised):
         if result.type == "MissingKernelError":  # a mistake the user fixes with an option: kept as it is
             raise MissingKernelError(f"{label}: {result.message}")
-        what = result.message if getattr(result, "ours", False) else f"{result.type}: {result.message}"
+        what = result.message if result.ours else f"{result.type}: {result.message}"
         error = IsolatedRunError(f"{label}: {what}")
         error.exit_code = result.exit_code
         raise error

@@ -83,7 +83,9 @@ class Target:
         return min(model_opset, self.max_opset)
 
 
-_ORT_NATIVE = {"batchnorm": (15, 14, 9, 7), "instancenorm": (6, 22), "layernorm": (17,), "rmsnorm": (23,)}
+_BATCHNORM = (15, 14, 9, 7)  # every BatchNormalization version a runtime of today takes
+_ORT_NATIVE = {"batchnorm": _BATCHNORM, "instancenorm": (6, 22), "layernorm": (17,), "rmsnorm": (23,)}
+_OP_WHERE_NATIVE = {f: "op" for f in WITH_OP}  # the op wherever the runtime has it natively
 
 TARGETS: dict[str, Target] = {
     t.key: t
@@ -106,7 +108,7 @@ TARGETS: dict[str, Target] = {
             "onnxruntime, CUDA execution provider",
             23,
             _ORT_NATIVE,
-            {f: "op" for f in WITH_OP},
+            _OP_WHERE_NATIVE,
             measured=False,
             bugs=(
                 "GroupNormalization-21 has no kernel (https://github.com/microsoft/onnxruntime/issues/24538);"
@@ -118,8 +120,8 @@ TARGETS: dict[str, Target] = {
             "tensorrt-8.6",
             "TensorRT 8.6 ONNX parser",
             17,
-            {"batchnorm": (15, 14, 9, 7), "instancenorm": (6,), "layernorm": (17,)},
-            {f: "op" for f in WITH_OP},
+            {"batchnorm": _BATCHNORM, "instancenorm": (6,), "layernorm": (17,)},
+            _OP_WHERE_NATIVE,
             measured=False,
             bugs=(
                 "LayerNorm decomposed runs in fp16 and may overflow: export at opset 17 so the parser builds"
@@ -133,8 +135,8 @@ TARGETS: dict[str, Target] = {
             "tensorrt-10",
             "TensorRT 10.x ONNX parser (10.0 and later)",
             20,
-            {"batchnorm": (15, 14, 9, 7), "instancenorm": (6,), "layernorm": (17,), "groupnorm": (18,)},
-            {f: "op" for f in WITH_OP},
+            {"batchnorm": _BATCHNORM, "instancenorm": (6,), "layernorm": (17,), "groupnorm": (18,)},
+            _OP_WHERE_NATIVE,
             measured=False,
             bugs=(
                 "GroupNormalization-21 fails before 10.9 (https://github.com/NVIDIA/TensorRT/issues/4336,"
@@ -149,13 +151,13 @@ TARGETS: dict[str, Target] = {
             "OpenVINO ONNX frontend, CPU plugin",
             23,
             {
-                "batchnorm": (15, 14, 9, 7),
+                "batchnorm": _BATCHNORM,
                 "instancenorm": (6, 22),
                 "layernorm": (17,),
                 "groupnorm": (18, 21),
                 "rmsnorm": (23,),
             },
-            {"batchnorm": "op", "instancenorm": "op", "layernorm": "op", "groupnorm": "op", "rmsnorm": "op"},
+            _OP_WHERE_NATIVE,  # measured: no decomposed form is faster there (benchmarks/targets.md)
             measured=True,
             bugs=(
                 "GroupNormalization-21 read as per channel only since https://github.com/openvinotoolkit/openvino/pull/32700",
@@ -168,8 +170,8 @@ TARGETS: dict[str, Target] = {
             "coreml",
             "onnxruntime, CoreML execution provider (ML Program)",
             20,
-            {"batchnorm": (15, 14, 9, 7), "instancenorm": (6,), "layernorm": (17,)},
-            {f: "op" for f in WITH_OP},
+            {"batchnorm": _BATCHNORM, "instancenorm": (6,), "layernorm": (17,)},
+            _OP_WHERE_NATIVE,
             measured=False,
             bugs=(
                 "every op builder takes opsets 1 to 20 (base_op_builder.h): newer nodes fall back to the CPU",
@@ -198,8 +200,8 @@ def what_will_not_run(model: onnx.ModelProto, deploy: Target) -> list[str]:
             f" (normonnx emit --target {deploy.key} converts it)"
         )
     missing: Counter[str] = Counter()
+    on_ort = deploy.key.startswith("ort-") or deploy.key == "coreml"  # CoreML's EP falls back to onnxruntime CPU
     for node in iter_nodes(model.graph):
-        on_ort = deploy.key.startswith("ort-") or deploy.key == "coreml"
         if onnxruntime_norm_family(node.op_type, node.domain) or onnxruntime_op_without_schema(node, opset):
             if not on_ort:
                 missing[f"{node.op_type} (an onnxruntime op): {deploy.key} does not run it"] += 1

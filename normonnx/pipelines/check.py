@@ -274,7 +274,7 @@ def _run_candidate(
     with optimizations off when it does not even load with them on (bisected later)."""
     cand.feeds = _cast_feeds(feeds, {s.name: s.dtype for s in input_specs(cand.proto)})
     config = cand.runner.config
-    where = config.provider if config.runtime == "onnxruntime" else config.runtime
+    where = config.where
     log.info("running the candidate on %s", where)
     cand.faithful = _half_judged_faithfully(cand.proto, ref.proto, where, evaluator)
     if cand.faithful and config.runtime != "onnxruntime":

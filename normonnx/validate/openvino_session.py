@@ -44,14 +44,6 @@ def require_openvino() -> Any:
     return openvino
 
 
-def openvino_version() -> str | None:
-    try:
-        import openvino
-    except ImportError:
-        return None
-    return openvino.__version__.split("-")[0]
-
-
 def _port(port: Any, fallback: str, preferred: list[str] = ()) -> Port:
     """OpenVINO merges a tensor's aliases (an Identity's input and output) into one port: the name the ONNX
     graph gives it (``preferred``, its inputs or outputs) is the one reported."""

@@ -46,6 +46,11 @@ class SessionConfig:
     # Log at verbose level so that the transformers that changed the graph can be read back (a child only).
     verbose: bool = False
 
+    @property
+    def where(self) -> str:
+        """How reports name where the model runs: the provider ("cpu", "cuda") or "openvino"."""
+        return self.provider if self.runtime == "onnxruntime" else self.runtime
+
 
 def available_providers() -> list[str]:
     import onnxruntime as ort
@@ -79,9 +84,9 @@ def require_runtime(runtime: str, provider: str = "cpu") -> str:
         if provider != "cpu":
             raise UnusableInputError(f"--provider {provider}: OpenVINO runs here on its CPU plugin only")
         require_openvino()
-        return "openvino"
-    require_provider(provider)
-    return provider
+    else:
+        require_provider(provider)
+    return SessionConfig(runtime=runtime, provider=provider).where
 
 
 def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = SessionConfig()):
@@ -89,8 +94,7 @@ def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = 
     if config.runtime == "openvino":
         from normonnx.validate.openvino_session import OpenVinoSession
 
-        threads = config.threads or int(os.environ.get(THREADS_ENV, "0") or 0)
-        return OpenVinoSession(_runnable(model), threads or None)
+        return OpenVinoSession(_runnable(model), _threads(config))
     import onnxruntime as ort
 
     name = require_provider(config.provider)
@@ -99,7 +103,7 @@ def session(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig = 
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if config.optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     options.log_severity_level = 0 if config.verbose else 4  # a failing run is our one-line error, not their log
-    threads = config.threads or int(os.environ.get(THREADS_ENV, "0") or 0)
+    threads = _threads(config)
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -176,6 +180,11 @@ def register_custom_ops(options) -> None:
             options.register_custom_ops_library(library)
         except Exception as e:
             raise UnusableInputError(f"--custom-ops {library}: onnxruntime cannot load it ({first_line(e)})") from None
+
+
+def _threads(config: SessionConfig) -> int | None:
+    """The session's threads: the config's, else a many-file worker's share (THREADS_ENV), else the runtime's."""
+    return config.threads or int(os.environ.get(THREADS_ENV, "0") or 0) or None
 
 
 def _runnable(model: onnx.ModelProto | str | os.PathLike) -> bytes | str:
