@@ -245,10 +245,11 @@ class Divergence(Result):
     inputs: list[dict] = field(default_factory=list)  # each compared input: tensor, agrees, max_abs
     sqnr_db: float | None = None  # where the gate is on SQNR (an int8 candidate)
     min_sqnr_db: float | None = None
+    nonfinite: int = 0  # inf/NaN values where the reference differs (an overflow in half)
 
     KEYS = (
         "node", "op", "tensor", "max_abs", "threshold", "ref_max", "reference", "module", "inputs",
-        Key("sqnr_db", omit_none=True), Key("min_sqnr_db", omit_none=True),
+        Key("sqnr_db", omit_none=True), Key("min_sqnr_db", omit_none=True), "nonfinite",
     )  # fmt: skip
 
     @property
@@ -474,6 +475,10 @@ class HalfReport(Report):
     kept: list[Any] = field(default_factory=list)  # passes.to_half.KeptFloat32: node, op, reason
     weight_bytes_half: float = 0.0  # share of weight bytes stored in the half type
     linear_ops_half: tuple[int, int] = (0, 0)  # (in half, all) Conv/ConvTranspose/MatMul/Gemm
+    activations_half: float = 0.0  # share of activation elements stored in the half type
+    rescaled: list[Any] = field(default_factory=list)  # passes.rescale.Region: tensors, k, peak, boundary
+    rescale_refused: list[Any] = field(default_factory=list)  # passes.rescale.RefusedRegion: tensors, peak, reason
+    search: list[str] = field(default_factory=list)  # each round of the search for nodes at fault
     calibration: str = ""
     evaluator: str = "half-faithful (float32 inside every op, every half tensor rounded)"
     parity: ParityResult | None = None
@@ -484,8 +489,9 @@ class HalfReport(Report):
 
     KEYS = (
         "source", "output", "dtype", "keep_io_types", Key("kept_float32", "kept"),
-        Key("weight_bytes_half", digits=4), "linear_ops_half", "calibration", "evaluator", "parity", "plain_cast",
-        "notes", Key("seconds", digits=3),
+        Key("weight_bytes_half", digits=4), "linear_ops_half", Key("activations_half", digits=4), "rescaled",
+        "rescale_refused", "search", "calibration", "evaluator", "parity", "plain_cast", "notes",
+        Key("seconds", digits=3),
     )  # fmt: skip
 
     @property

@@ -47,6 +47,16 @@ class Target:
     measured: bool  # whether ``fastest`` and ``native`` are measured here (tests/test_targets.py)
     bugs: tuple[str, ...] = ()
     sources: tuple[str, ...] = field(default_factory=tuple)
+    # Normalization ops whose kernel accumulates its statistics in float32 for fp16/bf16 input (read from the
+    # runtime's sources, ``HALF_STATISTICS_SOURCES``): ``normonnx half`` runs them in half, not as float32 islands.
+    float32_statistics: frozenset[str] = frozenset()
+    runs_function_bodies: bool = False  # an op without a kernel runs as its ONNX function body (onnxruntime)
+
+    def takes(self, family_key: str, version: int) -> bool:
+        """Whether this runtime runs that version of the family's op (with a kernel, or as its function body)."""
+        if version > self.max_opset:
+            return False
+        return self.runs_function_bodies or version in self.native.get(family_key, ())
 
     def op_version(self, family_key: str, opset: int) -> int | None:
         """The version of the family's op at ``opset`` (None when the op does not exist there)."""
@@ -83,9 +93,28 @@ class Target:
         return min(model_opset, self.max_opset)
 
 
+# Where each row's float32_statistics comes from (read 2026-12; each file's kernel for half input).
+HALF_STATISTICS_SOURCES = {
+    "ort-cpu": "onnxruntime core/providers/cpu/nn/layer_norm_impl.cc and rms_norm.cc (half converted to float"
+    " before the sums); instance_norm.cc and batch_norm.cc register float only, so onnxruntime casts half to float"
+    " around them (core/optimizer/insert_cast_transformer.h)",
+    "ort-cuda": "onnxruntime core/providers/cuda/nn/layer_norm_impl.cu (Welford in float), rms_norm.cc,"
+    " instance_norm.cc ('stats_desc needs to be of float type even for float16 input'), batch_norm.cc (float"
+    " parameters for half data); not com.microsoft SkipLayerNormalization, which accumulates in half outside its"
+    " strict mode (https://github.com/microsoft/onnxruntime/issues/29034)",
+    "tensorrt": "onnx-tensorrt onnxOpImporters.cpp builds INormalizationLayer for LayerNormalization,"
+    " InstanceNormalization and GroupNormalization; NvInfer.h: 'by default TensorRT will run the normalization"
+    " computation in DataType::kFLOAT32 even in mixed precision mode'; BatchNormalization becomes an IScaleLayer",
+    "openvino": "openvino frontends/onnx op/layer_normalization.cpp (Convert to stash_type, MVN); the MVN kernels"
+    " (intel_cpu nodes/mvn.cpp, intel_gpu mvn_gpu_bfyx_opt.cl) accumulate in float",
+}
 _BATCHNORM = (15, 14, 9, 7)  # every BatchNormalization version a runtime of today takes
 _ORT_NATIVE = {"batchnorm": _BATCHNORM, "instancenorm": (6, 22), "layernorm": (17,), "rmsnorm": (23,)}
 _OP_WHERE_NATIVE = {f: "op" for f in WITH_OP}  # the op wherever the runtime has it natively
+_ORT_FLOAT32_STATISTICS = frozenset(
+    {"LayerNormalization", "RMSNormalization", "InstanceNormalization", "BatchNormalization"}
+)
+_TRT_FLOAT32_STATISTICS = frozenset({"LayerNormalization", "InstanceNormalization", "BatchNormalization"})
 
 TARGETS: dict[str, Target] = {
     t.key: t
@@ -102,6 +131,8 @@ TARGETS: dict[str, Target] = {
                 " (https://github.com/microsoft/onnxruntime/issues/24538)",
             ),
             sources=(ORT_KERNELS, "https://github.com/microsoft/onnxruntime/pull/24449 (ONNX 1.18, opset 23)"),
+            float32_statistics=_ORT_FLOAT32_STATISTICS,
+            runs_function_bodies=True,
         ),
         Target(
             "ort-cuda",
@@ -115,6 +146,8 @@ TARGETS: dict[str, Target] = {
                 " com.microsoft GroupNorm is onnxruntime's own fused op",
             ),
             sources=(ORT_KERNELS,),
+            float32_statistics=_ORT_FLOAT32_STATISTICS,
+            runs_function_bodies=True,
         ),
         Target(
             "tensorrt-8.6",
@@ -130,6 +163,7 @@ TARGETS: dict[str, Target] = {
                 "opsets 7 to 17 only: GroupNormalization (18) and RMSNormalization (23) do not exist there",
             ),
             sources=(TRT_86_OPS,),
+            float32_statistics=_TRT_FLOAT32_STATISTICS,
         ),
         Target(
             "tensorrt-10",
@@ -145,6 +179,7 @@ TARGETS: dict[str, Target] = {
                 "LayerNorm in fp16 still loses accuracy in 10.10 (https://github.com/NVIDIA/TensorRT/issues/4493)",
             ),
             sources=(TRT_10_OPS, "https://github.com/onnx/onnx-tensorrt/blob/release/10.1-GA/docs/operators.md"),
+            float32_statistics=_TRT_FLOAT32_STATISTICS | {"GroupNormalization"},
         ),
         Target(
             "openvino",
@@ -165,6 +200,7 @@ TARGETS: dict[str, Target] = {
                 " 2026.4.1 runs it (measured by tests/test_targets.py)",
             ),
             sources=(OV_OPS,),
+            float32_statistics=frozenset({"LayerNormalization"}),
         ),
         Target(
             "coreml",

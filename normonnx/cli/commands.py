@@ -134,6 +134,12 @@ def _half_arguments(p: argparse.ArgumentParser) -> None:
     options.add_files(p, "convert")
     p.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16", help="the half type (default fp16)")
     p.add_argument("--keep-io-types", action="store_true", help="inputs and outputs stay float32")
+    p.add_argument(
+        "--no-rescale",
+        dest="rescale",
+        action="store_false",
+        help="keep tensors beyond the half range in float32 instead of carrying them at an exact power-of-two scale",
+    )
     options.add_deploy_target(p)
     p.add_argument(
         "--inputs", dest="calibration", metavar="DATA.npz", help="calibration and verification inputs (default: seeded)"
@@ -149,6 +155,7 @@ def _half_options(args: argparse.Namespace) -> dict:
         "inputs": args.calibration,
         "shapes": _shapes(args),
         "target": args.target,
+        "rescale": args.rescale,
     }
 
 
@@ -279,8 +286,13 @@ EXPORT = Verb(
 
 def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL", help="candidate ONNX file; or several files and folders")
-    ref = p.add_mutually_exclusive_group(required=True)
-    ref.add_argument("--against", metavar="REF", help="reference ONNX (a folder of them for many candidates)")
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument(
+        "--against",
+        metavar="REF",
+        help="reference ONNX (a folder of them for many candidates); without --against or --torch, an fp16/bf16"
+        " model is checked against its own exact float32 widening",
+    )
     ref.add_argument("--torch", metavar="MODULE:FACTORY", help="torch eager reference")
     p.add_argument("--checkpoint", help="weights for --torch")
     p.add_argument("--inputs", metavar="DATA.npz", help="real inputs: arrays named like the inputs")

@@ -102,6 +102,19 @@ def _infer(skeleton: onnx.ModelProto) -> onnx.ModelProto:
     return inferred
 
 
+def inferred(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.GraphProto:
+    """The graph of ``model`` with every type and shape onnx (and ``_infer``) can infer, the graph inputs
+    fixed at ``input_shapes`` where given; weights are not copied."""
+    skeleton = _skeleton(model)
+    for i in skeleton.graph.input:
+        if input_shapes and i.name in input_shapes:
+            dims = i.type.tensor_type.shape.dim
+            del dims[:]
+            for d in input_shapes[i.name]:
+                dims.add().dim_value = int(d)
+    return _infer(skeleton).graph
+
+
 def annotate_shapes(model: onnx.ModelProto, graph: gs.Graph, always: bool = False) -> None:
     """Give graph tensors the dtypes and shapes onnx can infer (best effort, never raises).
 

@@ -41,7 +41,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from normonnx.families import LINEAR_OPS
-from normonnx.graph.access import describe, static_shape
+from normonnx.graph.access import bodies, describe, static_shape
 from normonnx.graph.edit import bypass, redirect, set_input, set_outputs
 from normonnx.passes.rules import NO_FAMILY, NodePlan, PassContext
 from normonnx.recognize.moments import match_core, match_shifted
@@ -49,6 +49,12 @@ from normonnx.recognize.moments import match_core, match_shifted
 FLOAT = TensorProto.FLOAT
 HALF_MAX = {TensorProto.FLOAT16: 65504.0, TensorProto.BFLOAT16: 3.3895e38}
 RANGE_MARGIN = 8.0
+# A constant this large is a mask (finfo(float32).min before a Softmax), not a value: it is stored as the
+# half type's largest finite value, which masks the same.
+MASK_MAGNITUDE = 1e30
+# Ops through which a mask value reaches attention scores (Where(cond, min, 0), Expand, the Add to the scores).
+_MASK_CARRIERS = {"Where", "Add", "Sub", "Expand", "Reshape", "Unsqueeze", "Slice", "Cast", "Mul", "Min", "Max",
+                  "Identity", "Concat", "Tile"}  # fmt: skip
 LONG_AXIS = 512
 # Inputs the spec types as float32 whatever the data type.
 _FLOAT32_INPUTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
@@ -84,21 +90,55 @@ def _reduced_length(node: gs.Node) -> int | None:
     return int(np.prod([shape[a] for a in axes])) if axes else int(np.prod(shape))
 
 
-def plan_float32(graph: gs.Graph, ranges: dict[str, float], half: int) -> dict[str, KeptFloat32]:
-    """Node name -> why it stays in float32 (every other float node goes to ``half``)."""
+def half_values(values: np.ndarray, half: int) -> np.ndarray:
+    """``values`` in the half type, a mask value beyond its range (finfo(float32).min) at its largest finite."""
+    top = HALF_MAX[half]
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(values), np.clip(values, -top, top), values).astype(_np(half))
+
+
+def masks(graph: gs.Graph, half: int) -> list[str]:
+    """The float constants holding a finite value of at least ``MASK_MAGNITUDE``: stored at the half type's
+    largest finite value."""
+    found = []
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and _is_float32(t) and _beyond(t.values, MASK_MAGNITUDE):
+            found.append(t.name)
+    return sorted(found)
+
+
+def _beyond(values, magnitude: float) -> bool:
+    """Whether a finite value of ``values`` reaches ``magnitude``."""
+    values = np.abs(np.asarray(values, dtype=np.float64))
+    return bool(np.any(values[np.isfinite(values)] >= magnitude))
+
+
+def plan_float32(
+    graph: gs.Graph, ranges: dict[str, float], half: int, float32_statistics: frozenset[str] = frozenset()
+) -> dict[str, KeptFloat32]:
+    """Node name -> why it stays in float32 (every other float node goes to ``half``). ``float32_statistics``:
+    the normalization ops whose kernel, on the deployment target, accumulates in float32 for half inputs."""
     kept: dict[str, KeptFloat32] = {}
 
     def keep(node: gs.Node, reason: str) -> None:
         kept.setdefault(describe(node), KeptFloat32(describe(node), node.op, reason))
 
+    in_bodies = read_by_bodies(graph)
     for node in graph.nodes:
+        if any(isinstance(v, gs.Graph) or (isinstance(v, list) and v and isinstance(v[0], gs.Graph))
+               for v in node.attrs.values()):  # fmt: skip
+            keep(node, f"{node.op} runs its body in float32 (bodies are not converted)")
+            continue
+        if any(o.name in in_bodies for o in node.outputs):
+            keep(node, "its output is read inside an If/Loop/Scan body, which stays float32")
+            continue
         problem = _half_unsupported(node, half, graph.opset)
         if problem:
             keep(node, problem)
             continue
         if node.op in _WITH_STASH and graph.opset >= _WITH_STASH[node.op]:
             continue  # runs in half; its statistics are float32 by stash_type=1 (set on conversion)
-        if node.op in _ISLAND_OPS:
+        if node.op in _ISLAND_OPS and node.op not in float32_statistics:
             keep(node, f"{node.op} has no stash_type: its statistics stay in float32")
         elif node.op in _ALWAYS_FP32:
             keep(node, _ALWAYS_FP32[node.op])
@@ -114,16 +154,51 @@ def plan_float32(graph: gs.Graph, ranges: dict[str, float], half: int) -> dict[s
         if core is not None:
             for n in core.nodes:
                 keep(n, f"statistics of a decomposed normalization (anchored at {describe(core.anchor or node)})")
+    for node in graph.nodes:  # a constant beyond the half range that is no mask: its reader computes in float32
+        for k, x in enumerate(node.inputs):
+            if not isinstance(x, gs.Constant) or not _is_float32(x) or (node.op, k) in _FLOAT32_INPUTS:
+                continue
+            magnitude = np.abs(np.asarray(x.values, dtype=np.float64))
+            out_of_range = magnitude[np.isfinite(magnitude) & (magnitude > HALF_MAX[half])]
+            if out_of_range.size and out_of_range.min() < MASK_MAGNITUDE:
+                keep(node, f"reads the constant '{x.name}' ({out_of_range.min():.3g}), beyond {HALF_MAX[half]:.5g}")
     limit = HALF_MAX[half] / RANGE_MARGIN
     for t in graph.tensors().values():
         peak = ranges.get(t.name)
-        if peak is None or peak <= limit:
+        if peak is None or peak <= limit or (peak >= MASK_MAGNITUDE and carries_mask(t)):
             continue
         reason = f"'{t.name}' reaches {peak:.3g} in calibration, beyond {HALF_MAX[half]:.5g} / {RANGE_MARGIN:g}"
         for n in [*t.inputs, *t.outputs]:
             keep(n, reason)
     _merge_islands(graph, kept)
     return kept
+
+
+def read_by_bodies(graph: gs.Graph) -> set[str]:
+    """Names of this graph's tensors that an If/Loop/Scan body reads from the outer scope."""
+    inner = {t.name for body in bodies(graph) for n in body.nodes for t in n.outputs}
+    inner |= {t.name for body in bodies(graph) for t in body.inputs}
+    return {t.name for body in bodies(graph) for n in body.nodes for t in n.inputs if t.name not in inner}
+
+
+def carries_mask(t: gs.Tensor) -> bool:
+    """Whether ``t`` is computed from a mask constant (finfo(float32).min added to attention scores): with the
+    mask stored at the half type's largest value it masks the same in half, so its range says nothing."""
+    seen, stack = set(), [t]
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, gs.Constant):
+            if _beyond(x.values, MASK_MAGNITUDE):
+                return True
+            continue
+        node = x.inputs[0] if x.inputs else None
+        if node is None or node.op not in _MASK_CARRIERS:
+            continue
+        stack.extend(i for i in node.inputs if _is_float32(i))
+    return False
 
 
 def _half_unsupported(node: gs.Node, half: int, opset: int) -> str | None:
@@ -201,9 +276,10 @@ class ToHalf:
         graph, half = ctx.graph, self.half
         exempt = {id(n.inputs[k]) for n in graph.nodes for op, k in _FLOAT32_INPUTS if n.op == op and len(n.inputs) > k}
         types: dict[int, int] = {}
+        in_bodies = read_by_bodies(graph)
         for t in graph.inputs:
             if _is_float32(t):
-                types[id(t)] = FLOAT if self.keep_io_types else half
+                types[id(t)] = FLOAT if self.keep_io_types or t.name in in_bodies else half
         readers: dict[int, set[int]] = {}
         constants: dict[int, gs.Constant] = {}
         for n in graph.nodes:
@@ -216,8 +292,8 @@ class ToHalf:
                 if isinstance(x, gs.Constant) and _is_float32(x) and (n.op, k) not in _FLOAT32_INPUTS:
                     readers.setdefault(id(x), set()).add(self._precision(n))
                     constants[id(x)] = x
-        for key in constants:
-            types[key] = half if readers[key] == {half} else FLOAT
+        for key, c in constants.items():  # a constant a body reads too stays float32: the body is not converted
+            types[key] = half if readers[key] == {half} and c.name not in in_bodies else FLOAT
         for c in (t for t in graph.tensors().values() if isinstance(t, gs.Constant) and _is_float32(t)):
             types.setdefault(id(c), FLOAT)
         return _Storage(types, frozenset(exempt))
@@ -243,7 +319,7 @@ class ToHalf:
             if x in ctx.graph.inputs:
                 x.dtype = _np(stored)
             if isinstance(x, gs.Constant) and stored == self.half and _is_float32(x):
-                x.values = np.asarray(x.values).astype(_np(self.half))
+                x.values = half_values(np.asarray(x.values), self.half)
             if stored != precision:
                 set_input(node, k, self._cast(x, precision, ctx))
         if precision == FLOAT:
@@ -263,9 +339,9 @@ class ToHalf:
             if (node.op == "Cast" and key == "to" and value == FLOAT) or (key == "dtype" and value == FLOAT):
                 node.attrs[key] = half
             elif isinstance(value, gs.Constant) and _is_float32(value):
-                node.attrs[key] = gs.Constant(value.name, np.asarray(value.values).astype(_np(half)))
+                node.attrs[key] = gs.Constant(value.name, half_values(np.asarray(value.values), half))
             elif isinstance(value, np.ndarray) and value.dtype == np.float32:
-                node.attrs[key] = value.astype(_np(half))
+                node.attrs[key] = half_values(value, half)
         if node.op in _WITH_STASH:
             node.attrs["stash_type"] = 1
 

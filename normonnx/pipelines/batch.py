@@ -128,6 +128,7 @@ def half_one(
     shapes=None,
     isolated: bool = True,
     target: str | None = None,
+    rescale: bool = True,
 ) -> FileResult:
     """``normonnx half SOURCE -o OUTPUT`` as one row (its onnxruntime runs are isolated either way)."""
 
@@ -135,12 +136,14 @@ def half_one(
         from normonnx.pipelines.half import half_file
 
         report = half_file(
-            source, output, dtype, keep_io_types=keep_io_types, inputs=inputs, shapes=shapes, target=target
-        )
+            source, output, dtype, keep_io_types=keep_io_types, inputs=inputs, shapes=shapes, target=target,
+            rescale=rescale,
+        )  # fmt: skip
         verdict, code = _verdict(report.parity, report.output is not None)
         return FileResult(
             source, report.output, verdict, code, kept=len(report.kept), max_error=_worst_error(report.parity),
-            message=f"{report.weight_bytes_half:.0%} of weight bytes in {dtype}"
+            message=f"{report.activations_half:.0%} of activations, {report.weight_bytes_half:.0%} of weight bytes"
+            f" in {dtype}"
             if report.output else (report.parity.summary() if report.parity else ""),
         )  # fmt: skip
 

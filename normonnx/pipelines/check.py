@@ -31,10 +31,12 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import TensorProto
 
 from normonnx.errors import UnusableInputError, first_line
 from normonnx.graph.modelio import has_external_data, load_model
 from normonnx.graph.opsets import runnable_copy
+from normonnx.graph.precision import with_float_type
 from normonnx.graph.quantized import quantized_ops
 from normonnx.isolation import IsolatedRunError
 from normonnx.reports.progress import phase
@@ -42,7 +44,7 @@ from normonnx.results import Bisection, CheckReport, Localization, ParityResult,
 from normonnx.validate import execute
 from normonnx.validate.align import Pair, align
 from normonnx.validate.bisect import bisect
-from normonnx.validate.faithful import NotSimulated, half_type
+from normonnx.validate.faithful import HALF_TYPES, NotSimulated, half_type, has_half_tensors
 from normonnx.validate.inputs import InputSpec, check_shape_names, input_specs, load_npz, save_npz
 from normonnx.validate.localize import first_divergence
 from normonnx.validate.parity import (
@@ -167,8 +169,11 @@ def check(
     baseline = _source(fp16_baseline) if fp16_baseline is not None else None
     if samples < 1:
         raise UnusableInputError(f"--samples {samples}: at least one input set is needed")
-    if (against is None) == (torch is None):
+    if against is not None and torch is not None:
         raise UnusableInputError("give exactly one reference: --against REF.onnx or --torch MODULE:FACTORY")
+    widened = against is None and torch is None
+    if widened:
+        against = widened_reference(candidate)
     where = require_runtime(runtime, provider)
     # Every model this check runs gets its runner from here: in child processes unless the check is
     # itself an isolated worker, each run stopped after ``timeout`` seconds.
@@ -186,6 +191,8 @@ def check(
     phase(f"reference run, {len(feeds)} input sets")
     _run_reference(ref, feeds, specs, checkpoint, gates)
     notes: list[str] = []
+    if widened:
+        notes.append("reference: the candidate widened exactly to float32 (no --against or --torch given)")
     cand.int8 = _int8_candidate(cand.proto, ref.proto)
     if cand.int8 and not optimize and runtime == "onnxruntime":
         # onnxruntime's int8 kernels exist only after its QDQ fusions: without them it computes in float.
@@ -222,6 +229,21 @@ def _candidate(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig
     """The candidate loaded and checked, run as asked (``--provider``, ``--optimize``)."""
     source, proto, name = _source(model)
     return Candidate(name, source, proto, runs.runner(source, config, label=name))
+
+
+def widened_reference(candidate: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
+    """A half model's own float32 reference: the model widened exactly (every fp16/bf16 value is a float32
+    value), so that the check says where the half model leaves its float32 meaning, overflow first."""
+    proto = candidate if isinstance(candidate, onnx.ModelProto) else load_model(candidate)
+    if not has_half_tensors(proto):
+        name = candidate if not isinstance(candidate, onnx.ModelProto) else proto.graph.name or "the model"
+        raise UnusableInputError(
+            f"{name}: give a reference, --against REF.onnx or --torch MODULE:FACTORY (only an fp16/bf16 model is"
+            " checked against its own float32 widening)"
+        )
+    widened = with_float_type(proto, TensorProto.FLOAT, HALF_TYPES)
+    widened.graph.name = f"{proto.graph.name or 'model'} widened to float32"
+    return widened
 
 
 def _reference(

@@ -179,6 +179,8 @@ def localization_lines(loc: Localization | None) -> list[str]:
     where = f" in module {d.module}" if d.module else ""
     if d.min_sqnr_db is not None and d.sqnr_db is not None:
         error = f"SQNR {d.sqnr_db:.1f} dB < {d.min_sqnr_db:g} dB (max|diff| {d.max_abs:.3g})"
+    elif d.nonfinite:
+        error = f"{d.nonfinite} values inf/NaN where the reference is finite"
     else:
         error = f"max|diff| {d.max_abs:.3g} > {d.threshold:.3g}"
     lines = [f"first divergence: node {d.node} ({d.op}){where}, output {d.tensor}: {error}; {compared}"]
@@ -353,13 +355,35 @@ def _int8_cell(r: ConvertReport) -> str:
     return f"{r.top1_int8:.2%}" if r.top1_int8 is not None else "held"
 
 
+SHOWN_REFUSALS = 3  # regions the terminal lists as not rescaled (the JSON report has every one)
+
+
+def _few(names, shown: int = 3) -> str:
+    """A few names and how many more."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def render_half(report: HalfReport) -> str:
     halves, linear = report.linear_ops_half
     lines = [
-        f"{report.dtype}: {report.weight_bytes_half:.1%} of weight bytes and {halves}/{linear} Conv/MatMul/Gemm"
-        f" in {report.dtype}; {len(report.kept)} nodes kept in float32",
+        f"{report.dtype}: {report.activations_half:.1%} of activation elements, {report.weight_bytes_half:.1%} of"
+        f" weight bytes and {halves}/{linear} Conv/MatMul/Gemm in {report.dtype}; {len(report.kept)} nodes kept"
+        " in float32",
         f"calibration: {report.calibration}",
     ]
+    for r in report.rescaled:
+        lines.append(
+            f"  rescaled by 2^-{r.k}: {_few(r.tensors)} (peak {r.peak:.3g} -> {r.peak * 2.0**-r.k:.3g}); the scale"
+            f" absorbed at {_few(r.boundary)}"
+        )
+    for r in report.rescale_refused[:SHOWN_REFUSALS]:
+        lines.append(f"  not rescaled (float32 instead): {_few(r.tensors)} (peak {r.peak:.3g}): {r.reason}")
+    if len(report.rescale_refused) > SHOWN_REFUSALS:
+        more = len(report.rescale_refused) - SHOWN_REFUSALS
+        lines.append(f"  and {more} more regions not rescaled (--report lists all)")
+    lines += [f"  search {step}" for step in report.search]
     reasons: dict[str, list[str]] = {}
     for k in report.kept:
         reasons.setdefault(k.reason, []).append(k.node)

@@ -80,7 +80,7 @@ def _divergence(name: str, stats, producers, modules) -> Divergence:
             inputs.append({"tensor": i, "agrees": bool(ri.passed), "max_abs": float(ri.max_abs)})
     return Divergence(
         node.name or name, node.op_type, name, float(r.max_abs), r.threshold, float(r.ref_max),
-        pair.reference, modules.get(name), inputs, r.sqnr_db, r.min_sqnr_db,
+        pair.reference, modules.get(name), inputs, r.sqnr_db, r.min_sqnr_db, r.nonfinite_mismatch,
     )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ cheap to derive (another label, another session setting) and no model stays in m
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -179,14 +180,33 @@ class FaithfulRunner:
         from normonnx.validate.faithful import faithful_copy
         from normonnx.validate.inputs import input_specs
 
-        simulated = faithful_copy(model)
+        self.simulated = faithful_copy(model)
         self.label = label
-        self._dtypes = {s.name: s.dtype for s in input_specs(simulated)}
-        self._runner = (options or RunOptions()).runner(simulated.SerializeToString(), SessionConfig(), label=label)
+        self._dtypes = {s.name: s.dtype for s in input_specs(self.simulated)}
+        serialized = self.simulated.SerializeToString()
+        self._runner = (options or RunOptions()).runner(serialized, SessionConfig(), label=label)
+
+    def _cast(self, feed: Feed) -> Feed:
+        return {k: v.astype(self._dtypes[k]) for k, v in feed.items() if k in self._dtypes}
 
     def infer(self, feeds: Sequence[Feed]) -> list[Outputs]:
-        cast = [{k: v.astype(self._dtypes[k]) for k, v in f.items() if k in self._dtypes} for f in feeds]
-        return self._runner.infer(cast)
+        return self._runner.infer([self._cast(f) for f in feeds])
+
+    def simulated_name(self, tensor: str) -> str:
+        """The simulation's name for the half model's ``tensor``: its value as stored (rounded to the half type)."""
+        return f"{tensor}__f32" if f"{tensor}__f32" in self._names else tensor
+
+    @functools.cached_property
+    def _names(self) -> frozenset[str]:
+        return frozenset(o for n in self.simulated.graph.node for o in n.output)
+
+    def compare_intermediates(
+        self, reference: OnnxruntimeRunner, feed: Feed, pairs: Sequence[tuple[str, str]], gate: Gate | None = None
+    ) -> list[OutputResult | None]:
+        """Each (tensor of the half model, tensor of the float32 ``reference``) pair compared as the half model
+        stores it (``OnnxruntimeRunner.compare_intermediates``)."""
+        named = [(self.simulated_name(c), r) for c, r in pairs]
+        return self._runner.compare_intermediates(reference, self._cast(feed), feed, named, gate)
 
 
 @dataclass(frozen=True)
