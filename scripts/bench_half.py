@@ -160,11 +160,11 @@ def converters(dtype: str, folder: Path, corpus: bool) -> dict:
 
         tools["onnxconverter-common"] = lambda m, p, f: float16.convert_float_to_float16(m, keep_io_types=True)
         if not corpus:  # it runs the model once per bisection step: minutes on a corpus file
-            mixed = auto_mixed_precision.auto_convert_mixed_precision
-            tools["onnxconverter-common auto mixed"] = lambda m, p, f: mixed(m, f[0], rtol=1e-2, atol=1e-2,
-                                                                              keep_io_types=True)  # fmt: skip
-    if importlib.util.find_spec("modelopt"):
-        tools["ModelOpt AutoCast"] = lambda m, p, f: _autocast(p, _npz(f, folder))
+            tools["onnxconverter-common auto mixed"] = lambda m, p, f: _quietly(
+                auto_mixed_precision.auto_convert_mixed_precision, m, f[0], rtol=1e-2, atol=1e-2, keep_io_types=True
+            )
+    if importlib.util.find_spec("modelopt"):  # its calibration data: one input set, at the model's shapes
+        tools["ModelOpt AutoCast"] = lambda m, p, f: _autocast(p, _npz(f[:1], folder))
     return tools
 
 
@@ -173,6 +173,15 @@ def _npz(feeds: list[dict], folder: Path) -> str:
     path = folder / f"feeds_{abs(hash(tuple(sorted(feeds[0])))) % 10**8}_{len(feeds)}.npz"
     np.savez(path, **{k: np.stack([f[k] for f in feeds]) if len(feeds) > 1 else feeds[0][k] for k in feeds[0]})
     return str(path)
+
+
+def _quietly(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with what it prints to stdout dropped (the results are the script's output)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args, **kwargs)
 
 
 def _autocast(path: Path, npz: str) -> onnx.ModelProto:

@@ -31,15 +31,20 @@ def with_float_type(
     model: onnx.ModelProto, elem_type: int, sources: tuple[int, ...] = (TensorProto.FLOAT,)
 ) -> onnx.ModelProto:
     """A copy of ``model`` with every tensor, input, output, Cast and constant of a ``sources`` type made
-    ``elem_type``."""
+    ``elem_type``, in If/Loop/Scan bodies too."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    g = out.graph
+    _convert_graph(out.graph, elem_type, sources, top=True)
+    return out
+
+
+def _convert_graph(g: onnx.GraphProto, elem_type: int, sources: tuple[int, ...], top: bool) -> None:
     keep = {n.input[i] for n in g.node for (op, i) in _KEEP_FLOAT32 if n.op_type == op and len(n.input) > i}
     converted = [t if t.name in keep else _tensor_as(t, elem_type, sources) for t in g.initializer]
     del g.initializer[:]
     g.initializer.extend(converted)
-    for vi in [*g.input, *g.output]:
+    # A body's value_info is kept (typed anew) only where it declares a type: onnx needs its inputs' types.
+    for vi in [*g.input, *g.output, *([] if top else g.value_info)]:
         tt = vi.type.tensor_type
         if vi.name not in keep and tt.elem_type in sources:
             tt.elem_type = elem_type
@@ -53,8 +58,10 @@ def with_float_type(
                 and not (node.op_type == "Constant" and node.output[0] in keep)
             ):
                 a.t.CopyFrom(_tensor_as(a.t, elem_type, sources))
-    del g.value_info[:]
-    return out
+            for body in [a.g] if a.HasField("g") else list(a.graphs):
+                _convert_graph(body, elem_type, sources, top=False)
+    if top:
+        del g.value_info[:]
 
 
 def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -63,6 +63,9 @@ _CARRY: dict[str, tuple[int, ...] | None] = {
         (0,),
     ),
 }  # fmt: skip
+# Values a carrier keeps in attributes that scale with its data (Clip before opset 11, Pad before 11, Resize's
+# tf_crop_and_resize fill): scaled with them.
+_SCALED_ATTRIBUTES = {"Clip": ("min", "max"), "Pad": ("value",), "Resize": ("extrapolation_value",)}
 # Ops whose output the scale of their input does not reach (the value read is unaffected by it).
 _BLIND = {"Shape", "Size", "ArgMax", "ArgMin"}
 # Normalization ops: their statistics absorb the input's scale; these inputs carry the output's.
@@ -168,39 +171,37 @@ class _Grower:
         self.cores = cores
 
     def grow(self, start: gs.Tensor) -> tuple[dict[str, gs.Tensor], str | None]:
+        """The tensors that must share ``start``'s scale, and the first reason they cannot (the walk goes on past
+        it, so that a refused region is named once, whichever of its tensors it is found from)."""
         members: dict[str, gs.Tensor] = {start.name: start}
-        queue = [start]
+        queue, first_problem = [start], None
         while queue:
             t = queue.pop()
             joined, problem = self._neighbours(t)
-            if problem:
-                return members, problem
+            first_problem = first_problem or problem
             for u in joined:
                 if u.name not in members:
                     members[u.name] = u
                     queue.append(u)
-        return members, None
+        return members, first_problem
 
     def _neighbours(self, t: gs.Tensor) -> tuple[list[gs.Tensor], str | None]:
-        """The tensors that must carry ``t``'s scale, or why ``t`` cannot carry one."""
+        """The tensors that must carry ``t``'s scale, and why ``t`` cannot carry one (None: it can)."""
+        problems: list[str | None] = []
         if id(t) in self.outputs:
-            return [], f"'{t.name}' is a graph output"
-        if id(t) in self.inputs or not t.inputs:
-            return [], f"'{t.name}' is a graph input"
+            problems.append(f"'{t.name}' is a graph output")
         if t.name in self.in_bodies:
-            return [], f"'{t.name}' is read inside an If/Loop/Scan body"
+            problems.append(f"'{t.name}' is read inside an If/Loop/Scan body")
         joined: list[gs.Tensor] = []
-        writer = t.inputs[0]
-        if id(writer) in self.cores:
-            return [], f"'{t.name}' is written by a decomposed normalization ({describe(writer)})"
-        problem = self._writes(writer, t, joined)
-        if problem:
-            return [], problem
-        for reader in t.outputs:
-            problem = self._reads(reader, t, joined)
-            if problem:
-                return [], problem
-        return joined, None
+        writer = t.inputs[0] if t.inputs else None
+        if id(t) in self.inputs or writer is None:
+            problems.append(f"'{t.name}' is a graph input")
+        elif id(writer) in self.cores:
+            problems.append(f"'{t.name}' is written by a decomposed normalization ({describe(writer)})")
+        else:
+            problems.append(self._writes(writer, t, joined))
+        problems += [self._reads(reader, t, joined) for reader in t.outputs]
+        return joined, next((p for p in problems if p), None)
 
     def _writes(self, node: gs.Node, t: gs.Tensor, joined: list[gs.Tensor]) -> str | None:
         if node.op in LINEAR_OPS or node.op in ("Mul", "Div"):
@@ -230,7 +231,11 @@ class _Grower:
         if node.op in _BLIND:
             return None
         if node.op in _NORM_AFFINE:
-            return None if node.inputs[0] is t else f"{node.op} {describe(node)} takes '{t.name}' as a parameter"
+            if node.inputs[0] is not t:
+                return f"{node.op} {describe(node)} takes '{t.name}' as a parameter"
+            if node.op == "BatchNormalization" and not all(is_constant(x) for x in node.inputs[3:5]):
+                return f"BatchNormalization {describe(node)} with computed statistics reads '{t.name}'"
+            return None
         if node.op in LINEAR_OPS or node.op in ("Mul", "Div"):
             position = _weight_position(node)
             if position is None:
@@ -325,6 +330,7 @@ def _boundary_edits(graph: gs.Graph, plan: RescalePlan, cores: dict[int, MomentN
             edits.append(ScaledInput(0, s_out))
         else:
             edits += [ScaledInput(k, s_out) for k in _carried(node) if is_constant(node.inputs[k])]
+            edits += [ScaledInput(-1, s_out, a) for a in _SCALED_ATTRIBUTES.get(node.op, ()) if a in node.attrs]
         edits = [e for e in edits if e.factor != 1.0]
         if edits:
             plan.edits.setdefault(describe(node), []).extend(edits)
@@ -372,9 +378,9 @@ class RescaleStreams:
     def rewrite(self, plan: _Edits, ctx: PassContext) -> str:
         node = plan.node
         for edit in plan.edits:
-            if edit.attribute:
-                default = 1e-5
-                node.attrs[edit.attribute] = float(np.float32(node.attrs.get(edit.attribute, default)) * edit.factor)
+            if edit.attribute:  # epsilon has a default (1e-5 for every normalization op); the others are present
+                value = node.attrs.get(edit.attribute, 1e-5)
+                node.attrs[edit.attribute] = float(np.float32(value) * np.float32(edit.factor))
                 continue
             x = node.inputs[edit.index]
             value = np.asarray(constant_value(x))

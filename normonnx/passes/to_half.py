@@ -49,9 +49,10 @@ from normonnx.recognize.moments import match_core, match_shifted
 FLOAT = TensorProto.FLOAT
 HALF_MAX = {TensorProto.FLOAT16: 65504.0, TensorProto.BFLOAT16: 3.3895e38}
 RANGE_MARGIN = 8.0
-# A constant this large is a mask (finfo(float32).min before a Softmax), not a value: it is stored as the
-# half type's largest finite value, which masks the same.
+# A constant this large is a mask (finfo(float32).min before a Softmax), not a value: it is stored as a quarter
+# of the half type's largest finite value (``mask_fill``), which masks the same.
 MASK_MAGNITUDE = 1e30
+MASK_HEADROOM = 4.0
 # Ops through which a mask value reaches attention scores (Where(cond, min, 0), Expand, the Add to the scores).
 _MASK_CARRIERS = {"Where", "Add", "Sub", "Expand", "Reshape", "Unsqueeze", "Slice", "Cast", "Mul", "Min", "Max",
                   "Identity", "Concat", "Tile"}  # fmt: skip
@@ -90,16 +91,26 @@ def _reduced_length(node: gs.Node) -> int | None:
     return int(np.prod([shape[a] for a in axes])) if axes else int(np.prod(shape))
 
 
+def mask_fill(half: int) -> float:
+    """What a mask value is stored as in ``half``: a quarter of its largest finite value, so that two masks
+    and a score added together still fit (at the largest value itself they add up to -inf)."""
+    return HALF_MAX[half] / MASK_HEADROOM
+
+
 def half_values(values: np.ndarray, half: int) -> np.ndarray:
-    """``values`` in the half type, a mask value beyond its range (finfo(float32).min) at its largest finite."""
-    top = HALF_MAX[half]
+    """``values`` in the half type: a mask value (finite, ``MASK_MAGNITUDE`` or more) at ``mask_fill``, any
+    other beyond the range at its largest finite value."""
+    top, fill = HALF_MAX[half], mask_fill(half)
+    values = np.asarray(values)
     with np.errstate(invalid="ignore"):
-        return np.where(np.isfinite(values), np.clip(values, -top, top), values).astype(_np(half))
+        finite = np.isfinite(values)
+        masked = finite & (np.abs(values) >= MASK_MAGNITUDE)
+        stored = np.where(masked, np.sign(values) * fill, np.where(finite, np.clip(values, -top, top), values))
+    return stored.astype(_np(half))
 
 
 def masks(graph: gs.Graph, half: int) -> list[str]:
-    """The float constants holding a finite value of at least ``MASK_MAGNITUDE``: stored at the half type's
-    largest finite value."""
+    """The float constants holding a finite value of at least ``MASK_MAGNITUDE``: stored at ``mask_fill``."""
     found = []
     for t in graph.tensors().values():
         if isinstance(t, gs.Constant) and _is_float32(t) and _beyond(t.values, MASK_MAGNITUDE):
@@ -183,7 +194,7 @@ def read_by_bodies(graph: gs.Graph) -> set[str]:
 
 def carries_mask(t: gs.Tensor) -> bool:
     """Whether ``t`` is computed from a mask constant (finfo(float32).min added to attention scores): with the
-    mask stored at the half type's largest value it masks the same in half, so its range says nothing."""
+    mask stored at ``mask_fill`` it masks the same in half, so its range says nothing."""
     seen, stack = set(), [t]
     while stack:
         x = stack.pop()

@@ -299,11 +299,18 @@ def _run_candidate(
     where = config.where
     log.info("running the candidate on %s", where)
     cand.faithful = _half_judged_faithfully(cand.proto, ref.proto, where, evaluator)
+    simulated = None
+    if cand.faithful:
+        try:
+            simulated = runs.faithful(cand.proto, label=f"{cand.name} (half-faithful)")
+        except NotSimulated as e:
+            cand.faithful = False
+            notes.append(f"{e}: judged on onnxruntime's CPU instead, which computes fp16 ops in float32")
     if cand.faithful and config.runtime != "onnxruntime":
         notes.append(f"judged by normonnx's half-faithful evaluator (--evaluator faithful): {where} did not run it")
     try:
-        if cand.faithful:
-            outputs = runs.faithful(cand.proto, label=f"{cand.name} (half-faithful)").infer(feeds)
+        if simulated is not None:
+            outputs = simulated.infer(feeds)
         else:
             outputs = cand.runner.infer(cand.feeds)
     except IsolatedRunError as e:

@@ -32,7 +32,7 @@ from normonnx.graph.precision import with_float_type
 from normonnx.graph.shapes import inferred
 from normonnx.passes import FoldOptions
 from normonnx.passes.registry import raise_pipeline
-from normonnx.passes.to_half import HALF_MAX, RANGE_MARGIN, masks, plan_float32
+from normonnx.passes.to_half import HALF_MAX, RANGE_MARGIN, mask_fill, masks, plan_float32
 from normonnx.pipelines._island_search import search_islands
 from normonnx.pipelines._rescaling import rescaled
 from normonnx.pipelines.emit import newest_opset
@@ -243,10 +243,6 @@ def _converted(proto, folded, source, dtype, half, keep_io_types, inputs_npz, sh
     graph = prepare_graph(model, always_infer=True)
     kept = plan_float32(graph, ranges, half, float32_statistics)
     clamped = masks(graph, half)
-    if clamped:
-        shown = ", ".join(clamped[:3]) + (f" and {len(clamped) - 3} more" if len(clamped) > 3 else "")
-        largest = f"{HALF_MAX[half]:.5g}"
-        report.notes.append(f"mask constants stored at the {dtype} largest finite value ({largest}): {shown}")
     refs = options.runner(proto.SerializeToString(), label=source).infer(feeds)
     try:
         plain_out = options.faithful(with_float_type(proto, half), label="plain cast").infer(feeds)
@@ -254,6 +250,11 @@ def _converted(proto, folded, source, dtype, half, keep_io_types, inputs_npz, sh
     except Exception as e:
         report.notes.append(f"a plain cast of the model does not run ({str(e).splitlines()[0][:120]})")
     out = search_islands(model, model_runner, kept, half, keep_io_types, refs, feeds, options, report)
+    stored = [t.name for t in out.graph.initializer if t.name in set(clamped) and t.data_type == half]
+    if stored:
+        shown = ", ".join(stored[:3]) + (f" and {len(stored) - 3} more" if len(stored) > 3 else "")
+        report.notes.append(f"mask constants stored as {-mask_fill(half):.5g} in {dtype} (a quarter of its lowest"
+                            f" finite value, so that masks add up without reaching -inf): {shown}")  # fmt: skip
     report.kept = sorted(kept.values(), key=lambda k: k.node)
     shares = precision_shares(out, half, {k: v.shape for k, v in feeds[0].items()})
     report.weight_bytes_half, report.linear_ops_half = shares.weight_bytes, shares.linear_ops

@@ -151,7 +151,7 @@ def render_check(report: CheckReport) -> str:
     lines.append(table(("output", "max abs", "max rel", "cosine", "p99 abs", "threshold", "result"), rows))
     if report.fp16_baseline is not None:
         base = ", ".join(f"{o.name} {o.max_abs:.3g}" for o in report.fp16_baseline.outputs)
-        lines.append(f"unmodified fp16 model's error: {base} (the candidate may be at most 2x)")
+        lines.append(f"the unmodified half model's error: {base} (the candidate may be at most 2x)")
     lines += bisection_lines(report.bisection)
     lines += localization_lines(report.localization)
     lines += [f"note: {n}" for n in report.notes]

@@ -187,7 +187,8 @@ def sets_from_arrays(
     stacked = first.shape is not None and arrays[first.name].ndim == len(first.shape) + 1
     count = arrays[first.name].shape[0] if stacked else 1
     for k in range(count):
-        sets.append({s.name: (arrays[s.name][k] if stacked else arrays[s.name]).astype(s.dtype) for s in specs})
+        # np.asarray: one set of a stacked scalar input (silero's sample rate) is an array, not a numpy scalar
+        sets.append({s.name: np.asarray(arrays[s.name][k] if stacked else arrays[s.name], s.dtype) for s in specs})
     for spec in specs:
         _check_fixed_dims(path, spec, sets[0][spec.name].shape)
     return sets

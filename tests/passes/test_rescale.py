@@ -155,3 +155,35 @@ def test_an_embedding_table_writes_the_stream():
     np.testing.assert_array_equal(_init(out, "table__rescaled"), table * s)
     feeds = {"ids": np.array([[0, 3, 7, 15, 2]], np.int64)}
     np.testing.assert_allclose(run_model(out, feeds)["y"], run_model(model, feeds)["y"], rtol=1e-5, atol=1e-4)
+
+
+def test_clip_bounds_given_as_attributes_are_scaled_with_the_stream():
+    """Clip before opset 11 keeps its bounds in attributes: unscaled, clip(s*x, M) != s*clip(x, M) past M."""
+    rng = np.random.default_rng(4)
+    b = GraphBuilder(opset=10)
+    x = b.input("x", [2, C])
+    stream = b.node("MatMul", [x, b.weight(rng.standard_normal((C, C)) * 6000, "w")], name="writer")
+    clipped = b.node("Clip", [stream], name="clip", min=-40000.0, max=40000.0)
+    b.output(b.node("MatMul", [clipped, b.weight(rng.standard_normal((C, 3)) * 1e-3, "head")], outputs=["y"]))
+    model = b.model()
+    plan, out = _rescaled(model)
+    assert len(plan.regions) == 1, plan.refused
+    clip = next(n for n in out.graph.node if n.op_type == "Clip")
+    bounds = {a.name: a.f for a in clip.attribute}
+    s = 2.0 ** -plan.regions[0].k
+    assert bounds == {"min": pytest.approx(-40000.0 * s), "max": pytest.approx(40000.0 * s)}
+    beyond = {"x": feeds_for(model)[0]["x"] * 4}  # past the bounds, where the calibration never went
+    np.testing.assert_allclose(run_model(out, beyond)["y"], run_model(model, beyond)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_batchnorm_with_computed_statistics_refuses_the_region_it_reads():
+    rng = np.random.default_rng(5)
+    b = GraphBuilder(opset=15)
+    x = b.input("x", [2, C, 4, 4])
+    h = b.node("Conv", [x, b.weight(rng.standard_normal((C, C, 1, 1)) * 3000, "w")], name="writer")
+    mean = b.node("ReduceMean", [x], axes=[0, 2, 3], keepdims=0)
+    bn_inputs = [h, b.weight(np.ones(C)), b.weight(np.zeros(C)), mean, b.weight(np.full(C, 1e6))]
+    normed = b.node("BatchNormalization", bn_inputs, name="bn")
+    b.output(b.node("Conv", [normed, b.weight(rng.standard_normal((2, C, 1, 1)))], outputs=["y"]))
+    plan, _ = _rescaled(b.model())
+    assert not plan.regions and "computed statistics" in plan.refused[0].reason

@@ -276,3 +276,28 @@ def test_layernorm_statistics_outputs_stay_float32(tmp_path):
     assert report.passed, report.to_dict()
     types = {o.name: o.type.tensor_type.elem_type for o in onnx.load(tmp_path / "ln3.fp16.onnx").graph.output}
     assert types == {"y": TensorProto.FLOAT16, "mean": TensorProto.FLOAT, "inv_std": TensorProto.FLOAT}
+
+
+def test_an_fp16_model_with_if_bodies_is_widened_into_its_bodies_repaired_and_checked(tmp_path):
+    rng = np.random.default_rng(1)
+    c1 = numpy_helper.from_array(rng.standard_normal(4).astype(np.float16), "c1")
+    then = helper.make_graph([helper.make_node("Add", ["h", "c1"], ["t"])], "t", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT16, [2, 4])], [c1])  # fmt: skip
+    other = helper.make_graph([helper.make_node("Neg", ["h"], ["e"])], "e", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT16, [2, 4])])  # fmt: skip
+    w = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float16), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 4]),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 4])], [w],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "if16.onnx")
+    report = half_file(tmp_path / "if16.onnx", tmp_path / "repaired.onnx")
+    assert report.passed and any("widened exactly" in n for n in report.notes), report.to_dict()
+    assert check(tmp_path / "if16.onnx").passed
+    x = rng.standard_normal((2, 4)).astype(np.float16)
+    expected = x.astype(np.float32) @ numpy_helper.to_array(w).astype(np.float32) + numpy_helper.to_array(c1)
+    got = run_model(onnx.load(tmp_path / "repaired.onnx"), {"x": x, "c": np.array(True)})["y"]
+    np.testing.assert_allclose(got.astype(np.float32), expected, rtol=1e-2, atol=1e-2)

@@ -205,29 +205,43 @@ def test_the_search_keeps_the_nodes_at_fault_in_float32_until_the_gate_holds():
 
 
 def masked_attention() -> onnx.ModelProto:
-    """Scores + Where(causal, 0, finfo(float32).min) -> Softmax, as transformers' LLaMA writes its mask."""
+    """Scores + Where(causal, 0, finfo(float32).min) + (1 - keep) * finfo(float32).min -> Softmax: the causal
+    and the padding mask as transformers' decoders write them."""
     rng = np.random.default_rng(0)
+    lowest = np.array(np.finfo(np.float32).min, np.float32)
     b = GraphBuilder(opset=18)
     x = b.input("x", [1, 6, 8])
+    keep = b.input("keep", [1, 1, 1, 6], np.bool_)
     q = b.node("MatMul", [x, b.weight(rng.standard_normal((8, 8)))])
     scores = b.node("MatMul", [q, b.node("Transpose", [x], perm=[0, 2, 1])])
     causal = b.const(np.tril(np.ones((6, 6), bool)))
-    mask = b.node("Where", [causal, b.weight(np.zeros(1)), b.weight(np.array([np.finfo(np.float32).min]))])
-    probs = b.node("Softmax", [b.node("Add", [scores, mask])], axis=-1)
+    scores = b.node("Add", [scores, b.node("Where", [causal, b.weight(np.zeros(1)), b.weight(lowest[None])])])
+    dropped = b.node("Sub", [b.weight(np.ones(1)), b.node("Cast", [keep], to=TensorProto.FLOAT)])
+    scores = b.node("Add", [scores, b.node("Squeeze", [b.node("Mul", [dropped, b.weight(lowest)]),
+                                                      b.const(np.array([0], np.int64))])])  # fmt: skip
+    probs = b.node("Softmax", [scores], axis=-1)
     b.node("MatMul", [probs, x], outputs=["y"])
     b.output("y", [1, 6, 8])
     return b.model()
 
 
-def test_a_mask_constant_is_stored_at_the_half_maximum_and_nothing_leaks_to_stderr(tmp_path):
+def test_masks_are_stored_with_headroom_and_nothing_leaks_to_stderr(tmp_path):
     onnx.save(masked_attention(), tmp_path / "masked.onnx")
-    r = run_cli_process("half", tmp_path / "masked.onnx", "-o", tmp_path / "masked16.onnx")
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.standard_normal((1, 6, 8)).astype(np.float32), "keep": np.array([[[[1, 1, 1, 1, 0, 0]]]], bool)}
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    r = run_cli_process("half", tmp_path / "masked.onnx", "-o", tmp_path / "masked16.onnx", "--inputs",
+                        tmp_path / "feeds.npz")  # fmt: skip
     assert r.code == 0, r.out + r.err
     assert r.err == ""
-    assert "mask constants stored at the fp16 largest finite value (65504)" in r.out
-    lowest = min(float(numpy_helper.to_array(t).min()) for t in onnx.load(tmp_path / "masked16.onnx").graph.initializer
+    assert "mask constants stored as -16376 in fp16" in r.out
+    written = onnx.load(tmp_path / "masked16.onnx")
+    lowest = min(float(numpy_helper.to_array(t).min()) for t in written.graph.initializer
                  if t.data_type == TensorProto.FLOAT16)  # fmt: skip
-    assert lowest == -65504.0
+    assert lowest == -16376.0
+    # Padded rows (every key of the last two queries but their own masked twice): finite and accurate.
+    error, finite = _true_half_error(written, masked_attention(), feeds)
+    assert finite and error <= GATE, error
 
 
 def plain_instancenorm() -> onnx.ModelProto:
