@@ -47,7 +47,7 @@ from normonnx.graph.access import constant_value, describe, is_constant
 from normonnx.graph.edit import set_input
 from normonnx.passes.rules import NO_FAMILY, NodePlan, PassContext
 from normonnx.passes.to_half import MASK_MAGNITUDE, carries_mask, read_by_bodies
-from normonnx.recognize.moments import MomentNorm, match_core, match_shifted
+from normonnx.recognize.moments import MomentNorm, anchored_core
 
 # Ops through which a scale passes unchanged: op -> the input positions that carry it (None: all).
 _CARRY: dict[str, tuple[int, ...] | None] = {
@@ -151,13 +151,9 @@ def _norm_cores(graph: gs.Graph) -> dict[int, MomentNorm]:
     """Every decomposed normalization core, keyed by the id of each of its nodes."""
     cores: dict[int, MomentNorm] = {}
     for node in graph.nodes:
-        core = match_core(node) if node.op in ("Div", "Mul") else None
-        if core is None and node.op == "Add":
-            shifted = match_shifted(node)
-            core = shifted[0] if shifted else None
-        if core is not None:
-            for n in core.nodes:
-                cores.setdefault(id(n), core)
+        core = anchored_core(node)
+        for n in core.nodes if core is not None else ():
+            cores.setdefault(id(n), core)
     return cores
 
 

@@ -44,7 +44,7 @@ from normonnx.families import LINEAR_OPS
 from normonnx.graph.access import bodies, describe, static_shape
 from normonnx.graph.edit import bypass, redirect, set_input, set_outputs
 from normonnx.passes.rules import NO_FAMILY, NodePlan, PassContext
-from normonnx.recognize.moments import match_core, match_shifted
+from normonnx.recognize.moments import anchored_core
 
 FLOAT = TensorProto.FLOAT
 HALF_MAX = {TensorProto.FLOAT16: 65504.0, TensorProto.BFLOAT16: 3.3895e38}
@@ -158,10 +158,7 @@ def plan_float32(
             if n is None or n >= LONG_AXIS:
                 keep(node, f"{node.op} over {'an axis of unknown length' if n is None else f'{n} elements'}")
     for node in graph.nodes:  # decomposed normalizations: statistics through the normalizing node
-        core = match_core(node) if node.op in ("Div", "Mul") else None
-        if core is None and node.op == "Add":
-            shifted = match_shifted(node)
-            core = shifted[0] if shifted else None
+        core = anchored_core(node)
         if core is not None:
             for n in core.nodes:
                 keep(n, f"statistics of a decomposed normalization (anchored at {describe(core.anchor or node)})")

@@ -38,7 +38,7 @@ from normonnx.pipelines._rescaling import rescaled
 from normonnx.pipelines.emit import newest_opset
 from normonnx.pipelines.fold import fold
 from normonnx.recognize.classify import classify, instancenorm_view
-from normonnx.recognize.moments import match_core
+from normonnx.recognize.moments import anchored_core
 from normonnx.reports.progress import phase
 from normonnx.results import HalfReport
 from normonnx.targets import Target
@@ -175,7 +175,7 @@ def decomposed_families(model: onnx.ModelProto) -> set[str]:
     for node in graph.nodes:
         if node.op == "InstanceNormalization" and instancenorm_view(node) is not None:
             found.add("groupnorm")
-        core = match_core(node) if node.op in ("Div", "Mul") else None
+        core = anchored_core(node)
         if core is not None:
             found.add(classify(core).family)
     return found

@@ -284,6 +284,16 @@ def match_shifted(node: gs.Node) -> tuple[MomentNorm, np.ndarray | None, np.ndar
     return None
 
 
+def anchored_core(node: gs.Node) -> MomentNorm | None:
+    """The core anchored at ``node`` in any spelling: its normalizing Div/Mul, or tf2onnx's last Add."""
+    if node.op in ("Div", "Mul"):
+        return match_core(node)
+    if node.op == "Add":
+        shifted = match_shifted(node)
+        return shifted[0] if shifted else None
+    return None
+
+
 @dataclass
 class Affine:
     """Constant Mul / Add after a normalized tensor (either may be absent)."""
