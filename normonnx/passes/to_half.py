@@ -5,14 +5,21 @@ Every float32 tensor goes to fp16 or bf16, except where half arithmetic is known
 * normalization statistics. LayerNormalization, GroupNormalization-21 and RMSNormalization-23
   run in half with ``stash_type=1`` (the spec computes their statistics in float32); every
   other normalization op (InstanceNormalization, a BatchNormalization that did not fold,
-  GroupNormalization-18) and every decomposed form the recognizer knows (LayerNorm, RMSNorm,
+  GroupNormalization-18, unless the deployment target's kernel keeps its statistics in float32:
+  ``float32_statistics``) and every decomposed form the recognizer knows (LayerNorm, RMSNorm,
   GroupNorm and InstanceNorm written out, the E[x^2] - E[x]^2 and tf2onnx's moments forms) is
   an fp32 island from the reduction's input to the normalized output; the affine after it
   runs in half;
 * Pow and Exp (they overflow fp16 from modest inputs), and Softmax and sum reductions over an
   axis of ``LONG_AXIS`` or more (or of unknown length);
 * any tensor a float32 calibration run sees above the half type's largest value over
-  ``RANGE_MARGIN``: its producer and its readers run in float32.
+  ``RANGE_MARGIN`` (after ``passes.rescale`` carried what it could at a power-of-two scale): its
+  producer and its readers run in float32; a tensor that is that large only because it carries an
+  attention mask does not count;
+* a reader of a constant beyond the half range that is no mask; an If/Loop/Scan node (its body is not
+  converted), and what its body reads from outside.
+
+A mask constant (finite, ``MASK_MAGNITUDE`` or more: finfo(float32).min) is stored at ``mask_fill``.
 
 Islands next to each other merge (a cheap node between two fp32 islands joins them), a Cast
 pair that only round-trips is cancelled, and a constant is stored once, in the type its readers

@@ -1,14 +1,18 @@
-"""``normonnx half``: a float32 model in fp16 or bf16 whose normalizations never overflow, verified in
+"""``normonnx half``: a float32 (or half) model in fp16 or bf16 that does not overflow, verified in
 half-faithful arithmetic.
 
-The model's normalizations are folded first (a BatchNorm folded into its conv has no statistics left to protect),
-calibrated in float32 on seeded inputs (or ``--inputs``) to find the tensors beyond the half
-type's range, converted by ``passes.to_half`` and judged by ``validate.faithful``: every op
-computed as a GPU computes it (float32 inside, every half tensor rounded as it is stored), not
-as onnxruntime's CPU provider does (fp32 behind casts it inserts, which hides overflow). The
-gate (DESIGN.md section 5): finite wherever the float32 model is, max|diff| <= 1e-2 *
-max(1, max|ref|), and no more than twice the error of a plain cast of the same model where that
-one is finite. Nothing is written unless the gate holds.
+A model already in fp16/bf16 is widened exactly to float32 first: that is the reference. Its
+normalizations are folded (a BatchNorm folded into its conv has no statistics left to protect), and
+the ones written out as subgraphs are raised to their op with stash_type where the target takes it
+(statistics in float32 by the spec, the op in half). It is calibrated in float32 on seeded inputs (or
+``--inputs``); tensors beyond the half type's range are carried at a power-of-two scale where their
+region allows (``passes.rescale``, proven in float32 by ``_rescaling``) and kept as float32 islands
+where it does not; ``passes.to_half`` converts the rest, and ``validate.faithful`` judges it: every op
+computed as a GPU computes it (float32 inside, every half tensor rounded as it is stored), not as
+onnxruntime's CPU provider does (fp32 behind casts it inserts, which hides overflow). While the gate
+(DESIGN.md section 5: finite wherever the float32 model is, max|diff| <= 1e-2 * max(1, max|ref|), and
+no more than twice the error of a plain cast where that one is finite) fails, ``_island_search`` keeps
+the nodes at fault in float32. Nothing is written unless the gate holds.
 """
 
 from __future__ import annotations
