@@ -111,6 +111,22 @@ def numpy_dtype(dtype) -> np.dtype | None:
     return np.dtype(dtype)
 
 
+def is_float32(tensor: gs.Tensor) -> bool:
+    """Whether ``tensor`` is known to hold float32."""
+    return numpy_dtype(tensor.dtype) == np.float32
+
+
+def read_from_outside(node: gs.Node) -> list[gs.Tensor]:
+    """The tensors the If/Loop/Scan bodies of ``node`` (at any depth) read from outside them."""
+    graphs = []
+    for value in node.attrs.values():
+        for body in value if isinstance(value, list) else [value]:
+            if isinstance(body, gs.Graph):
+                graphs += [body, *bodies(body)]
+    inside = {id(t) for g in graphs for n in g.nodes for t in n.outputs} | {id(t) for g in graphs for t in g.inputs}
+    return [t for g in graphs for n in g.nodes for t in n.inputs if t.name and id(t) not in inside]
+
+
 def onnx_dtype(dtype) -> int | None:
     """graphsurgeon's dtype as an ONNX TensorProto enum (None when unknown)."""
     if dtype is None:

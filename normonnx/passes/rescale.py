@@ -43,7 +43,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from normonnx.families import LINEAR_OPS
-from normonnx.graph.access import constant_value, describe, is_constant
+from normonnx.graph.access import constant_value, describe, is_constant, is_float32
 from normonnx.graph.edit import set_input
 from normonnx.passes.rules import NO_FAMILY, NodePlan, PassContext
 from normonnx.passes.to_half import MASK_MAGNITUDE, carries_mask, read_by_bodies
@@ -115,19 +115,15 @@ class RescalePlan:
         return {name: peak * self.scales.get(name, 1.0) for name, peak in ranges.items()}
 
 
-def _is_float(t: gs.Tensor) -> bool:
-    return t.dtype is not None and np.dtype(t.dtype) == np.float32
-
-
 def _carried(node: gs.Node) -> list[int]:
     """The positions of ``node``'s inputs that carry a scale through it (empty: not a carrier)."""
-    if node.op == "Cast" and not (node.outputs and _is_float(node.outputs[0]) and _is_float(node.inputs[0])):
+    if node.op == "Cast" and not (node.outputs and is_float32(node.outputs[0]) and is_float32(node.inputs[0])):
         return []
     if node.op not in _CARRY:
         return []
     wanted = _CARRY[node.op]
     positions = range(len(node.inputs)) if wanted is None else [k for k in wanted if k < len(node.inputs)]
-    return [k for k in positions if node.inputs[k].name and _is_float(node.inputs[k])]
+    return [k for k in positions if node.inputs[k].name and is_float32(node.inputs[k])]
 
 
 def _weight_position(node: gs.Node) -> int | None:
@@ -267,7 +263,7 @@ def plan_rescale(graph: gs.Graph, ranges: dict[str, float], limit: float) -> Res
     # that carries an attention mask (finfo(float32).min) is stored at the half type's largest value.
     inside = {o.name for core in {id(c): c for c in cores.values()}.values() for n in core.nodes for o in n.outputs}
     hot = sorted(
-        (t for t in tensors.values() if isinstance(t, gs.Variable) and _is_float(t) and ranges.get(t.name, 0) > limit
+        (t for t in tensors.values() if isinstance(t, gs.Variable) and is_float32(t) and ranges.get(t.name, 0) > limit
          and t.name not in inside and not (ranges[t.name] >= MASK_MAGNITUDE and carries_mask(t))),
         key=lambda t: t.name,
     )  # fmt: skip

@@ -48,7 +48,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from normonnx.families import LINEAR_OPS
-from normonnx.graph.access import bodies, describe, static_shape
+from normonnx.graph.access import describe, is_float32, read_from_outside, static_shape
 from normonnx.graph.edit import bypass, redirect, set_input, set_outputs
 from normonnx.passes.rules import NO_FAMILY, NodePlan, PassContext
 from normonnx.recognize.moments import anchored_core
@@ -120,7 +120,7 @@ def masks(graph: gs.Graph, half: int) -> list[str]:
     """The float constants holding a finite value of at least ``MASK_MAGNITUDE``: stored at ``mask_fill``."""
     found = []
     for t in graph.tensors().values():
-        if isinstance(t, gs.Constant) and _is_float32(t) and _beyond(t.values, MASK_MAGNITUDE):
+        if isinstance(t, gs.Constant) and is_float32(t) and _beyond(t.values, MASK_MAGNITUDE):
             found.append(t.name)
     return sorted(found)
 
@@ -171,7 +171,7 @@ def plan_float32(
                 keep(n, f"statistics of a decomposed normalization (anchored at {describe(core.anchor or node)})")
     for node in graph.nodes:  # a constant beyond the half range that is no mask: its reader computes in float32
         for k, x in enumerate(node.inputs):
-            if not isinstance(x, gs.Constant) or not _is_float32(x) or (node.op, k) in _FLOAT32_INPUTS:
+            if not isinstance(x, gs.Constant) or not is_float32(x) or (node.op, k) in _FLOAT32_INPUTS:
                 continue
             magnitude = np.abs(np.asarray(x.values, dtype=np.float64))
             out_of_range = magnitude[np.isfinite(magnitude) & (magnitude > HALF_MAX[half])]
@@ -191,9 +191,7 @@ def plan_float32(
 
 def read_by_bodies(graph: gs.Graph) -> set[str]:
     """Names of this graph's tensors that an If/Loop/Scan body reads from the outer scope."""
-    inner = {t.name for body in bodies(graph) for n in body.nodes for t in n.outputs}
-    inner |= {t.name for body in bodies(graph) for t in body.inputs}
-    return {t.name for body in bodies(graph) for n in body.nodes for t in n.inputs if t.name not in inner}
+    return {t.name for node in graph.nodes for t in read_from_outside(node)}
 
 
 def carries_mask(t: gs.Tensor) -> bool:
@@ -212,14 +210,14 @@ def carries_mask(t: gs.Tensor) -> bool:
         node = x.inputs[0] if x.inputs else None
         if node is None or node.op not in _MASK_CARRIERS:
             continue
-        stack.extend(i for i in node.inputs if _is_float32(i))
+        stack.extend(i for i in node.inputs if is_float32(i))
     return False
 
 
 def _half_unsupported(node: gs.Node, half: int, opset: int) -> str | None:
     """Why ``node``'s op cannot take its float data in ``half`` at this opset (None if it can): the spec's
     type constraint of its first input (Conv has no bfloat16 before opset 22), or an op the spec lacks."""
-    float_in = [t for t in node.inputs if t.dtype is not None and np.dtype(t.dtype) == np.float32]
+    float_in = [t for t in node.inputs if is_float32(t)]
     if not float_in:
         return None
     try:
@@ -259,10 +257,6 @@ def _merge_islands(graph: gs.Graph, kept: dict[str, KeptFloat32]) -> None:
                 changed = True
 
 
-def _is_float32(t: gs.Tensor) -> bool:
-    return t.dtype is not None and np.dtype(t.dtype) == np.float32
-
-
 @dataclass(frozen=True)
 class _Storage:
     """The type every float32 tensor is stored in once converted, and the tensors the spec keeps float32."""
@@ -293,23 +287,23 @@ class ToHalf:
         types: dict[int, int] = {}
         in_bodies = read_by_bodies(graph)
         for t in graph.inputs:
-            if _is_float32(t):
+            if is_float32(t):
                 types[id(t)] = FLOAT if self.keep_io_types or t.name in in_bodies else half
         readers: dict[int, set[int]] = {}
         constants: dict[int, gs.Constant] = {}
         for n in graph.nodes:
             for k, o in enumerate(n.outputs):
-                if _is_float32(o):
+                if is_float32(o):
                     # A normalization op's Mean/InvStdDev outputs have the stash type: float32 (stash_type=1).
                     stats = k > 0 and n.op in _WITH_STASH
                     types[id(o)] = FLOAT if self._precision(n) == FLOAT or stats else half
             for k, x in enumerate(n.inputs):
-                if isinstance(x, gs.Constant) and _is_float32(x) and (n.op, k) not in _FLOAT32_INPUTS:
+                if isinstance(x, gs.Constant) and is_float32(x) and (n.op, k) not in _FLOAT32_INPUTS:
                     readers.setdefault(id(x), set()).add(self._precision(n))
                     constants[id(x)] = x
         for key, c in constants.items():  # a constant a body reads too stays float32: the body is not converted
             types[key] = half if readers[key] == {half} and c.name not in in_bodies else FLOAT
-        for c in (t for t in graph.tensors().values() if isinstance(t, gs.Constant) and _is_float32(t)):
+        for c in (t for t in graph.tensors().values() if isinstance(t, gs.Constant) and is_float32(t)):
             types.setdefault(id(c), FLOAT)
         return _Storage(types, frozenset(exempt))
 
@@ -333,7 +327,7 @@ class ToHalf:
                 continue
             if x in ctx.graph.inputs:
                 x.dtype = _np(stored)
-            if isinstance(x, gs.Constant) and stored == self.half and _is_float32(x):
+            if isinstance(x, gs.Constant) and stored == self.half and is_float32(x):
                 x.values = half_values(np.asarray(x.values), self.half)
             if stored != precision:
                 set_input(node, k, self._cast(x, precision, ctx))
@@ -353,7 +347,7 @@ class ToHalf:
         for key, value in list(node.attrs.items()):
             if (node.op == "Cast" and key == "to" and value == FLOAT) or (key == "dtype" and value == FLOAT):
                 node.attrs[key] = half
-            elif isinstance(value, gs.Constant) and _is_float32(value):
+            elif isinstance(value, gs.Constant) and is_float32(value):
                 node.attrs[key] = gs.Constant(value.name, half_values(np.asarray(value.values), half))
             elif isinstance(value, np.ndarray) and value.dtype == np.float32:
                 node.attrs[key] = half_values(value, half)

@@ -172,8 +172,6 @@ def check(
     if against is not None and torch is not None:
         raise UnusableInputError("give exactly one reference: --against REF.onnx or --torch MODULE:FACTORY")
     widened = against is None and torch is None
-    if widened:
-        against = widened_reference(candidate)
     where = require_runtime(runtime, provider)
     # Every model this check runs gets its runner from here: in child processes unless the check is
     # itself an isolated worker, each run stopped after ``timeout`` seconds.
@@ -181,6 +179,8 @@ def check(
     # OpenVINO compiles a model its own way: --optimize (onnxruntime's graph optimizations) has no meaning there.
     optimize = optimize and runtime == "onnxruntime"
     cand = _candidate(candidate, SessionConfig(runtime=runtime, provider=provider, optimize=optimize), runs)
+    if widened:
+        against = widened_reference(cand.proto, cand.name)
     ref = _reference(against, torch, runs)
     spec_model = ref.proto if ref.proto is not None else cand.proto  # torch: the candidate says what goes in
     specs = input_specs(spec_model)
@@ -231,12 +231,11 @@ def _candidate(model: onnx.ModelProto | str | os.PathLike, config: SessionConfig
     return Candidate(name, source, proto, runs.runner(source, config, label=name))
 
 
-def widened_reference(candidate: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
+def widened_reference(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
     """A half model's own float32 reference: the model widened exactly (every fp16/bf16 value is a float32
-    value), so that the check says where the half model leaves its float32 meaning, overflow first."""
-    proto = candidate if isinstance(candidate, onnx.ModelProto) else load_model(candidate)
+    value), so that the check says where the half model leaves its float32 meaning, overflow first. ``name``
+    names the candidate in the error for a model that is not in half."""
     if not has_half_tensors(proto):
-        name = candidate if not isinstance(candidate, onnx.ModelProto) else proto.graph.name or "the model"
         raise UnusableInputError(
             f"{name}: give a reference, --against REF.onnx or --torch MODULE:FACTORY (only an fp16/bf16 model is"
             " checked against its own float32 widening)"

@@ -44,6 +44,7 @@ from normonnx.pipelines.fold import fold
 from normonnx.recognize.classify import classify, instancenorm_view
 from normonnx.recognize.moments import anchored_core
 from normonnx.reports.progress import phase
+from normonnx.reports.table import few
 from normonnx.results import HalfReport
 from normonnx.targets import Target
 from normonnx.targets import target as deployment_target
@@ -240,11 +241,11 @@ def _converted(proto, folded, source, dtype, half, keep_io_types, inputs_npz, sh
     ranges = folded_runner.derived(label="calibration").ranges(feeds, names)
     limit = HALF_MAX[half] / RANGE_MARGIN
     model, model_runner = folded, folded_runner
+    graph = prepare_graph(folded, always_infer=True)
     if rescale:
-        model, ranges = rescaled(folded, folded_runner, ranges, limit, feeds, options, report)
+        model, ranges, model_runner = rescaled(folded, graph, folded_runner, ranges, limit, feeds, options, report)
         if model is not folded:
-            model_runner = options.runner(model.SerializeToString(), label=f"{source} (rescaled)")
-    graph = prepare_graph(model, always_infer=True)
+            graph = prepare_graph(model, always_infer=True)
     kept = plan_float32(graph, ranges, half, float32_statistics)
     clamped = masks(graph, half)
     refs = options.runner(proto.SerializeToString(), label=source).infer(feeds)
@@ -253,12 +254,11 @@ def _converted(proto, folded, source, dtype, half, keep_io_types, inputs_npz, sh
         report.plain_cast = compare(refs, plain_out, default=FAITHFUL_GATE)
     except Exception as e:
         report.notes.append(f"a plain cast of the model does not run ({str(e).splitlines()[0][:120]})")
-    out = search_islands(model, model_runner, kept, half, keep_io_types, refs, feeds, options, report)
+    out = search_islands(model, graph, model_runner, kept, half, keep_io_types, refs, feeds, options, report)
     stored = [t.name for t in out.graph.initializer if t.name in set(clamped) and t.data_type == half]
     if stored:
-        shown = ", ".join(stored[:3]) + (f" and {len(stored) - 3} more" if len(stored) > 3 else "")
         report.notes.append(f"mask constants stored as {-mask_fill(half):.5g} in {dtype} (a quarter of its lowest"
-                            f" finite value, so that masks add up without reaching -inf): {shown}")  # fmt: skip
+                            f" finite value, so that masks add up without reaching -inf): {few(stored)}")  # fmt: skip
     report.kept = sorted(kept.values(), key=lambda k: k.node)
     shares = precision_shares(out, half, {k: v.shape for k, v in feeds[0].items()})
     report.weight_bytes_half, report.linear_ops_half = shares.weight_bytes, shares.linear_ops

@@ -18,6 +18,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, markdown:
     return tabulate(cells, headers=list(headers), tablefmt="github" if markdown else "simple", disable_numparse=True)
 
 
+def few(names: Sequence[str], shown: int = 3) -> str:
+    """A few names, and how many more there are."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1024 or unit == "GB":

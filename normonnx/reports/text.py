@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from normonnx.reports.table import human_bytes, table
+from normonnx.reports.table import few, human_bytes, table
 from normonnx.results import (
     BatchReport,
     BenchReport,
@@ -358,13 +358,6 @@ def _int8_cell(r: ConvertReport) -> str:
 SHOWN_REFUSALS = 3  # regions the terminal lists as not rescaled (the JSON report has every one)
 
 
-def _few(names, shown: int = 3) -> str:
-    """A few names and how many more."""
-    names = list(names)
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
-
-
 def render_half(report: HalfReport) -> str:
     halves, linear = report.linear_ops_half
     lines = [
@@ -375,11 +368,11 @@ def render_half(report: HalfReport) -> str:
     ]
     for r in report.rescaled:
         lines.append(
-            f"  rescaled by 2^-{r.k}: {_few(r.tensors)} (peak {r.peak:.3g} -> {r.peak * 2.0**-r.k:.3g}); the scale"
-            f" absorbed at {_few(r.boundary)}"
+            f"  rescaled by 2^-{r.k}: {few(r.tensors)} (peak {r.peak:.3g} -> {r.peak * 2.0**-r.k:.3g}); the scale"
+            f" absorbed at {few(r.boundary)}"
         )
     for r in report.rescale_refused[:SHOWN_REFUSALS]:
-        lines.append(f"  not rescaled (float32 instead): {_few(r.tensors)} (peak {r.peak:.3g}): {r.reason}")
+        lines.append(f"  not rescaled (float32 instead): {few(r.tensors)} (peak {r.peak:.3g}): {r.reason}")
     if len(report.rescale_refused) > SHOWN_REFUSALS:
         more = len(report.rescale_refused) - SHOWN_REFUSALS
         lines.append(f"  and {more} more regions not rescaled (--report lists all)")
@@ -388,7 +381,7 @@ def render_half(report: HalfReport) -> str:
     for k in report.kept:
         reasons.setdefault(k.reason, []).append(k.node)
     for reason, nodes in reasons.items():
-        shown = ", ".join(nodes[:4]) + (f" and {len(nodes) - 4} more" if len(nodes) > 4 else "")
+        shown = few(nodes, 4)
         lines.append(f"  float32: {shown}: {reason}")
     if report.parity is not None:
         lines.append(f"judged by: {report.evaluator}")
@@ -431,7 +424,7 @@ def render_quantize(report: QuantizeReport) -> str:
         for f in report.int8.float_nodes:
             reasons.setdefault(f.reason, []).append(f.node)
         for reason, nodes in reasons.items():
-            shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+            shown = few(nodes)
             lines.append(f"  float: {shown}: {reason}")
     vs = report.speedups.get("normonnx vs onnxruntime int8")
     noise = report.speedups.get("float32 copy")
