@@ -131,10 +131,56 @@ def call_in_shared_worker(fn: Callable, *args, label: str, timeout: float | None
     or a hang still ends only the worker (the call raises IsolatedRunError; the next call starts a fresh
     one). Inside an isolated child, ``fn`` runs right here.
     """
+    return submit_to_shared_worker(fn, *args, label=label, timeout=timeout, **kwargs).result()
+
+
+class Pending:
+    """A call sent to the shared worker and not yet answered: the worker computes while the caller does
+    something else in this process. ``result`` must be called (it frees the worker for the next call)."""
+
+    def __init__(self, answer: Callable[[], Any]) -> None:
+        self._answer = answer
+
+    @classmethod
+    def now(cls, fn: Callable, *args, **kwargs) -> Pending:
+        """``fn`` called right now, its value or its exception kept for ``result`` (where nothing can overlap)."""
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as e:  # raised by ``result``, where the caller expects the call's outcome
+            error = e
+
+            def fail() -> Any:
+                raise error
+
+            return cls(fail)
+        return cls(lambda: value)
+
+    def result(self) -> Any:
+        """The call's return value (waiting for it), or the exception it raised."""
+        return self._answer()
+
+
+def submit_to_shared_worker(
+    fn: Callable, *args, label: str, timeout: float | None = DEFAULT_TIMEOUT, **kwargs
+) -> Pending:
+    """``call_in_shared_worker``, returning once the call is on its way: its answer is read by ``result``.
+    Other threads' calls wait until then. Inside an isolated child, ``fn`` runs now, right here."""
     if in_isolated_child():
-        return fn(*args, **kwargs)
-    with _shared_lock:
-        return _shared_worker().call(fn, *args, label=label, timeout=timeout, **kwargs)
+        return Pending.now(fn, *args, **kwargs)
+    _shared_lock.acquire()
+    try:
+        receive = _shared_worker().send(fn, *args, label=label, timeout=timeout, **kwargs)
+    except BaseException:
+        _shared_lock.release()
+        raise
+
+    def answer() -> Any:
+        try:
+            return receive()
+        finally:
+            _shared_lock.release()
+
+    return Pending(answer)
 
 
 def prestart_shared_worker() -> None:
@@ -200,26 +246,47 @@ class Worker:
         return self.proc
 
     def call(self, fn: Callable, *args, label: str, timeout: float | None = DEFAULT_TIMEOUT, **kwargs) -> Any:
+        return self.send(fn, *args, label=label, timeout=timeout, **kwargs)()
+
+    def send(
+        self, fn: Callable, *args, label: str, timeout: float | None = DEFAULT_TIMEOUT, **kwargs
+    ) -> Callable[[], Any]:
+        """Send the call now; the returned function waits for its answer (the timeout counts from now)."""
         proc = self.start()
         timer = threading.Timer(timeout, proc.kill) if timeout else None
         if timer:
             timer.start()
-        try:
-            _send(proc.stdin, (fn, args, kwargs))
-            result = _receive(proc.stdout)
-            self._forward_log()
-        except (EOFError, BrokenPipeError, OSError):
+
+        def died() -> IsolatedRunError:
             proc.kill()
             code = proc.wait()
             self.proc = None
             if timer and not timer.is_alive() and code == -signal.SIGKILL:
-                raise IsolatedRunError(f"{label}: no answer within {timeout:.0f} s; stopped it") from None
+                return IsolatedRunError(f"{label}: no answer within {timeout:.0f} s; stopped it")
             self._stderr.seek(0)
-            raise _died(label, "the worker process", code, self._stderr.read()) from None
-        finally:
+            return _died(label, "the worker process", code, self._stderr.read())
+
+        try:
+            _send(proc.stdin, (fn, args, kwargs))
+        except BaseException as e:
             if timer:
                 timer.cancel()
-        return _unwrap(result, label)
+            if isinstance(e, BrokenPipeError | OSError):
+                raise died() from None
+            raise
+
+        def receive() -> Any:
+            try:
+                result = _receive(proc.stdout)
+                self._forward_log()
+            except (EOFError, BrokenPipeError, OSError):
+                raise died() from None
+            finally:
+                if timer:
+                    timer.cancel()
+            return _unwrap(result, label)
+
+        return receive
 
     def _forward_log(self) -> None:
         """Under -v, what the worker logged for this call goes to our stderr (else it waits for a crash tail)."""

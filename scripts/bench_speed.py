@@ -122,6 +122,19 @@ def measure(src: Path, rounds: int, missing: list[str]) -> dict:
     return row
 
 
+def _versions() -> dict[str, str]:
+    """The packages every command's time depends on (ml_dtypes: onnx imports it; 0.7.0 takes 1.1 s to)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("onnx", "onnxruntime", "ml_dtypes", "numpy", "onnxslim", "onnxsim", "polygraphy"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
 def geomean(values: list[float]) -> float | None:
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
@@ -135,7 +148,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
         " shuffled order each round); ratios per round, then the median. normonnx's modules are compiled to"
         " bytecode first, as pip compiles every installed package (the peers' are). Targets: "
         + ", ".join(f"{k} <= {v:g}" for k, v in TARGETS.items())
-        + "; `normonnx --version` < 0.3 s.",
+        + "; `normonnx --version` < 0.3 s. Packages: "
+        + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
+        + " (ml_dtypes as constraints.txt pins it).",
         "",
         "| file | MB | fold | onnxslim | onnxsim | no-verify | floor | check | polygraphy | --version |"
         + "".join(f" {k} |" for k in TARGETS),
@@ -221,6 +236,7 @@ def main() -> int:
         "rounds": args.rounds,
         "missing": missing,
         "seconds": time.perf_counter() - began,
+        "versions": _versions(),
     }
     write(OUT / "speed.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     write(OUT / "speed.md", markdown(rows, meta))

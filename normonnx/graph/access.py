@@ -6,7 +6,8 @@ who produces it, who consumes it, is it a graph output. They live here once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -14,6 +15,7 @@ import onnx_graphsurgeon as gs
 
 from normonnx.families import is_default_domain
 from normonnx.graph.bridge import stored_values
+from normonnx.graph.edit import GraphOutputs
 
 
 def op_is(node: gs.Node | None, *ops: str) -> bool:
@@ -39,6 +41,13 @@ def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if tensor.inputs else None
 
 
+def _elements(shape: Sequence[object] | None) -> float:
+    """The element count of a known shape (infinite for an unknown one: not small)."""
+    if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return math.inf
+    return math.prod(shape)
+
+
 def consumers(tensor: gs.Tensor) -> list[gs.Node]:
     return list(tensor.outputs)
 
@@ -48,24 +57,30 @@ def is_empty(tensor: gs.Tensor) -> bool:
     return isinstance(tensor, gs.Variable) and not tensor.name
 
 
-def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+def constant_value(tensor: gs.Tensor, max_elements: int | None = None) -> np.ndarray | None:
     """The value of an initializer or of a Constant node's output; None otherwise.
 
-    Weights on disk are read each time and not kept (see ``bridge.stored_values``).
+    Weights on disk are read each time and not kept (see ``bridge.stored_values``). With ``max_elements``,
+    a larger initializer is None too, and is never read: a pass looking for shapes and scalars would
+    otherwise convert every weight it passes by (the LSTM of an OCR model, on every sweep).
     """
     if isinstance(tensor, gs.Constant):
+        if max_elements is not None and _elements(tensor.shape) > max_elements:
+            return None
         return stored_values(tensor)
     node = producer(tensor)
     if not op_is(node, "Constant"):
         return None
     attrs = node.attrs
     if "value" in attrs and isinstance(attrs["value"], gs.Constant):
+        if max_elements is not None and _elements(attrs["value"].shape) > max_elements:
+            return None
         return np.asarray(attrs["value"].values)
     for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
         if key in attrs:
             return np.array(attrs[key], dtype=dtype)
     for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
-        if key in attrs:
+        if key in attrs and (max_elements is None or len(attrs[key]) <= max_elements):
             return np.array(list(attrs[key]), dtype=dtype)
     return None
 
@@ -167,21 +182,6 @@ def describe(node: gs.Node) -> str:
         return node.name
     out = node.outputs[0].name if node.outputs else "?"
     return f"{node.op}->{out}"
-
-
-class GraphOutputs:
-    """Fast membership test for graph outputs (by identity)."""
-
-    def __init__(self, graph: gs.Graph) -> None:
-        self._ids = {id(t) for t in graph.outputs}
-
-    def __contains__(self, tensor: gs.Tensor) -> bool:
-        return id(tensor) in self._ids
-
-    def replace(self, old: gs.Tensor, new: gs.Tensor) -> None:
-        """``new`` now stands where ``old`` was among the outputs."""
-        self._ids.discard(id(old))
-        self._ids.add(id(new))
 
 
 def sole_consumer(tensor: gs.Tensor, outputs: GraphOutputs) -> gs.Node | str:

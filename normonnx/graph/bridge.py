@@ -37,6 +37,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from normonnx.families import is_default_domain
+from normonnx.graph.edit import cleanup
 
 G_LOGGER.severity = G_LOGGER.ERROR
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def to_model(
     template's opset imports are kept as they were. ``sort=False`` skips the
     topological sort for a graph whose rewrites kept the node order valid.
     """
-    graph.cleanup(remove_unused_graph_inputs=False)
+    cleanup(graph)
     if sort:
         graph.toposort()
     model = gs.export_onnx(graph, do_type_check=False)

@@ -81,5 +81,33 @@ def tidy(graph: gs.Graph) -> bool:
     outputs = {id(t) for t in graph.outputs}
     if all(any(t.outputs or id(t) in outputs for t in n.outputs) for n in graph.nodes):
         return False
-    graph.cleanup(remove_unused_graph_inputs=False)
+    cleanup(graph)
     return True
+
+
+class GraphOutputs:
+    """Fast membership test for graph outputs (by identity)."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        self._ids = {id(t) for t in graph.outputs}
+
+    def __contains__(self, tensor: gs.Tensor) -> bool:
+        return id(tensor) in self._ids
+
+    def replace(self, old: gs.Tensor, new: gs.Tensor) -> None:
+        """``new`` now stands where ``old`` was among the outputs."""
+        self._ids.discard(id(old))
+        self._ids.add(id(new))
+
+
+def cleanup(graph: gs.Graph) -> None:
+    """graphsurgeon's cleanup (every node that feeds no graph output goes, in bodies too), with the nodes
+    nothing reads removed first: graphsurgeon writes every node it removes into a log message, printing
+    each constant's values, even when nothing is logged (0.8 s of a 7 MB detector's fold)."""
+    outputs = GraphOutputs(graph)  # a body's node reading an outer tensor is among that tensor's readers
+    prune([n for n in graph.nodes if not any(t.outputs or t in outputs for t in n.outputs)], outputs)
+    gone = [n for n in graph.nodes if not n.outputs]
+    if gone:
+        detach(gone)
+        graph.nodes = [n for n in graph.nodes if n.outputs]
+    graph.cleanup(remove_unused_graph_inputs=False)

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import mmap
 import os
 import stat
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -370,12 +371,28 @@ def _same_file(a: Path, b: Path) -> bool:
 
 @functools.lru_cache(maxsize=32)
 def _external_locations(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
-    """External-data locations a model file names (cached per file version: a run asks twice)."""
+    """External-data locations a model file names (cached per file version: a run asks twice).
+
+    A file that names one holds the key ``location`` as plain bytes (a StringStringEntryProto's key): a
+    file without those bytes names none, found without parsing it (the output a run replaces, every run).
+    """
     with contextlib.suppress(Exception):
+        if not _holds(path, b"location"):
+            return ()
         m = onnx.load(path, load_external_data=False)
         infos = [external_info(t) for t in iter_tensors(m) if uses_external_data(t)]
         return tuple(i.location for i in infos if not isinstance(i, str) and i.location)
     return ()
+
+
+def _holds(path: str, needle: bytes) -> bool:
+    """Whether the file's bytes contain ``needle`` (read through the page cache, never parsed)."""
+    with open(path, "rb") as f:
+        try:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                return view.find(needle) >= 0
+        except ValueError:  # an empty file cannot be mapped
+            return False
 
 
 def _protected_files(inputs: Sequence[Path]) -> list[Path]:
@@ -488,15 +505,30 @@ def _write_proto(model: onnx.ModelProto, path: Path) -> None:
 
 
 class Staged:
-    """A model written to temporaries beside its destination, checked, waiting for ``commit``.
+    """A model written to temporaries beside its destination, to be checked, waiting for ``commit``.
 
-    After the commit, ``stale`` names the weight files the replaced output
+    ``check`` runs onnx's checker on the staged file once; a caller calls it while its verification runs
+    in the worker process, so that the two overlap; ``staged_save`` calls it (if the caller did not)
+    before anything is committed. After the commit, ``stale`` names the weight files the replaced output
     referenced and the new one does not: normonnx never deletes a file.
     """
 
-    def __init__(self, path: Path, data_name: str | None) -> None:
+    def __init__(self, path: Path, data_name: str | None, check: Callable[[], None]) -> None:
         self.path, self.data_name, self.committed = path, data_name, False
         self.stale: list[str] = []
+        self._check: Callable[[], None] | None = check
+        self._check_error: OutputError | None = None
+
+    def check(self) -> None:
+        """onnx's checker on the staged model (run once): OutputError if it fails."""
+        if self._check is not None:
+            check, self._check = self._check, None
+            try:
+                check()
+            except OutputError as e:
+                self._check_error = e
+        if self._check_error is not None:
+            raise self._check_error
 
     def commit(self) -> None:
         self.committed = True
@@ -532,15 +564,16 @@ def staged_save(
             external = _write_with_external_data(model, model_tmp, data_tmp, data_tmp.name) > 0
         if not external:  # nothing large enough to move: one self-contained file
             _write_proto(model, model_tmp)
+        staged = Staged(
+            model_tmp, data_tmp.name if external else None,
+            functools.partial(_check_staged, model_tmp, full_check, no_stricter_than),
+        )  # fmt: skip
         try:
-            _check_saved(model_tmp, full_check)
-        except OutputError:
-            # Checked only when the full check fails: the source failing it too excuses us.
-            if not full_check or no_stricter_than is None or passes_full_check(no_stricter_than):
-                raise
-            _check_saved(model_tmp, full_check=False)
-        staged = Staged(model_tmp, data_tmp.name if external else None)
-        yield staged
+            yield staged
+        except Exception:
+            staged.check()  # a staged model that fails the checker: that is what went wrong, whatever followed
+            raise
+        staged.check()
         if not staged.committed:
             return
         previous = _referenced_files(out)
@@ -612,6 +645,17 @@ def passes_full_check(path: str | os.PathLike) -> bool:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
         return False
     return True
+
+
+def _check_staged(model_tmp: Path, full_check: bool, no_stricter_than: str | os.PathLike | None) -> None:
+    """onnx's checker on a staged model (OutputError if it fails); the full check is excused when the
+    source (``no_stricter_than``) fails it too."""
+    try:
+        _check_saved(model_tmp, full_check)
+    except OutputError:
+        if not full_check or no_stricter_than is None or passes_full_check(no_stricter_than):
+            raise
+        _check_saved(model_tmp, full_check=False)
 
 
 def _check_saved(model_tmp: Path, full_check: bool) -> None:

@@ -101,8 +101,8 @@ def _input_key(t: gs.Tensor, constant_keys: dict[int, tuple]) -> tuple:
         return constant_keys[id(t)]
     key = ("name", t.name)
     if isinstance(t, gs.Constant):
-        value = constant_value(t)
-        if value is not None and value.size <= _SMALL_CONSTANT_ELEMENTS:
+        value = constant_value(t, max_elements=_SMALL_CONSTANT_ELEMENTS)
+        if value is not None:
             key = ("value", _value_key(value))
     constant_keys[id(t)] = key
     return key

@@ -96,6 +96,7 @@ class _ConstantNodes:
             self.nodes.append(node)
             const.update(id(t) for t in node.outputs)
         self.const = const
+        self.position = {id(n): k for k, n in enumerate(self.nodes)}  # graph order, for sorting a subset
 
     @staticmethod
     def _is_const(t: gs.Tensor, const: set[int]) -> bool:
@@ -131,7 +132,7 @@ class _ConstantNodes:
 
 def _ancestors(tensor: gs.Tensor, plan: _ConstantNodes) -> tuple[list[gs.Node], list[gs.Constant]]:
     """Constant nodes (topologically ordered) and initializer leaves behind ``tensor``."""
-    seen_nodes: set[int] = set()
+    seen_nodes: dict[int, gs.Node] = {}
     leaves: dict[int, gs.Constant] = {}
     stack = [tensor]
     while stack:
@@ -142,13 +143,13 @@ def _ancestors(tensor: gs.Tensor, plan: _ConstantNodes) -> tuple[list[gs.Node], 
         node = producer(t)
         if node is None or id(node) in seen_nodes:
             continue
-        seen_nodes.add(id(node))
+        seen_nodes[id(node)] = node
         if plan.protos[id(node)].op_type != node.op:  # substituted (Shape, Size, CastLike)
             if node.op == "CastLike":
                 stack.append(node.inputs[0])
             continue
         stack.extend(t for t in node.inputs if not is_empty(t))
-    ordered = [n for n in plan.nodes if id(n) in seen_nodes]
+    ordered = sorted(seen_nodes.values(), key=lambda n: plan.position[id(n)])
     return ordered, list(leaves.values())
 
 

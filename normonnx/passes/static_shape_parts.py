@@ -160,8 +160,8 @@ def _known(t: gs.Tensor, values: dict[int, np.ndarray]) -> np.ndarray | None:
     """The tracked value of ``t``: an object array of ints and None, or None when not tracked."""
     if id(t) in values:
         return values[id(t)]
-    value = constant_value(t)
-    if value is None or value.dtype.kind not in "iu" or value.size > 64:
+    value = constant_value(t, max_elements=64)
+    if value is None or value.dtype.kind not in "iu":
         return None
     return np.array([int(v) for v in value.reshape(-1)], dtype=object).reshape(value.shape)
 

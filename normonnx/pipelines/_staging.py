@@ -22,7 +22,7 @@ from normonnx.graph.modelio import save_model, staged_save
 from normonnx.reports.progress import phase
 from normonnx.results import Bisection, ParityResult
 from normonnx.validate.bisect import bisect
-from normonnx.validate.verify import verify_parity
+from normonnx.validate.verify import OriginalRun, verify_parity
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,12 @@ def write_verified(
     isolated: bool,
     reference_proto: onnx.ModelProto | None = None,
     reference: onnx.ModelProto | None = None,
+    original: OriginalRun | None = None,
 ) -> tuple[ParityResult | None, str | None, list[str]]:
     """(parity or None when not verified, the output written or None, weight files the replaced output left).
 
     ``reference`` replaces ``src`` as what the output is verified against (a pre-opset-7 file's runnable copy).
+    ``original``: the proof's original half, started while the output was being made (``start_original_run``).
     """
     output = None
     phase("stage the output")
@@ -56,9 +58,12 @@ def write_verified(
                     reference_proto=reference_proto if reference is None else reference,
                     candidate_bytes=staged.disk_bytes(),
                     isolated=isolated,
+                    original=original,
+                    beside=staged.check,
                 )
             except MissingKernelError as e:  # the rewrite is fine; the proof needs the op's library
                 raise MissingKernelError(f"{e}, or --no-verify to write it without the proof") from None
+        staged.check()  # onnx's checker, if the proof did not run it beside its last run
         if parity is None or parity.passed:
             phase("write")
             staged.commit()

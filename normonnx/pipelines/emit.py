@@ -29,7 +29,6 @@ from normonnx.families import BY_KEY, WITH_OP, is_default_domain, op_available
 from normonnx.graph.bridge import model_and_name, prepare_graph
 from normonnx.graph.modelio import iter_nodes
 from normonnx.graph.opsets import (
-    OLDEST_RUNNABLE_OPSET,
     ComputedAtRunTime,
     OpsetError,
     convert_opset,
@@ -135,17 +134,19 @@ def emit_file(
     """
     from normonnx.graph.modelio import check_output_path, load_model
     from normonnx.pipelines._staging import write_verified
+    from normonnx.validate.verify import start_original_run
 
     start = time.perf_counter()
     check_output_path(Path(output), [Path(src)])
     log.info("%s: emitting at opset %s, style %s", src, opset or "of the model", norm_style)
     phase("load")
     proto = load_model(src, load_weights=True)
+    older = runnable_copy(proto)  # a pre-opset-7 file is verified against the copy onnxruntime runs
+    original = start_original_run(src, proto, shapes=shapes) if verify and isolated and older is None else None
     phase("emit")
     model, report = emit(proto, opset, norm_style, name=str(src), check=False, target=target)  # checked when written
-    older = runnable_copy(proto) if report.source_opset < OLDEST_RUNNABLE_OPSET else None
     report.parity, report.output, _ = write_verified(
-        model, src, output, verify=verify, shapes=shapes, isolated=isolated, reference=older
+        model, src, output, verify=verify, shapes=shapes, isolated=isolated, reference=older, original=original
     )
     if report.output is None and report.parity is not None:
         report = _without_the_rewrite_at_fault(

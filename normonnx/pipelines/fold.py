@@ -35,7 +35,7 @@ from normonnx.passes.rules import NO_FAMILY, FoldOptions
 from normonnx.recognize.scan import SUBGRAPH_NOTE, Found, scan, summarize
 from normonnx.reports.progress import phase
 from normonnx.results import Decision, FoldReport, GraphStats, NormStatus
-from normonnx.validate.verify import verify_parity
+from normonnx.validate.verify import start_original_run, verify_parity
 
 log = logging.getLogger(__name__)
 
@@ -211,15 +211,17 @@ def fold_file(
         absolutize(proto, src)
         store = external.SpillStore(output)
     try:
+        older = runnable_copy(proto)  # a pre-opset-7 file is verified against the copy onnxruntime runs
+        original = start_original_run(src, proto, shapes=shapes) if verify and isolated and older is None else None
         log.info("%s: folding %d nodes", src, len(proto.graph.node))
         phase("fold")
         model, report = fold(proto, options, store=store, check=False, name=str(src))  # checked as it is written
         report.source = str(src)
         log.info("%s: %d normalizations folded, %d kept; staging %s", src, len(report.folded), len(report.kept), output)
-        older = runnable_copy(proto)  # a pre-opset-7 file is verified against the copy onnxruntime runs
         report.parity, report.output, report.stale_files = write_verified(
-            model, src, output, verify=verify, shapes=shapes, isolated=isolated, reference_proto=proto, reference=older
-        )
+            model, src, output, verify=verify, shapes=shapes, isolated=isolated, reference_proto=proto,
+            reference=older, original=original,
+        )  # fmt: skip
         if report.output is None and report.parity is not None and store is None:
             report = _without_the_rewrite_at_fault(proto, src, output, options, report, shapes, isolated, older)
     finally:

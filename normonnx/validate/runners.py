@@ -18,6 +18,7 @@ cheap to derive (another label, another session setting) and no model stays in m
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -28,7 +29,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from normonnx.isolation import DEFAULT_TIMEOUT, call_in_shared_worker, call_isolated, in_isolated_child
+from normonnx.isolation import (
+    DEFAULT_TIMEOUT,
+    Pending,
+    call_in_shared_worker,
+    call_isolated,
+    in_isolated_child,
+    submit_to_shared_worker,
+)
 from normonnx.validate import execute
 from normonnx.validate.runner import SessionConfig
 
@@ -71,14 +79,37 @@ class OnnxruntimeRunner(ABC):
         other.label = self.label if label is None else label
         return other
 
-    def infer(self, feeds: Sequence[Feed]) -> list[Outputs]:
-        """The model's outputs for every feed (inputs the model does not take are left out)."""
-        return self._call(execute.run_outputs, self.model, list(feeds), self.config)
+    def _submit(self, op: Callable[..., T], *args: Any) -> Pending:
+        """``op(*args)`` started where this runner runs; its result read later. Here: computed now."""
+        return Pending.now(self._call, op, *args)
 
-    def infer_beside(self, other: OnnxruntimeRunner, feeds: Sequence[Feed]) -> tuple[list[Outputs], list[Outputs]]:
+    def _call_meanwhile(self, meanwhile: Callable[[], None] | None, op: Callable[..., T], *args: Any) -> T:
+        """``op(*args)``, with ``meanwhile()`` done in this process while the worker runs it; an exception
+        from ``meanwhile`` wins over the run's own outcome."""
+        if meanwhile is None:
+            return self._call(op, *args)
+        pending = self._submit(op, *args)
+        try:
+            meanwhile()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                pending.result()  # the worker is free again for the next call
+            raise
+        return pending.result()
+
+    def infer(self, feeds: Sequence[Feed], *, meanwhile: Callable[[], None] | None = None) -> list[Outputs]:
+        """The model's outputs for every feed (inputs the model does not take are left out); ``meanwhile``:
+        work for this process while the worker runs them (onnx's checker on the file being verified)."""
+        return self._call_meanwhile(meanwhile, execute.run_outputs, self.model, list(feeds), self.config)
+
+    def infer_beside(
+        self, other: OnnxruntimeRunner, feeds: Sequence[Feed], *, meanwhile: Callable[[], None] | None = None
+    ) -> tuple[list[Outputs], list[Outputs]]:
         """(this model's outputs, ``other``'s) for every feed, both run at once where this runner runs, with
-        this runner's session configuration."""
-        return self._call(execute.run_side_by_side, self.model, other.model, list(feeds), self.config)
+        this runner's session configuration (``meanwhile`` as for ``infer``)."""
+        return self._call_meanwhile(
+            meanwhile, execute.run_side_by_side, self.model, other.model, list(feeds), self.config
+        )
 
     def intermediates(self, feed: Feed, names: Sequence[str]) -> dict[str, np.ndarray]:
         """The values of the named tensors inside the model (floating ones only) on one feed."""
@@ -169,6 +200,9 @@ class IsolatedRunner(OnnxruntimeRunner):
 
     def _call(self, op: Callable[..., T], *args: Any) -> T:
         return call_in_shared_worker(op, *args, label=self.label, timeout=self.timeout)
+
+    def _submit(self, op: Callable[..., T], *args: Any) -> Pending:
+        return submit_to_shared_worker(op, *args, label=self.label, timeout=self.timeout)
 
 
 class FaithfulRunner:

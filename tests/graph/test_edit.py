@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from normonnx.graph.access import GraphOutputs
-from normonnx.graph.edit import prune, replace_output, tidy, to_constant
+from normonnx.graph.edit import cleanup, prune, replace_output, tidy, to_constant
 
 
 def chain() -> tuple[gs.Graph, list[gs.Node], list[gs.Variable]]:
@@ -54,3 +54,45 @@ def test_tidy_cleans_up_only_when_a_node_feeds_no_output():
     graph, (*_, shape), _ = chain()
     assert tidy(graph) and shape not in graph.nodes  # the Shape's output is read by nothing
     assert not tidy(graph) and len(graph.nodes) == 3
+
+
+def test_cleanup_removes_dead_constant_nodes_without_formatting_them(monkeypatch):
+    """graphsurgeon prints each node it removes into a log message; a dead Constant node's value would be
+    printed too. The cleanup removes dead nodes itself first: graphsurgeon is left nothing to print."""
+    graph, (*_, abs_, _), (*_, y, _) = chain()
+    big = gs.Variable("big", np.float32)
+    dead_constant = gs.Node("Constant", "dead", attrs={"value": gs.Constant("v", np.ones((64, 64), np.float32))},
+                            outputs=[big])  # fmt: skip
+    graph.nodes.append(dead_constant)
+    printed = []
+    monkeypatch.setattr(gs.Node, "__str__", lambda node: printed.append(node.name) or node.name)
+    cleanup(graph)
+    assert [n.name for n in graph.nodes] == ["relu", "neg", "abs"]
+    assert printed == []
+    assert not dead_constant.outputs and not big.inputs and y.inputs == [abs_]
+
+
+def test_cleanup_keeps_what_an_if_body_reads_from_outside():
+    """A tensor read only inside an If's branch (graphsurgeon lists the branch's node among its readers) stays."""
+    graph, _, (*_, s) = chain()
+    cond, out, inner = gs.Variable("cond", bool), gs.Variable("out", np.float32), gs.Variable("inner", np.float32)
+    branch = gs.Graph(nodes=[gs.Node("Identity", inputs=[s], outputs=[inner])], outputs=[inner])
+    graph.inputs.append(cond)
+    graph.nodes.append(gs.Node("If", "if", inputs=[cond], outputs=[out],
+                               attrs={"then_branch": branch, "else_branch": branch}))  # fmt: skip
+    graph.outputs.append(out)
+    cleanup(graph)
+    assert "shape" in [n.name for n in graph.nodes]  # its output s is read only by the branch
+
+
+def test_constant_value_with_a_bound_never_reads_a_larger_weight(monkeypatch):
+    """Passes looking for shapes and scalars ask with a bound: a weight past it is not read (converted)."""
+    from normonnx.graph import access
+
+    read = []
+    real = access.stored_values
+    monkeypatch.setattr(access, "stored_values", lambda c: read.append(c.name) or real(c))
+    weight, shape = gs.Constant("w", np.ones((256, 256), np.float32)), gs.Constant("s", np.array([2, 3], np.int64))
+    assert access.constant_value(weight, max_elements=64) is None and read == []
+    np.testing.assert_array_equal(access.constant_value(shape, max_elements=64), [2, 3])
+    assert access.constant_value(weight).shape == (256, 256) and read == ["s", "w"]

@@ -288,3 +288,29 @@ def test_a_file_that_is_not_onnx_is_named_for_what_it_is(tmp_path, name, make, e
         modelio.load_model(path)
     assert expected in str(e.value) and str(path) in str(e.value)
     assert "Wire format" not in str(e.value)
+
+
+def test_the_weight_files_a_model_names_are_found_without_parsing_a_file_that_names_none(tmp_path, monkeypatch):
+    """The output a fold replaces is looked at on every run: a file without the bytes b"location" names no
+    weight file and is not parsed; one with external data is parsed and its file named."""
+    plain, external = tmp_path / "plain.onnx", tmp_path / "ext.onnx"
+    onnx.save(conv_bn_model(), plain)
+    _save_external(conv_bn_model(), external)
+    parsed = []
+    real_load = onnx.load
+    monkeypatch.setattr(onnx, "load", lambda path, **kw: parsed.append(os.path.basename(path)) or real_load(path, **kw))
+    modelio._external_locations.cache_clear()
+    assert modelio._referenced_files(plain) == [] and parsed == []
+    assert modelio._referenced_files(external) == ["weights.bin"] and parsed == ["ext.onnx"]
+
+
+def test_a_staged_model_the_checker_rejects_is_refused_even_when_its_verification_failed_first(tmp_path):
+    """The checker runs beside the verification now: its verdict still wins over whatever came after it."""
+    bad = conv_bn_model()
+    bad.graph.node[0].input[0] = "undefined_tensor"
+    out = tmp_path / "out.onnx"
+    with pytest.raises(OutputError, match=r"fails onnx\.checker"), modelio.staged_save(bad, out):
+        raise RuntimeError("onnxruntime could not load it")
+    with pytest.raises(OutputError, match=r"fails onnx\.checker"), modelio.staged_save(bad, out) as staged:
+        staged.commit()
+    assert not out.exists() and list(tmp_path.iterdir()) == []

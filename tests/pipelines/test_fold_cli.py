@@ -105,21 +105,27 @@ def test_parity_failure_writes_nothing_and_exits_1(cli, conv_bn_path, tmp_path, 
     assert not out.exists()
 
 
-@pytest.mark.parametrize("side_by_side", [True, False], ids=["side-by-side", "one-after-the-other"])
-def test_both_parity_schedules_catch_a_planted_error(cli, conv_bn_path, tmp_path, monkeypatch, side_by_side):
-    """Small models are verified with both runs side by side, large ones one after the other."""
+@pytest.mark.parametrize("schedule", ["beside-the-fold", "side-by-side", "one-after-the-other"])
+def test_every_parity_schedule_catches_a_planted_error(cli, conv_bn_path, tmp_path, monkeypatch, schedule):
+    """Small models are verified with the original run beside the fold (then the output), or with both runs
+    side by side when the original could not start early; large ones one after the other."""
     from normonnx import foldmath
+    from normonnx.pipelines import fold as fold_pipeline
     from normonnx.validate import verify
 
-    monkeypatch.setattr(verify, "CONCURRENT_PARITY_BYTES", 1 << 40 if side_by_side else 0)
+    monkeypatch.setattr(verify, "CONCURRENT_PARITY_BYTES", 0 if schedule == "one-after-the-other" else 1 << 40)
+    if schedule == "side-by-side":
+        monkeypatch.setattr(fold_pipeline, "start_original_run", lambda *a, **k: None)
     from normonnx.validate.runners import OnnxruntimeRunner
 
-    pools = []
-    real = OnnxruntimeRunner.infer_beside
-    monkeypatch.setattr(OnnxruntimeRunner, "infer_beside", lambda self, *a: pools.append(1) or real(self, *a))
+    ran = []
+    real_beside, real_early = OnnxruntimeRunner.infer_beside, verify.OriginalRun.result
+    monkeypatch.setattr(OnnxruntimeRunner, "infer_beside",
+                        lambda self, *a, **k: ran.append("side-by-side") or real_beside(self, *a, **k))  # fmt: skip
+    monkeypatch.setattr(verify.OriginalRun, "result", lambda self: ran.append("beside-the-fold") or real_early(self))
     r = cli("fold", conv_bn_path, "-o", tmp_path / "good.onnx")
     assert r.code == 0 and r.out.strip().endswith("PASSED")
-    assert bool(pools) == side_by_side  # the schedule asked for is the one that ran
+    assert ran == ([] if schedule == "one-after-the-other" else [schedule])  # the schedule asked for ran
     real_affine = foldmath.batchnorm_affine
     monkeypatch.setattr(
         "normonnx.recognize.affine.fm.batchnorm_affine",

@@ -105,3 +105,35 @@ def test_a_spread_too_wide_to_trust_is_flagged_with_what_to_do():
     assert "too wide to trust" in note and "p10 0.088" in note and "--threads 1" in note and "--runs" in note
     busy = BenchReport({"a": "a"}, "cpu", None, {"a": stats(1.0, 3.0)})
     assert "a p90/p10 3.0" in untrusted_spread(busy)[0]
+
+
+def test_a_submitted_call_runs_in_the_worker_while_the_caller_works_and_frees_it_after():
+    """submit_to_shared_worker returns once the call is sent: the worker sleeps while this process does
+    its own work; another thread's call waits for the answer to be read, then runs."""
+    import threading
+
+    from normonnx.isolation import call_in_shared_worker, submit_to_shared_worker
+
+    call_in_shared_worker(int, "1", label="warm-up")
+    start = time.perf_counter()
+    pending = submit_to_shared_worker(time.sleep, 0.5, label="sleep")
+    here = time.perf_counter()
+    time.sleep(0.5)  # this process's own work, done while the worker sleeps
+    other: list[float] = []
+    waiter = threading.Thread(target=lambda: other.append(call_in_shared_worker(time.perf_counter, label="next")))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # the worker is held until the pending answer is read
+    pending.result()
+    waiter.join(10)
+    assert here - start < 0.3 and time.perf_counter() - start < 0.95  # the two half-seconds overlapped
+    assert other and not waiter.is_alive()
+
+
+def test_a_submitted_call_that_raises_raises_on_result_and_frees_the_worker():
+    from normonnx.isolation import call_in_shared_worker, submit_to_shared_worker
+
+    pending = submit_to_shared_worker(int, "x", label="bad call")
+    with pytest.raises(IsolatedRunError, match="bad call: ValueError: invalid literal"):
+        pending.result()
+    assert call_in_shared_worker(int, "7", label="next") == 7
