@@ -268,11 +268,14 @@ class Worker:
 
         try:
             _send(proc.stdin, (fn, args, kwargs))
-        except BaseException as e:
+        except (BrokenPipeError, OSError):
+            error = died()  # before the timer is cancelled: a timer still running means it did not fire
             if timer:
                 timer.cancel()
-            if isinstance(e, BrokenPipeError | OSError):
-                raise died() from None
+            raise error from None
+        except BaseException:
+            if timer:
+                timer.cancel()
             raise
 
         def receive() -> Any:

@@ -78,11 +78,16 @@ def tidy(graph: gs.Graph) -> bool:
     A rule counts readers: a node a rewrite orphaned must not count as one. The look for a node none
     of whose outputs is read is cheap; the cleanup that follows walks the graph and its bodies.
     """
-    outputs = {id(t) for t in graph.outputs}
-    if all(any(t.outputs or id(t) in outputs for t in n.outputs) for n in graph.nodes):
+    if not _unread(graph, GraphOutputs(graph)):
         return False
     cleanup(graph)
     return True
+
+
+def _unread(graph: gs.Graph, outputs: GraphOutputs) -> list[gs.Node]:
+    """The nodes none of whose outputs is read or is a graph output (a body's node reading an outer tensor
+    is among that tensor's readers)."""
+    return [n for n in graph.nodes if not any(t.outputs or t in outputs for t in n.outputs)]
 
 
 class GraphOutputs:
@@ -104,8 +109,8 @@ def cleanup(graph: gs.Graph) -> None:
     """graphsurgeon's cleanup (every node that feeds no graph output goes, in bodies too), with the nodes
     nothing reads removed first: graphsurgeon writes every node it removes into a log message, printing
     each constant's values, even when nothing is logged (0.8 s of a 7 MB detector's fold)."""
-    outputs = GraphOutputs(graph)  # a body's node reading an outer tensor is among that tensor's readers
-    prune([n for n in graph.nodes if not any(t.outputs or t in outputs for t in n.outputs)], outputs)
+    outputs = GraphOutputs(graph)
+    prune(_unread(graph, outputs), outputs)
     gone = [n for n in graph.nodes if not n.outputs]
     if gone:
         detach(gone)
