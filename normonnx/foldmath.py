@@ -68,29 +68,29 @@ def conv_input_channels(weight_shape: tuple[int, ...], group: int, transposed: b
 
 
 def scale_conv_outputs(weight: np.ndarray, scale: np.ndarray, group: int, transposed: bool) -> np.ndarray:
-    """W' with every output channel o multiplied by scale[o]."""
-    w = np.asarray(weight, dtype=np.float64)
+    """W' with every output channel o multiplied by scale[o] (in float64)."""
+    w = np.asarray(weight)  # float64 through the product's own promotion: no float64 copy of the weight first
     s = np.asarray(scale, dtype=np.float64)
     tail = (1,) * (w.ndim - 2)
     if not transposed:
-        return w * s.reshape(-1, 1, *tail)
+        return np.multiply(w, s.reshape(-1, 1, *tail), dtype=np.float64)
     cin, cout_g = w.shape[0], w.shape[1]
     # Output channel g * cout_g + j lives at W[g * cin_g : (g+1) * cin_g, j].
     wg = w.reshape(group, cin // group, cout_g, *w.shape[2:])
-    return (wg * s.reshape(group, 1, cout_g, *tail)).reshape(w.shape)
+    return np.multiply(wg, s.reshape(group, 1, cout_g, *tail), dtype=np.float64).reshape(w.shape)
 
 
 def scale_conv_inputs(weight: np.ndarray, scale: np.ndarray, group: int, transposed: bool) -> np.ndarray:
-    """W' with every input channel i multiplied by scale[i]."""
-    w = np.asarray(weight, dtype=np.float64)
+    """W' with every input channel i multiplied by scale[i] (in float64)."""
+    w = np.asarray(weight)
     s = np.asarray(scale, dtype=np.float64)
     tail = (1,) * (w.ndim - 2)
     if transposed:
-        return w * s.reshape(-1, 1, *tail)
+        return np.multiply(w, s.reshape(-1, 1, *tail), dtype=np.float64)
     cout, cin_g = w.shape[0], w.shape[1]
     # Output channel o of group g reads input channels g * cin_g + i.
     wg = w.reshape(group, cout // group, cin_g, *w.shape[2:])
-    return (wg * s.reshape(group, 1, cin_g, *tail)).reshape(w.shape)
+    return np.multiply(wg, s.reshape(group, 1, cin_g, *tail), dtype=np.float64).reshape(w.shape)
 
 
 def conv_input_shift_response(weight: np.ndarray, shift: np.ndarray, group: int) -> np.ndarray:
@@ -133,19 +133,31 @@ def _where(values: np.ndarray, flat_index: int, channel_axis: int | None) -> str
 
 
 def cast_exact(values: np.ndarray, dtype: np.dtype, what: str, channel_axis: int | None = 0) -> np.ndarray:
-    """Cast float64 results back to the model's dtype, refusing overflow and non-finite values."""
+    """Cast float64 results back to the model's dtype, refusing overflow and non-finite values.
+
+    A value the cast rounds to the dtype's largest finite value passes; one it rounds to infinity does
+    not. The cast is checked on its (smaller) result; only a refusal looks at the float64 values again.
+    """
     values = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(values).all():
-        bad = np.flatnonzero(~np.isfinite(values))
-        raise FoldMathError(f"{what} is not finite {_where(values, int(bad[0]), channel_axis)}")
     dtype = np.dtype(dtype)
-    if dtype.kind == "f" and dtype.itemsize < 8:
-        limit = float(np.finfo(dtype).max)
-        if np.abs(values).max(initial=0.0) > limit:
-            over = np.flatnonzero(np.abs(values) > limit)
-            i = int(over[0])
-            raise FoldMathError(
-                f"{what} would overflow {dtype.name} {_where(values, i, channel_axis)}"
-                f" (|value| {abs(values.flat[i]):.4g} > {limit:.4g})"
-            )
-    return values.astype(dtype)
+    if dtype.kind != "f":
+        if not np.isfinite(values).all():
+            _refuse_non_finite(values, what, channel_axis)
+        return values.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = values.astype(dtype)
+    if np.isfinite(cast).all():
+        return cast
+    if not np.isfinite(values).all():
+        _refuse_non_finite(values, what, channel_axis)
+    i = int(np.flatnonzero(~np.isfinite(cast))[0])
+    limit = float(np.finfo(dtype).max)
+    raise FoldMathError(
+        f"{what} would overflow {dtype.name} {_where(values, i, channel_axis)}"
+        f" (|value| {abs(values.flat[i]):.4g} > {limit:.4g})"
+    )
+
+
+def _refuse_non_finite(values: np.ndarray, what: str, channel_axis: int | None) -> None:
+    bad = np.flatnonzero(~np.isfinite(values))
+    raise FoldMathError(f"{what} is not finite {_where(values, int(bad[0]), channel_axis)}")

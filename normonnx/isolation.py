@@ -183,6 +183,11 @@ def submit_to_shared_worker(
     return Pending(answer)
 
 
+def shared_worker_started() -> bool:
+    """Whether this process's shared worker is running (started, or prestarted by the command line)."""
+    return _shared is not None and _shared.proc is not None and _shared.proc.poll() is None
+
+
 def prestart_shared_worker() -> None:
     """Start the shared worker now, so that its interpreter start and onnxruntime import overlap the caller's
     own work (a command knows early that it will verify)."""

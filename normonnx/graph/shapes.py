@@ -42,6 +42,9 @@ def needs_shapes(model: onnx.ModelProto) -> bool:
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model for shape inference: its small constants (shape operands) and only the type of the rest."""
+    from normonnx.graph.modelio import expected_bytes
+
     sk = onnx.ModelProto(ir_version=model.ir_version)
     sk.opset_import.extend(model.opset_import)
     sk.functions.extend(model.functions)
@@ -54,7 +57,8 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     custom = {o for n in src.node if not is_default_domain(n.domain) for o in n.output}
     g.value_info.extend(v for v in src.value_info if v.name in custom)
     for init in src.initializer:
-        if len(init.raw_data) <= _SMALL_TENSOR_BYTES and init.data_location != onnx.TensorProto.EXTERNAL:
+        size = expected_bytes(init)
+        if (size is None or size <= _SMALL_TENSOR_BYTES) and init.data_location != onnx.TensorProto.EXTERNAL:
             g.initializer.append(init)
         else:
             t = g.initializer.add()

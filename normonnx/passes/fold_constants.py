@@ -77,34 +77,45 @@ _EXPANDING = {"Expand": 1, "ConstantOfShape": 0, "Tile": 1}
 
 
 class _ConstantNodes:
-    """Which nodes are constant, and how each is written for evaluation."""
+    """Which nodes are constant, and how each is written for evaluation.
+
+    A node is written out (``proto``) only when a batch evaluates it: most constant nodes of a large
+    graph are never evaluated, and writing every one at each survey cost more than the evaluation.
+    """
 
     def __init__(self, ctx: PassContext, excluded: set[int]) -> None:
-        self.protos: dict[int, onnx.NodeProto] = {}
+        self.members: set[int] = set()  # id() of every constant node
+        self.substitutes: dict[int, onnx.NodeProto] = {}  # a Shape, Size or CastLike evaluated as another op
         self.nodes: list[gs.Node] = []
         const: set[int] = set()
-        opset = ctx.graph.opset
         for node in ctx.graph.nodes:
             if id(node) in excluded or not is_default_domain(node.domain) or node.op in _NOT_FOLDABLE:
                 continue
             if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
                 continue
-            proto = self._proto(ctx, node, const, opset)
-            if proto is None:
+            how = self._how(ctx, node, const)
+            if how is None:
                 continue
-            self.protos[id(node)] = proto
+            if how is not _AS_IT_STANDS:
+                self.substitutes[id(node)] = how
+            self.members.add(id(node))
             self.nodes.append(node)
             const.update(id(t) for t in node.outputs)
         self.const = const
         self.position = {id(n): k for k, n in enumerate(self.nodes)}  # graph order, for sorting a subset
 
+    def proto(self, node: gs.Node) -> onnx.NodeProto:
+        """The constant node as it is evaluated."""
+        return self.substitutes.get(id(node)) or node_proto(node)
+
     @staticmethod
     def _is_const(t: gs.Tensor, const: set[int]) -> bool:
         return is_empty(t) or isinstance(t, gs.Constant) or id(t) in const
 
-    def _proto(self, ctx: PassContext, node: gs.Node, const: set[int], opset: int) -> onnx.NodeProto | None:
+    def _how(self, ctx: PassContext, node: gs.Node, const: set[int]) -> onnx.NodeProto | object | None:
+        """None for a node that is not constant; else ``_AS_IT_STANDS`` or the node it is evaluated as."""
         if node.op == "Constant":
-            return node_proto(node) if constant_value(node.outputs[0]) is not None else None
+            return _AS_IT_STANDS if constant_value(node.outputs[0]) is not None else None
         if node.op in ("Shape", "Size") and ctx.options.fold_static_shapes and node.inputs:
             src = node.inputs[0]
             shape = static_shape(src)
@@ -127,7 +138,10 @@ class _ConstantNodes:
             return None
         if not node.inputs or not all(self._is_const(t, const) for t in node.inputs):
             return None
-        return node_proto(node)
+        return _AS_IT_STANDS
+
+
+_AS_IT_STANDS = object()  # a constant node evaluated as it is
 
 
 def _ancestors(tensor: gs.Tensor, plan: _ConstantNodes) -> tuple[list[gs.Node], list[gs.Constant]]:
@@ -144,7 +158,7 @@ def _ancestors(tensor: gs.Tensor, plan: _ConstantNodes) -> tuple[list[gs.Node], 
         if node is None or id(node) in seen_nodes:
             continue
         seen_nodes[id(node)] = node
-        if plan.protos[id(node)].op_type != node.op:  # substituted (Shape, Size, CastLike)
+        if id(node) in plan.substitutes:  # evaluated as another op (Shape, Size, CastLike)
             if node.op == "CastLike":
                 stack.append(node.inputs[0])
             continue
@@ -177,7 +191,7 @@ def _only_parameters(tensor: gs.Tensor, plan: _ConstantNodes) -> bool:
             continue
         seen.add(id(t))
         for user in t.outputs:
-            if id(user) in plan.protos:
+            if id(user) in plan.members:
                 stack.extend(user.outputs)
                 continue
             indices = [i for i, x in enumerate(user.inputs) if x is t]
@@ -320,7 +334,7 @@ def _frontier(ctx: PassContext, plan: _ConstantNodes) -> list[gs.Tensor]:
         for t in node.outputs:
             if not t.outputs or t in ctx.outputs:
                 continue
-            if any(id(u) not in plan.protos for u in t.outputs):
+            if any(id(u) not in plan.members for u in t.outputs):
                 frontier.append(t)
     return frontier
 
@@ -363,4 +377,4 @@ def _evaluate(
 ) -> list[np.ndarray]:
     graph = ctx.graph
     imports = list(graph.import_domains or [onnx.helper.make_opsetid("", graph.opset)])
-    return evaluate_protos([plan.protos[id(n)] for n in nodes], leaves, outputs, imports, ctx.graph.ir_version or 8)
+    return evaluate_protos([plan.proto(n) for n in nodes], leaves, outputs, imports, ctx.graph.ir_version or 8)

@@ -38,11 +38,14 @@ def write_verified(
     reference_proto: onnx.ModelProto | None = None,
     reference: onnx.ModelProto | None = None,
     original: OriginalRun | None = None,
+    source_verdict: Callable[[], None] | None = None,
 ) -> tuple[ParityResult | None, str | None, list[str]]:
     """(parity or None when not verified, the output written or None, weight files the replaced output left).
 
     ``reference`` replaces ``src`` as what the output is verified against (a pre-opset-7 file's runnable copy).
     ``original``: the proof's original half, started while the output was being made (``start_original_run``).
+    ``source_verdict``: onnx's checker on ``src``, still to be heard (``load_checked_meanwhile``); it is heard
+    before the proof's outcome and before anything is committed.
     """
     output = None
     phase("stage the output")
@@ -64,6 +67,8 @@ def write_verified(
             except MissingKernelError as e:  # the rewrite is fine; the proof needs the op's library
                 raise MissingKernelError(f"{e}, or --no-verify to write it without the proof") from None
         staged.check()  # onnx's checker, if the proof did not run it beside its last run
+        if source_verdict is not None:
+            source_verdict()
         if parity is None or parity.passed:
             phase("write")
             staged.commit()

@@ -132,7 +132,8 @@ def emit_file(
     against ``src`` in isolated processes (onnxruntime never runs in this one), then
     committed; ``report.output`` is None when parity failed and nothing was written.
     """
-    from normonnx.graph.modelio import check_output_path, load_model
+    from normonnx.graph.checked_load import load_checked_meanwhile
+    from normonnx.graph.modelio import check_output_path
     from normonnx.pipelines._staging import write_verified
     from normonnx.validate.verify import start_original_run
 
@@ -140,18 +141,24 @@ def emit_file(
     check_output_path(Path(output), [Path(src)])
     log.info("%s: emitting at opset %s, style %s", src, opset or "of the model", norm_style)
     phase("load")
-    proto = load_model(src, load_weights=True)
-    older = runnable_copy(proto)  # a pre-opset-7 file is verified against the copy onnxruntime runs
-    original = start_original_run(src, proto, shapes=shapes) if verify and isolated and older is None else None
-    phase("emit")
-    model, report = emit(proto, opset, norm_style, name=str(src), check=False, target=target)  # checked when written
-    report.parity, report.output, _ = write_verified(
-        model, src, output, verify=verify, shapes=shapes, isolated=isolated, reference=older, original=original
-    )
-    if report.output is None and report.parity is not None:
-        report = _without_the_rewrite_at_fault(
-            proto, src, output, opset, norm_style, report, shapes, isolated, older, target
-        )
+    proto, source_verdict = load_checked_meanwhile(src, load_weights=True, isolated=isolated, verify=verify)
+    try:
+        older = runnable_copy(proto)  # a pre-opset-7 file is verified against the copy onnxruntime runs
+        original = start_original_run(src, proto, shapes=shapes) if verify and isolated and older is None else None
+        phase("emit")
+        # onnx's checker judges the output when it is written
+        model, report = emit(proto, opset, norm_style, name=str(src), check=False, target=target)
+        report.parity, report.output, _ = write_verified(
+            model, src, output, verify=verify, shapes=shapes, isolated=isolated, reference=older,
+            original=original, source_verdict=source_verdict,
+        )  # fmt: skip
+        if report.output is None and report.parity is not None:
+            report = _without_the_rewrite_at_fault(
+                proto, src, output, opset, norm_style, report, shapes, isolated, older, target
+            )
+    except Exception:
+        source_verdict()  # an invalid source is what went wrong, whatever it led to
+        raise
     report.seconds = time.perf_counter() - start
     return report
 

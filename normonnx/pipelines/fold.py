@@ -28,7 +28,7 @@ from normonnx.graph.bridge import (
     prepare_graph,
     without_initializer_inputs,
 )
-from normonnx.graph.modelio import absolutize, load_model, tensor_bytes
+from normonnx.graph.modelio import absolutize, tensor_bytes
 from normonnx.graph.opsets import OLDEST_RUNNABLE_OPSET, default_opset, runnable_copy
 from normonnx.passes.registry import fold_pipeline
 from normonnx.passes.rules import NO_FAMILY, FoldOptions
@@ -199,13 +199,14 @@ def fold_file(
     folded without loading them: weights are read when a fold needs them and
     new ones spill to disk at once.
     """
+    from normonnx.graph.checked_load import load_checked_meanwhile
     from normonnx.graph.modelio import check_output_path, has_external_data
     from normonnx.pipelines._staging import write_verified
 
     start = time.perf_counter()
     check_output_path(Path(output), [Path(src)])
     phase("load")
-    proto = load_model(src, load_weights=False)
+    proto, source_verdict = load_checked_meanwhile(src, load_weights=False, isolated=isolated, verify=verify)
     store = None
     if has_external_data(proto):
         absolutize(proto, src)
@@ -220,10 +221,13 @@ def fold_file(
         log.info("%s: %d normalizations folded, %d kept; staging %s", src, len(report.folded), len(report.kept), output)
         report.parity, report.output, report.stale_files = write_verified(
             model, src, output, verify=verify, shapes=shapes, isolated=isolated, reference_proto=proto,
-            reference=older, original=original,
+            reference=older, original=original, source_verdict=source_verdict,
         )  # fmt: skip
         if report.output is None and report.parity is not None and store is None:
             report = _without_the_rewrite_at_fault(proto, src, output, options, report, shapes, isolated, older)
+    except Exception:
+        source_verdict()  # an invalid source is what went wrong, whatever it led to
+        raise
     finally:
         if store is not None:
             store.close()

@@ -129,7 +129,7 @@ def start_original_run(
     from normonnx.graph.modelio import disk_bytes
     from normonnx.isolation import in_isolated_child
 
-    if in_isolated_child() or (os.cpu_count() or 1) < 2 or 2 * disk_bytes(reference) >= CONCURRENT_PARITY_BYTES:
+    if in_isolated_child() or (os.cpu_count() or 1) < 2 or 2 * disk_bytes(reference, specs) >= CONCURRENT_PARITY_BYTES:
         return None
     return OriginalRun(reference, specs, shapes, samples)
 
@@ -178,7 +178,8 @@ def verify_parity(
     )
     side_by_side = False
     if on_disk:
-        size = disk_bytes(reference) + (disk_bytes(candidate) if candidate_bytes is None else candidate_bytes)
+        candidate_size = disk_bytes(candidate) if candidate_bytes is None else candidate_bytes
+        size = disk_bytes(reference, reference_proto) + candidate_size
         side_by_side = (os.cpu_count() or 1) > 1 and size < CONCURRENT_PARITY_BYTES
     config = SessionConfig(optimize=False, **(_sharing() if side_by_side else {}))
     ref, cand = (options.runner(m, config) for m in (reference, candidate))

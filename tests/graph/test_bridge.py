@@ -268,3 +268,47 @@ def test_fold_keeps_the_surviving_convs_metadata():
     assert {p.key: p.value for p in conv.metadata_props} == {SCOPES: repr(["", "block", "block.conv", "node_conv2d"])}
     assert conv.doc_string == "from block.conv"
     assert module_path(conv) == "block.conv" and module_path(relu) == "block.act"
+
+
+def test_export_writes_what_graphsurgeons_exporter_writes():
+    """to_model writes each weight into the model once, not through graphsurgeon's exporter (which copies
+    a new weight four times): the graph it writes is still, field for field, what ``export_onnx`` writes,
+    for stored weights, a replaced one, new ones of every plain dtype and one graphsurgeon converts itself."""
+    from normonnx.graph.bridge import _export
+    from tests.conftest import conv_bn_model
+
+    model = conv_bn_model()
+    graph = to_graph(model)
+    stored = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
+    stored[0].values = np.asarray(stored[0].values) * 2  # a weight a fold replaced
+    extra = {
+        "i64": np.arange(3, dtype=np.int64),
+        "flag": np.array([True, False]),
+        "half": np.ones((2, 2), np.float16),
+        "complex": np.array([1 + 2j], np.complex64),
+    }
+    for name, value in extra.items():  # each read by an Identity whose output is a graph output
+        result = gs.Variable(f"{name}_out", dtype=value.dtype, shape=list(value.shape))
+        graph.nodes.append(gs.Node("Identity", inputs=[gs.Constant(name, value)], outputs=[result]))
+        graph.outputs.append(result)
+
+    ours, theirs = _export(graph), gs.export_onnx(graph, do_type_check=False)
+    assert ours.graph == theirs.graph
+    assert list(ours.opset_import) == list(theirs.opset_import)
+    replaced = next(t for t in ours.graph.initializer if t.name == stored[0].name)
+    np.testing.assert_array_equal(
+        numpy_helper.to_array(replaced), 2 * numpy_helper.to_array(model.graph.initializer[0])
+    )
+
+
+def test_export_writes_if_bodies_as_graphsurgeon_does():
+    from normonnx.graph.bridge import _export
+
+    model = _if_model()
+    graph = to_graph(model)
+    assert _export(graph).graph == gs.export_onnx(graph, do_type_check=False).graph
+    written = to_model(graph, model)
+    onnx.checker.check_model(written, full_check=True)
+    x = np.array([1.5, -2.0], np.float32)
+    for cond, expected in ((True, x + 1), (False, x * 2)):
+        np.testing.assert_array_equal(run_model(written, {"x": x, "cond": np.array(cond)})["y"], expected)

@@ -314,3 +314,60 @@ def test_a_staged_model_the_checker_rejects_is_refused_even_when_its_verificatio
     with pytest.raises(OutputError, match=r"fails onnx\.checker"), modelio.staged_save(bad, out) as staged:
         staged.commit()
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_file_the_disk_did_not_take_is_never_committed(tmp_path, monkeypatch):
+    """The staged file is fsynced on a thread while it is checked and verified; the commit waits for the
+    sync, and a sync that failed (a full or failing disk) leaves the previous output in place."""
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous")
+
+    def failing_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(modelio.os, "fsync", failing_fsync)
+    with pytest.raises(OutputError, match=r"out\.onnx: could not be written to disk \(Input/output error\)"):
+        modelio.save_model(conv_bn_model(), out)
+    assert out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
+
+
+def test_the_commit_waits_for_the_sync(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    synced = threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        time.sleep(0.3)
+        real_fsync(fd)
+        synced.set()
+
+    monkeypatch.setattr(modelio.os, "fsync", slow_fsync)
+    out = tmp_path / "out.onnx"
+    modelio.save_model(conv_bn_model(), out)
+    assert synced.is_set() and out.exists()
+
+
+def test_tensor_sizes_come_from_dims_and_type_without_reading_the_data(monkeypatch):
+    """protobuf's Python API copies raw_data on every read: sizes are known from dims and type instead."""
+    from onnx import numpy_helper
+
+    model = conv_bn_model()
+    typed = onnx.helper.make_tensor("typed", onnx.TensorProto.INT64, [5], list(range(5)))  # int64_data, not raw
+    model.graph.initializer.append(typed)
+    want = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    assert modelio.tensor_bytes(model) == want
+    assert [modelio.expected_bytes(t) for t in model.graph.initializer] == [
+        numpy_helper.to_array(t).nbytes for t in model.graph.initializer
+    ]
+
+
+def test_a_models_size_on_disk_is_its_file_when_it_keeps_no_weights_elsewhere(tmp_path, monkeypatch):
+    """disk_bytes of a file already parsed: one without external data is not scanned for weight files."""
+    path = tmp_path / "m.onnx"
+    model = conv_bn_model()
+    onnx.save(model, path)
+    monkeypatch.setattr(modelio, "_holds", lambda *a: pytest.fail("scanned a file known to name no weight file"))
+    assert modelio.disk_bytes(path, model) == path.stat().st_size

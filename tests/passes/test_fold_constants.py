@@ -170,3 +170,26 @@ def test_weight_computed_from_a_graph_input_is_reported_not_folded():
     (item,) = ins.norms
     assert item.family == "weightstd" and not item.folded
     assert "graph input" in item.why
+
+
+def test_only_the_nodes_evaluated_are_written_out(monkeypatch):
+    """Writing every constant node out at each survey cost more than evaluating them (picodet: 5070
+    node exports for 878 evaluated): a constant node no batch evaluates is never written out."""
+    import normonnx.passes.fold_constants as fc
+
+    written: list[str] = []
+    real = fc.node_proto
+    monkeypatch.setattr(fc, "node_proto", lambda node: written.append(node.name) or real(node))
+    rng = np.random.default_rng(0)
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [1, 4, 8, 8])
+    w = b.const(rng.standard_normal((6, 4, 3, 3)).astype(np.float32))
+    b.output(b.node("Conv", [x, _ws_subgraph(b, w, "var", False, 36, None, False)]))
+    kept = b.node("Add", [b.const(np.ones(3, np.float32)), b.const(np.ones(3, np.float32))], name="kept_add")
+    b.output(kept, shape=[3])
+    model = b.model()
+    out, _ = apply(model, FoldConstants())
+    assert "ReduceMean" not in op_types(out) and "kept_add" in [n.name for n in out.graph.node]
+    assert_parity(model, out)
+    evaluated = {n.name for n in model.graph.node} - {"kept_add"} - {n.name for n in out.graph.node}
+    assert written and set(written) <= evaluated, (written, evaluated)

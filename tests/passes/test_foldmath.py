@@ -116,3 +116,42 @@ def test_cast_exact_refuses_fp16_overflow_and_names_the_channel():
     with pytest.raises(fm.FoldMathError, match="overflow float16 at channel 2"):
         fm.cast_exact(values, np.float16, "w", channel_axis=0)
     assert fm.cast_exact(values, np.float32, "w").dtype == np.float32
+
+
+def test_cast_exact_is_numpys_cast_where_it_stays_finite():
+    """Checked on the cast result: what rounds to float16's largest value (65504) passes, what rounds
+    to infinity is refused, and a non-finite input is named as that before any overflow."""
+    top = float(np.finfo(np.float16).max)
+    values = np.array([[1.0, -2.5], [65519.0, -65519.0]])  # 65519 rounds to 65504; 65520 would not
+    got = fm.cast_exact(values, np.float16, "w")
+    np.testing.assert_array_equal(got, values.astype(np.float16))
+    assert got[1, 0] == top
+    with pytest.raises(fm.FoldMathError, match=r"overflow float16 at channel 1 \(\|value\| 6\.552e\+04"):
+        fm.cast_exact(np.array([[0.0], [65520.0]]), np.float16, "w")
+    with pytest.raises(fm.FoldMathError, match="is not finite at channel 0"):
+        fm.cast_exact(np.array([[np.nan], [1e9]]), np.float16, "w")
+    with pytest.raises(fm.FoldMathError, match="is not finite at index 1"):
+        fm.cast_exact(np.array([0.0, np.inf]), np.float64, "w", channel_axis=None)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_scaled_weights_are_the_float64_products(transposed):
+    """The product promotes the float32 weight itself (no float64 copy of it first): the same numbers as
+    multiplying float64 copies."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    s = rng.standard_normal(4 * 2 if transposed else 6)
+    got = fm.scale_conv_outputs(w, s, group=2, transposed=transposed)
+    assert got.dtype == np.float64
+    w64 = w.astype(np.float64)
+    if transposed:  # output channel g * 4 + j lives at W[g * 3 : (g + 1) * 3, j]
+        want = (w64.reshape(2, 3, 4, 3, 3) * s.reshape(2, 1, 4, 1, 1)).reshape(w.shape)
+    else:
+        want = w64 * s.reshape(-1, 1, 1, 1)
+    np.testing.assert_array_equal(got, want)
+    s_in = rng.standard_normal(6 if transposed else 4 * 2)
+    if transposed:
+        want_in = w64 * s_in.reshape(-1, 1, 1, 1)
+    else:  # output channel o of group g reads input channels g * 4 + i
+        want_in = (w64.reshape(2, 3, 4, 3, 3) * s_in.reshape(2, 1, 4, 1, 1)).reshape(w.shape)
+    np.testing.assert_array_equal(fm.scale_conv_inputs(w, s_in, group=2, transposed=transposed), want_in)
