@@ -5,7 +5,9 @@ On ResNet18/50 and a ViT-S/16 exported by torch.onnx (random weights, BatchNorm 
 the real-world corpus, each round runs, in a shuffled order, every command once:
 
 - ``normonnx fold`` (with its parity proof) against onnxsim and onnxslim (neither checks anything);
-- ``normonnx fold --no-verify`` against the load+save floor (``onnx.load`` then ``onnx.save``);
+- ``normonnx fold --no-verify`` against the load+save floor (``onnx.load`` then ``onnx.save``), and against that
+  floor with the checks normonnx makes on the way (onnx's checker on the source, and its full check, shape
+  inference included, on the output): the "checked floor", shown with no target;
 - ``normonnx check A --against B`` (3 seeded input sets) against Polygraphy's two-run comparison at the same
   input count (``polygraphy run A --onnxrt --save-outputs``, then ``run B --onnxrt --load-outputs``);
 - ``normonnx --version``.
@@ -41,6 +43,7 @@ OUT = ROOT / "benchmarks"
 BIN = Path(sys.executable).parent
 PEERS = ["onnxsim", "onnxslim", "polygraphy"]
 TARGETS = {"fold / onnxslim": 1.0, "fold / onnxsim": 0.6, "check / polygraphy": 1.5, "no-verify / floor": 1.5}
+SHOWN = "no-verify / checked floor"  # a ratio shown beside the targets, with none of its own
 
 
 def build_models(folder: Path) -> list[Path]:
@@ -70,12 +73,20 @@ def _timed(cmd: list[str], cwd: Path) -> tuple[float, int]:
     return time.perf_counter() - began, run.returncode
 
 
+# The load+save floor with the checks normonnx makes: onnx's checker on the source, the full one on the output.
+_CHECKED_FLOOR = (
+    "import onnx; src, out = {src!r}, {out!r}; onnx.checker.check_model(src);"
+    " onnx.save(onnx.load(src), out); onnx.checker.check_model(out, full_check=True)"
+)
+
+
 def commands(src: Path, work: Path, missing: list[str]) -> dict[str, list[str]]:
     py = sys.executable
     out = {
         "fold": [str(BIN / "normonnx"), "fold", str(src), "-o", str(work / "fold.onnx")],
         "no-verify": [str(BIN / "normonnx"), "fold", str(src), "-o", str(work / "nv.onnx"), "--no-verify"],
         "floor": [py, "-c", f"import onnx; onnx.save(onnx.load({str(src)!r}), {str(work / 'floor.onnx')!r})"],
+        "checked floor": [py, "-c", _CHECKED_FLOOR.format(src=str(src), out=str(work / "checked.onnx"))],
         "check": [str(BIN / "normonnx"), "check", str(work / "cand.onnx"), "--against", str(src)],
         "version": [str(BIN / "normonnx"), "--version"],
     }
@@ -115,7 +126,8 @@ def measure(src: Path, rounds: int, missing: list[str]) -> dict:
     row = {"file": src.name, "mb": round(src.stat().st_size / 1e6, 1), "seconds": {}, "ratios": {}, "failed": failed}
     row["seconds"] = {name: statistics.median(t) for name, t in times.items()}
     pairs = {"fold / onnxslim": ("fold", "onnxslim"), "fold / onnxsim": ("fold", "onnxsim"),
-             "check / polygraphy": ("check", "polygraphy"), "no-verify / floor": ("no-verify", "floor")}  # fmt: skip
+             "check / polygraphy": ("check", "polygraphy"), "no-verify / floor": ("no-verify", "floor"),
+             SHOWN: ("no-verify", "checked floor")}  # fmt: skip
     for label, (a, b) in pairs.items():
         if a in times and b in times and a not in failed and b not in failed:
             row["ratios"][label] = statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
@@ -152,14 +164,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
         + " (ml_dtypes as constraints.txt pins it).",
         "",
-        "| file | MB | fold | onnxslim | onnxsim | no-verify | floor | check | polygraphy | --version |"
-        + "".join(f" {k} |" for k in TARGETS),
-        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(TARGETS),
+        "| file | MB | fold | onnxslim | onnxsim | no-verify | floor | checked floor | check | polygraphy | --version |"
+        + "".join(f" {k} |" for k in (*TARGETS, SHOWN)),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * (len(TARGETS) + 1),
     ]
-    names = ("fold", "onnxslim", "onnxsim", "no-verify", "floor", "check", "polygraphy", "version")
+    names = ("fold", "onnxslim", "onnxsim", "no-verify", "floor", "checked floor", "check", "polygraphy", "version")
     for r in rows:
         cells = [f"{r['seconds'][n]:.2f}" if n in r["seconds"] else "-" for n in names]
-        cells += [f"{r['ratios'][k]:.2f}" if k in r["ratios"] else "-" for k in TARGETS]
+        cells += [f"{r['ratios'][k]:.2f}" if k in r["ratios"] else "-" for k in (*TARGETS, SHOWN)]
         lines.append(f"| {r['file']} | {r['mb']} | " + " | ".join(cells) + " |")
     lines += ["", "Geometric mean of the per-file ratios (the median of each file's rounds):", ""]
     for k, target in TARGETS.items():
@@ -168,6 +180,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
         if g is not None:
             verdict = "meets" if g <= target else "misses"
             lines.append(f"- {k}: geomean {g:.2f}, worst {worst:.2f} (target <= {target:g}: {verdict} it)")
+    shown = [r["ratios"][SHOWN] for r in rows if SHOWN in r["ratios"]]
+    if shown:
+        lines.append(
+            f"- {SHOWN}: geomean {geomean(shown):.2f}, worst {max(shown):.2f} (no target: the floor with onnx's"
+            " checker on the source and its full check on the output, as normonnx makes them)"
+        )
     versions = [r["seconds"]["version"] for r in rows if "version" in r["seconds"]]
     lines.append(f"- `normonnx --version`: median {statistics.median(versions):.3f} s")
     failed = [f"{r['file']}: {', '.join(r['failed'])}" for r in rows if r["failed"]]
@@ -185,10 +203,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(10, 0.3 * len(rows) + 2))
     y = list(range(len(rows)))
-    for k, marker in zip(TARGETS, ("o", "x", "^", "s"), strict=True):
-        ax.scatter(
-            [r["ratios"].get(k, float("nan")) for r in rows], y, marker=marker, label=f"{k} (target {TARGETS[k]:g})"
-        )
+    for k, marker in zip((*TARGETS, SHOWN), ("o", "x", "^", "s", "d"), strict=True):
+        label = f"{k} (target {TARGETS[k]:g})" if k in TARGETS else f"{k} (no target)"
+        ax.scatter([r["ratios"].get(k, float("nan")) for r in rows], y, marker=marker, label=label)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(y, [r["file"] for r in rows], fontsize=7)
     ax.set_xscale("log")
