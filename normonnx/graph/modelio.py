@@ -294,7 +294,7 @@ def check_structure(model: onnx.ModelProto) -> None:
     """``check_path``'s structural check (no shape inference) on a model in memory. One whose weights
     are on disk (at absolute, validated locations while normonnx works on it) or over protobuf's 2 GiB
     cannot be checked in memory: it is checked when it is written."""
-    if has_external_data(model) or model.ByteSize() >= _PROTOBUF_LIMIT:
+    if has_external_data(model) or over_protobuf_limit(model):
         return
     try:
         onnx.checker.check_model(model)
@@ -306,9 +306,6 @@ def check_structure(model: onnx.ModelProto) -> None:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     _check_with_stubs(copy, False, original)
-
-
-_PROTOBUF_LIMIT = 2**31 - 1
 
 
 def _check_with_stubs(model: onnx.ModelProto, full_check: bool, original: Exception) -> None:
@@ -355,6 +352,12 @@ def load_model(path: str | os.PathLike, *, load_weights: bool = True, check: boo
     return model
 
 
+def over_protobuf_limit(model: onnx.ModelProto) -> bool:
+    """Whether the model is too large for one protobuf message (2 GiB). Known from its tensors' sizes
+    unless they come close: upb's ``ByteSize`` serializes the whole model to measure it."""
+    return tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD and model.ByteSize() >= PROTOBUF_LIMIT
+
+
 def has_external_data(model: onnx.ModelProto) -> bool:
     return any(uses_external_data(t) for t in iter_tensors(model))
 
@@ -368,10 +371,11 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
             total += 0 if isinstance(info, str) else int(info.length or 0)
         elif (expected := expected_bytes(t)) is not None:
             total += expected
-        else:
+        else:  # strings, or a type without a fixed size
             total += 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (
                 len(t.int64_data) + len(t.double_data) + len(t.uint64_data)
             )
+            total += sum(len(s) for s in t.string_data)
     return total
 
 

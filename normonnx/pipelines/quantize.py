@@ -32,7 +32,7 @@ import onnx
 
 from normonnx.errors import UnusableInputError, first_line
 from normonnx.graph.bridge import model_and_name, prepare_graph
-from normonnx.graph.modelio import load_model, staged_save, with_unique_node_names
+from normonnx.graph.modelio import load_model, over_protobuf_limit, staged_save, with_unique_node_names
 from normonnx.graph.opsets import OpsetError, convert_opset, default_opset
 from normonnx.graph.quantized import quantized_ops
 from normonnx.int8 import engine
@@ -212,7 +212,7 @@ def _refuse(proto: onnx.ModelProto, source: str) -> None:
     if half_type(proto) is not None:
         raise UnusableInputError(f"{source}: computes in fp16/bf16; quantize takes a float32 model")
     on_disk = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-    if on_disk or proto.ByteSize() > 2**31 - 1:
+    if on_disk or over_protobuf_limit(proto):
         raise UnusableInputError(f"{source}: weights over 2 GiB or on disk; int8 of such models is not supported yet")
 
 

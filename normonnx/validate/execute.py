@@ -49,9 +49,9 @@ def _proto(source: ModelSource | onnx.ModelProto) -> onnx.ModelProto:
 
 def fits_a_message(model: onnx.ModelProto) -> bool:
     """Whether a child can get ``model`` as bytes: no external data, under protobuf's 2 GiB."""
-    from normonnx.graph.modelio import has_external_data
+    from normonnx.graph.modelio import has_external_data, over_protobuf_limit
 
-    return not has_external_data(model) and model.ByteSize() < (1 << 31) - 1
+    return not has_external_data(model) and not over_protobuf_limit(model)
 
 
 def runnable_source(model: onnx.ModelProto | str | os.PathLike | bytes) -> str | bytes | None:

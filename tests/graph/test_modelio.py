@@ -371,3 +371,22 @@ def test_a_models_size_on_disk_is_its_file_when_it_keeps_no_weights_elsewhere(tm
     onnx.save(model, path)
     monkeypatch.setattr(modelio, "_holds", lambda *a: pytest.fail("scanned a file known to name no weight file"))
     assert modelio.disk_bytes(path, model) == path.stat().st_size
+
+
+def test_the_protobuf_limit_is_judged_from_tensor_sizes_until_they_come_close(monkeypatch):
+    """upb's ByteSize serializes the whole model: it is asked only when the tensors alone near 2 GiB."""
+    model = conv_bn_model()
+    monkeypatch.setattr(modelio, "PROTOBUF_LIMIT", 1)  # any serialized model is over this
+    assert not modelio.over_protobuf_limit(model)  # the tensors are far from the threshold: not serialized
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 0)
+    assert modelio.over_protobuf_limit(model)  # close to it: measured
+    monkeypatch.setattr(modelio, "PROTOBUF_LIMIT", len(model.SerializeToString()) + 1)
+    assert not modelio.over_protobuf_limit(model)
+
+
+def test_string_tensors_count_in_the_tensor_data():
+    model = conv_bn_model()
+    before = modelio.tensor_bytes(model)
+    vocab = onnx.helper.make_tensor("vocab", onnx.TensorProto.STRING, [2], [b"abc", b"defgh"])
+    model.graph.initializer.append(vocab)
+    assert modelio.tensor_bytes(model) == before + 8
