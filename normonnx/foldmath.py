@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 
@@ -135,27 +136,43 @@ def _where(values: np.ndarray, flat_index: int, channel_axis: int | None) -> str
 def cast_exact(values: np.ndarray, dtype: np.dtype, what: str, channel_axis: int | None = 0) -> np.ndarray:
     """Cast float64 results back to the model's dtype, refusing overflow and non-finite values.
 
-    A value the cast rounds to the dtype's largest finite value passes; one it rounds to infinity does
-    not. The cast is checked on its (smaller) result; only a refusal looks at the float64 values again.
+    The cast is checked on its result, by its smallest and largest value (no array the size of the
+    weight is allocated for the check); only a result that reaches the dtype's limits or is not finite
+    is looked at again in float64, to refuse it or to name what is wrong. Float types are numpy's and
+    ml_dtypes' (bfloat16, the float8 types), whose largest values numpy's ``finfo`` does not know.
     """
     values = np.asarray(values, dtype=np.float64)
     dtype = np.dtype(dtype)
-    if dtype.kind != "f":
+    limit = _largest(dtype)
+    if limit is None:  # an integer type
         if not np.isfinite(values).all():
             _refuse_non_finite(values, what, channel_axis)
         return values.astype(dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         cast = values.astype(dtype)
-    if np.isfinite(cast).all():
+    if cast.size == 0:
+        return cast
+    low, high = float(cast.min()), float(cast.max())  # nan if any value is nan
+    if -limit < low and high < limit:
         return cast
     if not np.isfinite(values).all():
         _refuse_non_finite(values, what, channel_axis)
-    i = int(np.flatnonzero(~np.isfinite(cast))[0])
-    limit = float(np.finfo(dtype).max)
-    raise FoldMathError(
-        f"{what} would overflow {dtype.name} {_where(values, i, channel_axis)}"
-        f" (|value| {abs(values.flat[i]):.4g} > {limit:.4g})"
-    )
+    over = np.flatnonzero(np.abs(values) > limit)
+    if over.size:
+        i = int(over[0])
+        raise FoldMathError(
+            f"{what} would overflow {dtype.name} {_where(values, i, channel_axis)}"
+            f" (|value| {abs(values.flat[i]):.4g} > {limit:.4g})"
+        )
+    return cast  # values at the largest finite value itself
+
+
+def _largest(dtype: np.dtype) -> float | None:
+    """The largest finite value of a float type (numpy's or ml_dtypes'); None for any other type."""
+    try:
+        return float(ml_dtypes.finfo(dtype).max)
+    except ValueError:
+        return None
 
 
 def _refuse_non_finite(values: np.ndarray, what: str, channel_axis: int | None) -> None:

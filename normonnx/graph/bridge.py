@@ -286,7 +286,8 @@ def _export_constant(constant: gs.Constant, graph: onnx.GraphProto) -> None:
         proto.name = constant.name
         return
     array = np.asarray(values)
-    if array.dtype.kind not in "biuf" or constant.export_dtype != constant.dtype:  # graphsurgeon's conversions
+    converted = getattr(constant, "export_dtype", constant.dtype) != constant.dtype  # graphsurgeon >= 0.5.3
+    if array.dtype.kind not in "biuf" or converted:  # graphsurgeon's conversions
         proto.CopyFrom(OnnxExporter.export_tensor_proto(constant))
         return
     proto.name = constant.name

@@ -11,24 +11,46 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import onnx
 
-from normonnx.graph.modelio import load_error, load_model, structure_problem
+from normonnx.graph.modelio import (
+    disk_bytes,
+    has_external_data,
+    load_error,
+    load_model,
+    read_weights,
+    structure_problem,
+)
 from normonnx.isolation import call_in_shared_worker, in_isolated_child, shared_worker_started
 
 
-def load_checked_meanwhile(
-    path: str | os.PathLike, *, load_weights: bool, isolated: bool, verify: bool
-) -> tuple[onnx.ModelProto, Callable[[], None]]:
-    """``load_model(path)``, and the checker's verdict: a call that raises the ModelLoadError the checker
-    found (waiting for it). The caller calls it before writing anything, and when anything fails, so that
-    an invalid source is reported as that, whatever it led to. Checked here and now where no worker runs.
-    """
-    if not isolated or in_isolated_child() or not (verify or shared_worker_started()):
-        return load_model(path, load_weights=load_weights), _valid
-    model = load_model(path, load_weights=load_weights, check=False)
-    return model, _Verdict(path).raise_problem
+@dataclass(frozen=True)
+class Source:
+    """A loaded source, and what its caller still has to hear about it."""
+
+    model: onnx.ModelProto
+    verdict: Callable[[], None]  # raises the ModelLoadError onnx's checker found (waiting for it)
+    disk_bytes: int  # the file and the weight files it names, on disk
+
+
+def load_checked_meanwhile(path: str | os.PathLike, *, load_weights: bool, isolated: bool, verify: bool) -> Source:
+    """``load_model(path)``, the checker's verdict still to be heard: the caller hears it before writing
+    anything, and when anything fails, so that an invalid source is reported as that, whatever it led to.
+    Checked here and now where no worker runs."""
+    deferred = isolated and not in_isolated_child() and (verify or shared_worker_started())
+    model = load_model(path, load_weights=False, check=not deferred)
+    size = disk_bytes(path) if has_external_data(model) else Path(path).stat().st_size
+    verdict = _Verdict(path).raise_problem if deferred else _valid
+    if load_weights:
+        try:
+            read_weights(path, model)
+        except Exception:
+            verdict()  # an invalid source is what went wrong
+            raise
+    return Source(model, verdict, size)
 
 
 def _valid() -> None:
@@ -47,8 +69,8 @@ class _Verdict:
 
     def _check(self) -> None:
         try:
-            self._problem = call_in_shared_worker(
-                structure_problem, os.fspath(self._path), label=f"{self._path}: onnx's checker"
+            self._problem = call_in_shared_worker(  # the worker's working directory is the one it started in
+                structure_problem, os.path.abspath(self._path), label=f"{self._path}: onnx's checker"
             )
         except BaseException as e:  # raised in the caller's thread, by raise_problem
             self._error = e

@@ -347,9 +347,15 @@ def load_model(path: str | os.PathLike, *, load_weights: bool = True, check: boo
     if check and (problem := structure_problem(path)) is not None:
         raise load_error(path, problem)
     if load_weights:
-        for tensor in external:
-            _read_external(path, tensor)
+        read_weights(path, model)
     return model
+
+
+def read_weights(path: str | os.PathLike, model: onnx.ModelProto) -> None:
+    """The weights of ``model`` (loaded from ``path`` without them, its references validated then) read in."""
+    for tensor in iter_tensors(model):
+        if uses_external_data(tensor):
+            _read_external(Path(path), tensor)
 
 
 def over_protobuf_limit(model: onnx.ModelProto) -> bool:
@@ -369,9 +375,10 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
         if uses_external_data(t):
             info = external_info(t)
             total += 0 if isinstance(info, str) else int(info.length or 0)
-        elif (expected := expected_bytes(t)) is not None:
-            total += expected
-        else:  # strings, or a type without a fixed size
+        elif t.HasField("raw_data"):  # its size from dims and type: reading raw_data would copy it
+            expected = expected_bytes(t)
+            total += len(t.raw_data) if expected is None else expected
+        else:  # values in the typed fields
             total += 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (
                 len(t.int64_data) + len(t.double_data) + len(t.uint64_data)
             )
@@ -514,29 +521,31 @@ def _write_with_external_data(model: onnx.ModelProto, model_tmp: Path, data_tmp:
                     entry.key, entry.value = k, v
 
 
-def _write_proto(model: onnx.ModelProto, path: Path, *, sync: bool = True) -> None:
+def _write_proto(model: onnx.ModelProto, path: Path) -> None:
     with open(path, "wb") as f:
         write_model(model, f)
         f.flush()
-        if sync:
-            os.fsync(f.fileno())
+        os.fsync(f.fileno())
 
 
-def _sync_meanwhile(path: Path, destination: Path) -> Callable[[], None]:
-    """fsync ``path`` on a thread, which holds no lock while the disk catches up (0.05 s for a ResNet-50)
-    as the staged model is checked and verified; the returned call waits for it and raises OutputError
-    (naming ``destination``, the file the user asked for) if the disk did not take it."""
+def _write_syncing(model: onnx.ModelProto, path: Path, destination: Path) -> Callable[[], None]:
+    """``model`` written to ``path``, its fsync on a thread, which holds no lock while the disk catches up
+    (0.05 s for a ResNet-50) as the staged model is checked and verified. The thread syncs the descriptor
+    that wrote the file, so it hears any error the write met. The returned call waits for it and raises
+    OutputError (naming ``destination``, the file the user asked for) if the disk did not take the file."""
+    with open(path, "wb") as f:
+        write_model(model, f)
+        f.flush()
+        fd = os.dup(f.fileno())  # the same open file as the writer's
     failed: list[OSError] = []
 
     def sync() -> None:
         try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            os.fsync(fd)
         except OSError as e:
             failed.append(e)
+        finally:
+            os.close(fd)
 
     thread = threading.Thread(target=sync, name="normonnx-fsync", daemon=True)
     thread.start()
@@ -609,8 +618,7 @@ def staged_save(
             external = _write_with_external_data(model, model_tmp, data_tmp, data_tmp.name) > 0
         synced = None
         if not external:  # nothing large enough to move: one self-contained file
-            _write_proto(model, model_tmp, sync=False)
-            synced = _sync_meanwhile(model_tmp, out)
+            synced = _write_syncing(model, model_tmp, out)
         staged = Staged(
             model_tmp, data_tmp.name if external else None,
             functools.partial(_check_staged, model_tmp, full_check, no_stricter_than),
@@ -668,15 +676,11 @@ def _referenced_files(model_path: Path) -> list[str]:
     return sorted(set(_external_locations(str(model_path.resolve()), st.st_mtime_ns, st.st_size)))
 
 
-def disk_bytes(model_path: str | os.PathLike, loaded: onnx.ModelProto | None = None) -> int:
-    """What a model file and the weight files it names hold on disk (0 for what cannot be read).
-
-    ``loaded``: the file as already parsed; when it keeps no weights on disk the file is not scanned.
-    """
+def disk_bytes(model_path: str | os.PathLike) -> int:
+    """What a model file and the weight files it names hold on disk (0 for what cannot be read)."""
     path = Path(model_path)
     total = 0
-    names = _referenced_files(path) if loaded is None or has_external_data(loaded) else []
-    for p in [path, *(path.parent / name for name in names)]:
+    for p in [path, *(path.parent / name for name in _referenced_files(path))]:
         with contextlib.suppress(OSError):
             total += p.stat().st_size
     return total

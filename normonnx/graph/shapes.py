@@ -57,8 +57,9 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     custom = {o for n in src.node if not is_default_domain(n.domain) for o in n.output}
     g.value_info.extend(v for v in src.value_info if v.name in custom)
     for init in src.initializer:
-        size = expected_bytes(init)
-        if (size is None or size <= _SMALL_TENSOR_BYTES) and init.data_location != onnx.TensorProto.EXTERNAL:
+        raw = init.HasField("raw_data")  # its size from dims and type: reading raw_data would copy it
+        small = not raw or (expected_bytes(init) or len(init.raw_data)) <= _SMALL_TENSOR_BYTES
+        if small and init.data_location != onnx.TensorProto.EXTERNAL:
             g.initializer.append(init)
         else:
             t = g.initializer.add()

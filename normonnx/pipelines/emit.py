@@ -141,23 +141,28 @@ def emit_file(
     check_output_path(Path(output), [Path(src)])
     log.info("%s: emitting at opset %s, style %s", src, opset or "of the model", norm_style)
     phase("load")
-    proto, source_verdict = load_checked_meanwhile(src, load_weights=True, isolated=isolated, verify=verify)
+    source = load_checked_meanwhile(src, load_weights=True, isolated=isolated, verify=verify)
+    proto = source.model
     try:
         older = runnable_copy(proto)  # a pre-opset-7 file is verified against the copy onnxruntime runs
-        original = start_original_run(src, proto, shapes=shapes) if verify and isolated and older is None else None
+        original = (
+            start_original_run(src, proto, shapes=shapes, disk_size=source.disk_bytes)
+            if verify and isolated and older is None
+            else None
+        )
         phase("emit")
         # onnx's checker judges the output when it is written
         model, report = emit(proto, opset, norm_style, name=str(src), check=False, target=target)
         report.parity, report.output, _ = write_verified(
             model, src, output, verify=verify, shapes=shapes, isolated=isolated, reference=older,
-            original=original, source_verdict=source_verdict,
+            original=original, source_verdict=source.verdict,
         )  # fmt: skip
         if report.output is None and report.parity is not None:
             report = _without_the_rewrite_at_fault(
                 proto, src, output, opset, norm_style, report, shapes, isolated, older, target
             )
     except Exception:
-        source_verdict()  # an invalid source is what went wrong, whatever it led to
+        source.verdict()  # an invalid source is what went wrong, whatever it led to
         raise
     report.seconds = time.perf_counter() - start
     return report

@@ -206,14 +206,18 @@ def fold_file(
     start = time.perf_counter()
     check_output_path(Path(output), [Path(src)])
     phase("load")
-    proto, source_verdict = load_checked_meanwhile(src, load_weights=False, isolated=isolated, verify=verify)
-    store = None
-    if has_external_data(proto):
-        absolutize(proto, src)
-        store = external.SpillStore(output)
+    source = load_checked_meanwhile(src, load_weights=False, isolated=isolated, verify=verify)
+    proto, store = source.model, None
     try:
+        if has_external_data(proto):
+            absolutize(proto, src)
+            store = external.SpillStore(output)
         older = runnable_copy(proto)  # a pre-opset-7 file is verified against the copy onnxruntime runs
-        original = start_original_run(src, proto, shapes=shapes) if verify and isolated and older is None else None
+        original = (
+            start_original_run(src, proto, shapes=shapes, disk_size=source.disk_bytes)
+            if verify and isolated and older is None
+            else None
+        )
         log.info("%s: folding %d nodes", src, len(proto.graph.node))
         phase("fold")
         model, report = fold(proto, options, store=store, check=False, name=str(src))  # checked as it is written
@@ -221,12 +225,12 @@ def fold_file(
         log.info("%s: %d normalizations folded, %d kept; staging %s", src, len(report.folded), len(report.kept), output)
         report.parity, report.output, report.stale_files = write_verified(
             model, src, output, verify=verify, shapes=shapes, isolated=isolated, reference_proto=proto,
-            reference=older, original=original, source_verdict=source_verdict,
+            reference=older, original=original, source_verdict=source.verdict,
         )  # fmt: skip
         if report.output is None and report.parity is not None and store is None:
             report = _without_the_rewrite_at_fault(proto, src, output, options, report, shapes, isolated, older)
     except Exception:
-        source_verdict()  # an invalid source is what went wrong, whatever it led to
+        source.verdict()  # an invalid source is what went wrong, whatever it led to
         raise
     finally:
         if store is not None:

@@ -122,14 +122,18 @@ def start_original_run(
     *,
     shapes: dict[str, tuple[int, ...]] | None = None,
     samples: int = 3,
+    disk_size: int | None = None,
 ) -> OriginalRun | None:
     """The original half of ``verify_parity(reference, ...)`` started now, in the warm worker, or None where it
     would not overlap anything (one core; or a model so large that its run and this process's rewrite should
-    not hold memory at once). ``specs``: the original already in memory (its inputs are read from it)."""
+    not hold memory at once). ``specs``: the original already in memory (its inputs are read from it).
+    ``disk_size``: what ``reference`` and its weight files hold on disk, when the caller knows it."""
     from normonnx.graph.modelio import disk_bytes
     from normonnx.isolation import in_isolated_child
 
-    if in_isolated_child() or (os.cpu_count() or 1) < 2 or 2 * disk_bytes(reference, specs) >= CONCURRENT_PARITY_BYTES:
+    if in_isolated_child() or (os.cpu_count() or 1) < 2:
+        return None
+    if 2 * (disk_bytes(reference) if disk_size is None else disk_size) >= CONCURRENT_PARITY_BYTES:
         return None
     return OriginalRun(reference, specs, shapes, samples)
 
@@ -178,8 +182,7 @@ def verify_parity(
     )
     side_by_side = False
     if on_disk:
-        candidate_size = disk_bytes(candidate) if candidate_bytes is None else candidate_bytes
-        size = disk_bytes(reference, reference_proto) + candidate_size
+        size = disk_bytes(reference) + (disk_bytes(candidate) if candidate_bytes is None else candidate_bytes)
         side_by_side = (os.cpu_count() or 1) > 1 and size < CONCURRENT_PARITY_BYTES
     config = SessionConfig(optimize=False, **(_sharing() if side_by_side else {}))
     ref, cand = (options.runner(m, config) for m in (reference, candidate))

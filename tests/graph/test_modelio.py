@@ -364,15 +364,6 @@ def test_tensor_sizes_come_from_dims_and_type_without_reading_the_data(monkeypat
     ]
 
 
-def test_a_models_size_on_disk_is_its_file_when_it_keeps_no_weights_elsewhere(tmp_path, monkeypatch):
-    """disk_bytes of a file already parsed: one without external data is not scanned for weight files."""
-    path = tmp_path / "m.onnx"
-    model = conv_bn_model()
-    onnx.save(model, path)
-    monkeypatch.setattr(modelio, "_holds", lambda *a: pytest.fail("scanned a file known to name no weight file"))
-    assert modelio.disk_bytes(path, model) == path.stat().st_size
-
-
 def test_the_protobuf_limit_is_judged_from_tensor_sizes_until_they_come_close(monkeypatch):
     """upb's ByteSize serializes the whole model: it is asked only when the tensors alone near 2 GiB."""
     model = conv_bn_model()

@@ -64,3 +64,16 @@ def test_fields_this_onnx_does_not_know_are_kept():
 def test_a_model_without_a_graph_is_written_whole():
     model = onnx.ModelProto(ir_version=8, producer_name="empty")
     assert _pieces(model) == model.SerializeToString()
+
+
+def test_a_model_over_protobufs_limit_is_refused_as_serializing_it_would_be(monkeypatch):
+    import pytest
+
+    import normonnx.graph.wire as wire
+
+    model = conv_bn_model()
+    monkeypatch.setattr(wire, "_PROTOBUF_LIMIT", len(model.SerializeToString()) - 1)
+    with pytest.raises(ValueError, match="2 GiB"):
+        _pieces(model)
+    monkeypatch.setattr(wire, "_PROTOBUF_LIMIT", len(model.SerializeToString()))
+    assert onnx.ModelProto.FromString(_pieces(model)) == model  # exactly at the limit: written

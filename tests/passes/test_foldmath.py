@@ -118,20 +118,32 @@ def test_cast_exact_refuses_fp16_overflow_and_names_the_channel():
     assert fm.cast_exact(values, np.float32, "w").dtype == np.float32
 
 
-def test_cast_exact_is_numpys_cast_where_it_stays_finite():
-    """Checked on the cast result: what rounds to float16's largest value (65504) passes, what rounds
-    to infinity is refused, and a non-finite input is named as that before any overflow."""
-    top = float(np.finfo(np.float16).max)
-    values = np.array([[1.0, -2.5], [65519.0, -65519.0]])  # 65519 rounds to 65504; 65520 would not
-    got = fm.cast_exact(values, np.float16, "w")
-    np.testing.assert_array_equal(got, values.astype(np.float16))
-    assert got[1, 0] == top
-    with pytest.raises(fm.FoldMathError, match=r"overflow float16 at channel 1 \(\|value\| 6\.552e\+04"):
-        fm.cast_exact(np.array([[0.0], [65520.0]]), np.float16, "w")
+def test_cast_exact_refuses_what_passes_the_largest_value_and_casts_the_rest():
+    """Checked on the cast's smallest and largest values: a value above float16's largest (65504) is
+    refused even where the cast would round it down to 65504; a non-finite input is named as that."""
+    values = np.array([[1.0, -2.5], [65504.0, -65504.0]])  # the largest value itself passes
+    np.testing.assert_array_equal(fm.cast_exact(values, np.float16, "w"), values.astype(np.float16))
+    for over in (65510.0, 65520.0, 1e9):  # 65510 rounds to 65504, 65520 to inf
+        with pytest.raises(fm.FoldMathError, match=r"overflow float16 at channel 1 \(\|value\| "):
+            fm.cast_exact(np.array([[0.0], [-over]]), np.float16, "w")
     with pytest.raises(fm.FoldMathError, match="is not finite at channel 0"):
         fm.cast_exact(np.array([[np.nan], [1e9]]), np.float16, "w")
     with pytest.raises(fm.FoldMathError, match="is not finite at index 1"):
         fm.cast_exact(np.array([0.0, np.inf]), np.float64, "w", channel_axis=None)
+    assert fm.cast_exact(np.zeros((0, 3)), np.float16, "w").shape == (0, 3)
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "float8_e4m3fn", "float8_e5m2"])
+def test_cast_exact_knows_the_largest_values_of_ml_dtypes_floats(name):
+    """numpy's finfo does not know bfloat16 or the float8 types: their overflow was cast to inf or NaN."""
+    import ml_dtypes
+
+    dtype = np.dtype(getattr(ml_dtypes, name))
+    top = float(ml_dtypes.finfo(dtype).max)
+    fine = np.array([1.0, -top])
+    np.testing.assert_array_equal(fm.cast_exact(fine, dtype, "w").astype(np.float64), fine)
+    with pytest.raises(fm.FoldMathError, match=f"overflow {name} at channel 1"):
+        fm.cast_exact(np.array([0.0, 4 * top]), dtype, "w")
 
 
 @pytest.mark.parametrize("transposed", [False, True])
