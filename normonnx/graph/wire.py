@@ -4,8 +4,8 @@ protobuf's Python serializer (upb) writes a message into one buffer that it copi
 copies once more into a bytes object: a 100 MB ResNet-50 took 0.3 s to write that way, 0.15 s in
 pieces. The pieces are the model's own fields, so the file parses to the same model. Only their
 order differs from what ``SerializeToString`` writes: the graph comes after the model's other fields,
-the initializers after the graph's other fields. Protobuf parsers read fields in any order (the
-encoding's rule; onnx's, onnxruntime's and Netron's readers all do).
+the initializers after the graph's other fields. Protobuf's encoding lets fields come in any order and
+its parsers must read them so (onnx's checker and onnxruntime read such files in the tests).
 """
 
 from __future__ import annotations
