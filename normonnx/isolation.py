@@ -160,6 +160,30 @@ class Pending:
         return self._answer()
 
 
+def in_background(fn: Callable[[], Any], *, name: str) -> Pending:
+    """``fn()`` on a daemon thread from now on, while the caller works on (its calls to the shared worker
+    take their turn there); ``result`` waits for it and returns its value or raises, in the caller's thread,
+    what it raised. ``result`` may be asked more than once."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as e:  # raised again by ``result``, where the caller expects the outcome
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+
+    def answer() -> Any:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    return Pending(answer)
+
+
 def submit_to_shared_worker(
     fn: Callable, *args, label: str, timeout: float | None = DEFAULT_TIMEOUT, **kwargs
 ) -> Pending:

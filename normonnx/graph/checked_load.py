@@ -9,7 +9,6 @@ line started it), the checker runs there while this process rewrites the model.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from normonnx.graph.modelio import (
     read_weights,
     structure_problem,
 )
-from normonnx.isolation import call_in_shared_worker, in_isolated_child, shared_worker_started
+from normonnx.isolation import call_in_shared_worker, in_background, in_isolated_child, shared_worker_started
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ def load_checked_meanwhile(path: str | os.PathLike, *, load_weights: bool, isola
     deferred = isolated and not in_isolated_child() and (verify or shared_worker_started())
     model = load_model(path, load_weights=False, check=not deferred)
     size = disk_bytes(path) if has_external_data(model) else Path(path).stat().st_size
-    verdict = _Verdict(path).raise_problem if deferred else _valid
+    verdict = _verdict(path) if deferred else _valid
     if load_weights:
         try:
             read_weights(path, model)
@@ -57,27 +56,17 @@ def _valid() -> None:
     """The verdict on a source already checked."""
 
 
-class _Verdict:
-    """onnx's checker on a file, run in the warm worker from a background thread."""
+def _verdict(path: str | os.PathLike) -> Callable[[], None]:
+    """onnx's checker on ``path``, started now in the warm worker from a background thread; the returned call
+    waits for it and raises the ModelLoadError it found."""
+    problem = in_background(  # the worker's working directory is the one it started in: the absolute path
+        lambda: call_in_shared_worker(structure_problem, os.path.abspath(path), label=f"{path}: onnx's checker"),
+        name="normonnx-source-check",
+    )
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self._path = path
-        self._problem: str | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._check, name="normonnx-source-check", daemon=True)
-        self._thread.start()
+    def raise_problem() -> None:
+        found = problem.result()
+        if found is not None:
+            raise load_error(path, found)
 
-    def _check(self) -> None:
-        try:
-            self._problem = call_in_shared_worker(  # the worker's working directory is the one it started in
-                structure_problem, os.path.abspath(self._path), label=f"{self._path}: onnx's checker"
-            )
-        except BaseException as e:  # raised in the caller's thread, by raise_problem
-            self._error = e
-
-    def raise_problem(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        if self._problem is not None:
-            raise load_error(self._path, self._problem)
+    return raise_problem

@@ -33,9 +33,8 @@ from normonnx.errors import ModelLoadError, OutputError, first_line
 from normonnx.families import is_default_domain
 from normonnx.fileio import regular_file_size, temporary_sibling
 from normonnx.graph.external import set_location
-from normonnx.graph.wire import write_model
+from normonnx.graph.wire import PROTOBUF_LIMIT, write_model
 
-PROTOBUF_LIMIT = 2**31 - 1
 _SUB_BYTE_TYPES = {
     getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)
 }
@@ -171,6 +170,12 @@ def expected_bytes(tensor: onnx.TensorProto) -> int | None:
     if tensor.data_type in _SUB_BYTE_TYPES:
         return (int(np.prod(tensor.dims)) + 1) // 2
     return int(np.prod(tensor.dims)) * itemsize
+
+
+def raw_bytes(tensor: onnx.TensorProto) -> int:
+    """The length of the tensor's ``raw_data``, from its dims and type where they give one (reading
+    ``raw_data`` to measure it would copy it)."""
+    return expected_bytes(tensor) or len(tensor.raw_data)
 
 
 def resolve_external(path: Path, tensor: onnx.TensorProto) -> tuple[Path, int, int]:
@@ -375,9 +380,8 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
         if uses_external_data(t):
             info = external_info(t)
             total += 0 if isinstance(info, str) else int(info.length or 0)
-        elif t.HasField("raw_data"):  # its size from dims and type: reading raw_data would copy it
-            expected = expected_bytes(t)
-            total += len(t.raw_data) if expected is None else expected
+        elif t.HasField("raw_data"):
+            total += raw_bytes(t)
         else:  # values in the typed fields
             total += 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (
                 len(t.int64_data) + len(t.double_data) + len(t.uint64_data)

@@ -43,7 +43,7 @@ def needs_shapes(model: onnx.ModelProto) -> bool:
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model for shape inference: its small constants (shape operands) and only the type of the rest."""
-    from normonnx.graph.modelio import expected_bytes
+    from normonnx.graph.modelio import raw_bytes
 
     sk = onnx.ModelProto(ir_version=model.ir_version)
     sk.opset_import.extend(model.opset_import)
@@ -57,8 +57,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     custom = {o for n in src.node if not is_default_domain(n.domain) for o in n.output}
     g.value_info.extend(v for v in src.value_info if v.name in custom)
     for init in src.initializer:
-        raw = init.HasField("raw_data")  # its size from dims and type: reading raw_data would copy it
-        small = not raw or (expected_bytes(init) or len(init.raw_data)) <= _SMALL_TENSOR_BYTES
+        small = not init.HasField("raw_data") or raw_bytes(init) <= _SMALL_TENSOR_BYTES
         if small and init.data_location != onnx.TensorProto.EXTERNAL:
             g.initializer.append(init)
         else:

@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 _MODEL_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"]
 _GRAPH_INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"]
 _LENGTH_DELIMITED = 2
-_PROTOBUF_LIMIT = 2**31 - 1
+PROTOBUF_LIMIT = 2**31 - 1  # the largest message protobuf reads or writes
 
 
 def write_model(model: onnx.ModelProto, stream: BinaryIO) -> None:
@@ -39,7 +39,7 @@ def _pieces(model: onnx.ModelProto) -> Iterator[bytes]:
     graph_size = len(graph_rest) + sum(len(k) + len(w) for k, w in zip(weight_keys, weights, strict=True))
     model_rest = _without(model, _MODEL_GRAPH.name).SerializeToString()
     graph_key = _key(_MODEL_GRAPH.number) + _varint(graph_size)
-    if len(model_rest) + len(graph_key) + graph_size > _PROTOBUF_LIMIT:  # as SerializeToString refuses
+    if len(model_rest) + len(graph_key) + graph_size > PROTOBUF_LIMIT:  # as SerializeToString refuses
         raise ValueError(f"the model's {graph_size} bytes exceed protobuf's 2 GiB limit for one message")
     yield model_rest
     yield graph_key

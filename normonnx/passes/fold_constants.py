@@ -84,7 +84,7 @@ class _ConstantNodes:
     """
 
     def __init__(self, ctx: PassContext, excluded: set[int]) -> None:
-        self.members: set[int] = set()  # id() of every constant node
+        self.members: dict[int, int] = {}  # id() of every constant node: its place in graph order
         self.substitutes: dict[int, onnx.NodeProto] = {}  # a Shape, Size or CastLike evaluated as another op
         self.nodes: list[gs.Node] = []
         const: set[int] = set()
@@ -98,11 +98,10 @@ class _ConstantNodes:
                 continue
             if how is not _AS_IT_STANDS:
                 self.substitutes[id(node)] = how
-            self.members.add(id(node))
+            self.members[id(node)] = len(self.nodes)
             self.nodes.append(node)
             const.update(id(t) for t in node.outputs)
         self.const = const
-        self.position = {id(n): k for k, n in enumerate(self.nodes)}  # graph order, for sorting a subset
 
     def proto(self, node: gs.Node) -> onnx.NodeProto:
         """The constant node as it is evaluated."""
@@ -163,7 +162,7 @@ def _ancestors(tensor: gs.Tensor, plan: _ConstantNodes) -> tuple[list[gs.Node], 
                 stack.append(node.inputs[0])
             continue
         stack.extend(t for t in node.inputs if not is_empty(t))
-    ordered = sorted(seen_nodes.values(), key=lambda n: plan.position[id(n)])
+    ordered = sorted(seen_nodes.values(), key=lambda n: plan.members[id(n)])
     return ordered, list(leaves.values())
 
 

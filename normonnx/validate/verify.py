@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from normonnx.errors import NormonnxError
+from normonnx.isolation import in_background
 from normonnx.reports.progress import phase
 from normonnx.results import ParityResult, ProbedShapes
 from normonnx.validate.parity import Gate, compare, rejudge_with_noise
@@ -83,13 +83,10 @@ class OriginalRun:
     ) -> None:  # fmt: skip
         self.reference, self.shapes, self.samples = reference, dict(shapes or {}), samples
         self._specs = specs
-        self._half: _OriginalHalf | None = None
-        self._error: BaseException | None = None
         self.seconds = 0.0
-        self._thread = threading.Thread(target=self._run, name="normonnx-original-run", daemon=True)
-        self._thread.start()
+        self._half = in_background(self._run, name="normonnx-original-run")
 
-    def _run(self) -> None:
+    def _run(self) -> _OriginalHalf:
         began = time.perf_counter()
         try:
             options = RunOptions(isolated=True)
@@ -97,10 +94,9 @@ class OriginalRun:
             probed, feeds = _shapes_and_feeds(self._specs, options.runner(self.reference, label=label), self.shapes,
                                               self.samples)  # fmt: skip
             runner = options.runner(self.reference, _BESIDE_THE_FOLD, label=label)
-            self._half = _OriginalHalf(probed, feeds, runner, runner.infer(feeds))
-        except BaseException as e:  # raised again, in the caller's thread, when the proof needs the result
-            self._error = e
-        self.seconds = time.perf_counter() - began
+            return _OriginalHalf(probed, feeds, runner, runner.infer(feeds))
+        finally:
+            self.seconds = time.perf_counter() - began
 
     def serves(self, reference: object, shapes: dict[str, tuple[int, ...]] | None, samples: int) -> bool:
         """Whether this run is the original half of the proof asked for (same file, shapes and input count)."""
@@ -108,12 +104,10 @@ class OriginalRun:
         return same_file and dict(shapes or {}) == self.shapes and samples == self.samples
 
     def result(self) -> _OriginalHalf:
-        self._thread.join()
-        log.info("the original's run beside the fold took %.2f s", self.seconds)
-        if self._error is not None:
-            raise self._error
-        assert self._half is not None
-        return self._half
+        try:
+            return self._half.result()
+        finally:
+            log.info("the original's run beside the fold took %.2f s", self.seconds)
 
 
 def start_original_run(

@@ -72,8 +72,8 @@ def test_a_model_over_protobufs_limit_is_refused_as_serializing_it_would_be(monk
     import normonnx.graph.wire as wire
 
     model = conv_bn_model()
-    monkeypatch.setattr(wire, "_PROTOBUF_LIMIT", len(model.SerializeToString()) - 1)
+    monkeypatch.setattr(wire, "PROTOBUF_LIMIT", len(model.SerializeToString()) - 1)
     with pytest.raises(ValueError, match="2 GiB"):
         _pieces(model)
-    monkeypatch.setattr(wire, "_PROTOBUF_LIMIT", len(model.SerializeToString()))
+    monkeypatch.setattr(wire, "PROTOBUF_LIMIT", len(model.SerializeToString()))
     assert onnx.ModelProto.FromString(_pieces(model)) == model  # exactly at the limit: written

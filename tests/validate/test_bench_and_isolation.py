@@ -137,3 +137,22 @@ def test_a_submitted_call_that_raises_raises_on_result_and_frees_the_worker():
     with pytest.raises(IsolatedRunError, match="bad call: ValueError: invalid literal"):
         pending.result()
     assert call_in_shared_worker(int, "7", label="next") == 7
+
+
+def test_a_background_call_overlaps_the_caller_and_answers_every_time_it_is_asked():
+    import threading
+
+    from normonnx.isolation import in_background
+
+    release = threading.Event()
+    done = in_background(lambda: release.wait(5) and 42, name="test-background")
+    release.set()  # the call was waiting on this thread: it ran beside it
+    assert done.result() == 42 and done.result() == 42
+
+    def fail():
+        raise ValueError("from the thread")
+
+    failed = in_background(fail, name="test-background")
+    for _ in range(2):  # raised in the caller's thread, each time the outcome is asked for
+        with pytest.raises(ValueError, match="from the thread"):
+            failed.result()
